@@ -1,0 +1,123 @@
+"""Commands: the only way coordinator state changes.
+
+Each command is journaled before it is applied and carries the time it was
+issued (``at``, wall-clock seconds) so that replaying the journal rebuilds the
+same state on any node. Commands are tagged msgspec structs; ``encode`` and
+``decode`` are the journal's byte format.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from msgspec import Struct
+
+from dtf.core.model import Capabilities, LeaseRef, Outcome, TaskSpec
+from dtf.core.records import Role
+
+
+class NewTask(Struct, frozen=True, array_like=True):
+    task_id: str
+    spec: TaskSpec
+
+
+class SubmitTasks(Struct, frozen=True, tag="submit_tasks"):
+    at: float
+    tasks: list[NewTask]
+    reject_unsatisfiable: bool = False
+
+
+class CancelTask(Struct, frozen=True, tag="cancel_task"):
+    at: float
+    task_id: str
+    reason: str = "cancelled by user"
+
+
+class RegisterWorker(Struct, frozen=True, tag="register_worker"):
+    """A worker (re)connects. ``held`` lists the attempts it still holds:
+    running ones and finished ones whose outcome it has not had acknowledged.
+    Any other lease the coordinator has for it is ended as lost."""
+
+    at: float
+    worker_id: str
+    session: str
+    capabilities: Capabilities
+    slots: int
+    held: list[LeaseRef] = []
+
+
+class WorkerDisconnected(Struct, frozen=True, tag="worker_disconnected"):
+    at: float
+    worker_id: str
+    session: str
+
+
+class Heartbeat(Struct, frozen=True, tag="heartbeat"):
+    """Renews the leases in ``held``. A lease of this worker that is absent
+    from ``held`` although its fence is at most ``max_fence_seen`` was dropped
+    by the worker (it self-fenced) and ends as lost."""
+
+    at: float
+    worker_id: str
+    session: str
+    held: list[LeaseRef] = []
+    max_fence_seen: int = 0
+
+
+class TaskStarted(Struct, frozen=True, tag="task_started"):
+    at: float
+    worker_id: str
+    lease: LeaseRef
+
+
+class ReportOutcome(Struct, frozen=True, tag="report_outcome"):
+    at: float
+    worker_id: str
+    lease: LeaseRef
+    outcome: Outcome
+
+
+class Tick(Struct, frozen=True, tag="tick"):
+    """The clock: expires leases and workers, releases delayed retries,
+    advances fallback requirements. Submitted only when something is due."""
+
+    at: float
+
+
+class CoordinatorStarted(Struct, frozen=True, tag="coordinator_started"):
+    """A coordinator (re)started. Its downtime is not held against workers:
+    every live lease gets a fresh lease period from ``at``."""
+
+    at: float
+
+
+class CreateApiKey(Struct, frozen=True, tag="create_api_key"):
+    at: float
+    key_id: str
+    role: Role
+    key_hash: str
+    name: str = ""
+
+
+Command = (
+    SubmitTasks
+    | CancelTask
+    | RegisterWorker
+    | WorkerDisconnected
+    | Heartbeat
+    | TaskStarted
+    | ReportOutcome
+    | Tick
+    | CoordinatorStarted
+    | CreateApiKey
+)
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Command)
+
+
+def encode(command: Command) -> bytes:
+    return _encoder.encode(command)
+
+
+def decode(data: bytes) -> Command:
+    return _decoder.decode(data)
