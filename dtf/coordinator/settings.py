@@ -1,0 +1,20 @@
+"""Coordinator settings: one frozen object built at the edge (CLI flags, env)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class CoordinatorSettings:
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8080
+    admin_key: str | None = None
+    lease_timeout_s: float = 10.0
+    heartbeat_interval_s: float = 2.0
+    worker_timeout_s: float = 30.0
+    snapshot_every: int = 10_000
+    max_body_bytes: int = 32 * 1024 * 1024
+    log_level: str = "info"
