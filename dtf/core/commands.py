@@ -120,4 +120,5 @@ def encode(command: Command) -> bytes:
 
 
 def decode(data: bytes) -> Command:
-    return _decoder.decode(data)
+    command: Command = _decoder.decode(data)
+    return command

@@ -67,6 +67,7 @@ class OutcomeAccepted(Struct, frozen=True, tag="outcome_accepted"):
     worker_id: str
     task_id: str
     attempt: int
+    fence: int
     counted: bool
 
 

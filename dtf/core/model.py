@@ -18,7 +18,9 @@ TASK_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
 TaskId = Annotated[str, Meta(pattern=TASK_ID_PATTERN, description="Task id chosen by the client")]
 NonNegativeFloat = Annotated[float, Meta(ge=0)]
 PositiveFloat = Annotated[float, Meta(gt=0)]
-LabelMap = dict[Annotated[str, Meta(min_length=1, max_length=128)], Annotated[str, Meta(max_length=256)]]
+LabelMap = dict[
+    Annotated[str, Meta(min_length=1, max_length=128)], Annotated[str, Meta(max_length=256)]
+]
 
 
 class HardwareClass(enum.StrEnum):
@@ -170,7 +172,7 @@ class Capabilities(Struct, forbid_unknown_fields=True, frozen=True, omit_default
     command line rather than detected; they match like detected ones but are
     always shown as declared."""
 
-    hardware: list[HardwareClass] = [HardwareClass.CPU]
+    hardware: list[HardwareClass] = msgspec.field(default_factory=lambda: [HardwareClass.CPU])
     declared_hardware: list[HardwareClass] = []
     cpu_count: int = 1
     cpu_model: str = ""

@@ -1,0 +1,230 @@
+"""Task and attempt lifecycle shared by the state machine's parts.
+
+``Lifecycle`` owns the task table and its derived indexes (ready queues,
+timers, dependency counts, status counts) and the moves every handler uses:
+set a status, make a task ready, end an attempt, retry or give up, finish a
+task and settle its dependants.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from dtf.core.events import AttemptFinished, Event, RetryScheduled, TaskStatusChanged
+from dtf.core.model import FailureKind, Outcome, TestOutcome
+from dtf.core.queues import ReadyQueues
+from dtf.core.records import (
+    AttemptRecord,
+    AttemptStatus,
+    TaskRecord,
+    TaskStatus,
+    WorkerRecord,
+    WorkerStatus,
+)
+from dtf.core.retry import GiveUp, decide_retry
+from dtf.core.timers import TimerHeap, TimerKind
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    lease_timeout_s: float = 10.0
+    worker_timeout_s: float = 30.0
+
+
+class Lifecycle:
+    def __init__(self, config: StateConfig | None = None) -> None:
+        self.config = config or StateConfig()
+        self.tasks: dict[str, TaskRecord] = {}
+        self.workers: dict[str, WorkerRecord] = {}
+        self.idempotency: dict[str, str] = {}
+        self.next_seq = 1
+        self.next_fence = 1
+        self.events: list[Event] = []
+        self.ready = ReadyQueues()
+        self.timers = TimerHeap()
+        self.task_counts: Counter[TaskStatus] = Counter()
+        self.dependants: dict[str, list[str]] = {}
+        self.unmet: dict[str, int] = {}
+
+    # -- statuses ----------------------------------------------------------
+
+    def set_status(self, task: TaskRecord, status: TaskStatus, reason: str | None) -> None:
+        old = task.status
+        task.move_to(status, reason)
+        self.task_counts[old] -= 1
+        self.task_counts[status] += 1
+        self.events.append(TaskStatusChanged(task.id, old, status, reason))
+
+    def make_ready(self, task: TaskRecord, now: float) -> None:
+        task.not_before = None
+        task.ready_at = now
+        task.stage_started_at = now
+        self.enqueue(task)
+
+    def enqueue(self, task: TaskRecord) -> None:
+        requirements = task.spec.requirements
+        self.ready.add(
+            task.id, task.spec.priority, task.seq, requirements.stage(task.requirement_stage)
+        )
+        if task.requirement_stage + 1 < requirements.stage_count:
+            due = task.stage_started_at + requirements.fallback_after_seconds
+            self.timers.push(due, TimerKind.FALLBACK, task.id, task.requirement_stage)
+
+    def finish_task(self, task: TaskRecord, status: TaskStatus, reason: str, now: float) -> None:
+        """Move a task to a terminal status and settle its dependants."""
+        settled = [(task, status, reason)]
+        while settled:
+            current, new_status, why = settled.pop()
+            self.ready.remove(current.id)
+            self.set_status(current, new_status, why)
+            current.finished_at = now
+            for dependant_id in self.dependants.pop(current.id, []):
+                dependant = self.tasks[dependant_id]
+                if dependant.status is not TaskStatus.BLOCKED:
+                    continue
+                if new_status is TaskStatus.COMPLETED:
+                    self.dependency_met(dependant, now)
+                else:
+                    verb = "failed" if new_status is TaskStatus.FAILED else "was cancelled"
+                    settled.append(
+                        (dependant, TaskStatus.FAILED, f"dependency {current.id} {verb}: {why}")
+                    )
+
+    def dependency_met(self, task: TaskRecord, now: float) -> None:
+        self.unmet[task.id] -= 1
+        if self.unmet[task.id] == 0:
+            del self.unmet[task.id]
+            self.set_status(task, TaskStatus.PENDING, "dependencies completed")
+            self.make_ready(task, now)
+
+    # -- leases ------------------------------------------------------------
+
+    def is_current_lease(self, task: TaskRecord, worker_id: str, fence: int) -> bool:
+        lease = task.lease
+        return lease is not None and lease.fence == fence and lease.worker_id == worker_id
+
+    def renew_lease(self, task: TaskRecord, now: float) -> None:
+        assert task.lease is not None
+        task.lease.expires_at = max(task.lease.expires_at, now + self.config.lease_timeout_s)
+
+    def release_lease(self, task: TaskRecord) -> None:
+        if task.lease is None:
+            return
+        worker = self.workers.get(task.lease.worker_id)
+        if worker is not None and task.id in worker.leases:
+            worker.leases.remove(task.id)
+        task.lease = None
+
+    def live_workers(self) -> list[WorkerRecord]:
+        return [w for w in self.workers.values() if w.status is not WorkerStatus.OFFLINE]
+
+    def active_tasks(self) -> list[TaskRecord]:
+        """Tasks holding a lease, in lease order of their workers."""
+        return [
+            self.tasks[task_id] for worker in self.workers.values() for task_id in worker.leases
+        ]
+
+    # -- attempts ----------------------------------------------------------
+
+    def end_attempt(
+        self,
+        task: TaskRecord,
+        status: AttemptStatus,
+        now: float,
+        *,
+        failure: FailureKind | None = None,
+        reason: str | None = None,
+        outcome: Outcome | None = None,
+    ) -> AttemptRecord:
+        attempt = task.attempts[-1]
+        attempt.finish(status, now, failure=failure, reason=reason, outcome=outcome)
+        self.release_lease(task)
+        self.events.append(
+            AttemptFinished(task.id, attempt.number, attempt.worker_id, status, failure, reason)
+        )
+        return attempt
+
+    def count_outcome(self, task: TaskRecord, outcome: Outcome, now: float) -> None:
+        if outcome.failure is None:
+            attempt = self.end_attempt(task, AttemptStatus.SUCCEEDED, now, outcome=outcome)
+            self.note_worker_result(attempt.worker_id, succeeded=True)
+            self.finish_task(task, TaskStatus.COMPLETED, completion_reason(outcome), now)
+            return
+        self.fail_attempt(
+            task, now, failure=outcome.failure, reason=failure_reason(outcome), outcome=outcome
+        )
+
+    def fail_attempt(
+        self,
+        task: TaskRecord,
+        now: float,
+        *,
+        failure: FailureKind,
+        reason: str,
+        status: AttemptStatus = AttemptStatus.FAILED,
+        outcome: Outcome | None = None,
+    ) -> None:
+        """End the current attempt as failed or lost, then retry or give up."""
+        attempt = self.end_attempt(
+            task, status, now, failure=failure, reason=reason, outcome=outcome
+        )
+        self.note_worker_result(attempt.worker_id, succeeded=False)
+        decision = decide_retry(
+            task_id=task.id,
+            attempt=attempt.number,
+            failure=failure,
+            policy=task.spec.retry_policy,
+            worker_id=attempt.worker_id,
+        )
+        if isinstance(decision, GiveUp):
+            self.finish_task(task, TaskStatus.FAILED, f"{reason}; {decision.reason}", now)
+            return
+        attempt.retry_delay_s = decision.delay_s
+        if decision.avoid_worker and decision.avoid_worker not in task.avoid_workers:
+            task.avoid_workers.append(decision.avoid_worker)
+        self.set_status(task, TaskStatus.PENDING, f"retry after attempt {attempt.number}: {reason}")
+        task.not_before = now + decision.delay_s
+        self.events.append(
+            RetryScheduled(
+                task.id,
+                attempt.number + 1,
+                task.not_before,
+                decision.delay_s,
+                decision.avoid_worker,
+            )
+        )
+        if decision.delay_s <= 0:
+            self.make_ready(task, now)
+        else:
+            self.timers.push(task.not_before, TimerKind.RETRY, task.id, attempt.number)
+
+    def note_worker_result(self, worker_id: str, *, succeeded: bool) -> None:
+        worker = self.workers.get(worker_id)
+        if worker is None:
+            return
+        if succeeded:
+            worker.tasks_completed += 1
+        else:
+            worker.tasks_failed += 1
+
+
+def completion_reason(outcome: Outcome) -> str:
+    if not outcome.test_cases:
+        return "completed"
+    failed = sum(1 for t in outcome.test_cases if t.outcome in _FAILING_TESTS)
+    return f"{len(outcome.test_cases)} tests ran, {failed} failed"
+
+
+_FAILING_TESTS = frozenset({TestOutcome.FAILED, TestOutcome.ERROR})
+
+
+def failure_reason(outcome: Outcome) -> str:
+    kind = outcome.failure.value if outcome.failure else "failure"
+    if outcome.error:
+        return f"{kind}: {outcome.error}"
+    if outcome.failure is FailureKind.EXIT_NONZERO:
+        return f"exited with code {outcome.exit_code}"
+    if outcome.signal is not None:
+        return f"{kind}: killed by signal {outcome.signal}"
+    return kind

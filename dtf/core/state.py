@@ -1,0 +1,316 @@
+"""The coordinator's whole state and the one function that changes it.
+
+How this works: ``State.apply(command)`` validates the command against the
+current state (``check``), then mutates tasks, attempts, workers and leases
+and returns the events that followed. It reads no clock (time is
+``command.at``, never allowed to run backwards), draws no global randomness
+and iterates only insertion-ordered containers, so applying the same journal
+on any machine yields the same state and the same events.
+
+After every command the scheduler fills free worker slots; assignments are
+therefore part of the deterministic replay, not separate commands. Timers
+(lease expiry, delayed retries, requirement fallbacks, worker liveness) fire
+only on ``Tick``; ``next_deadline`` tells the shell when one is due.
+
+Rules kept here:
+- a task has at most one live lease; every lease has a fence number that only grows;
+- an outcome counts only under the task's current lease; later ones are kept
+  on the attempt as superseded, and a resend of a counted outcome changes nothing;
+- an attempt is finished exactly once (``AttemptRecord.finish``);
+- a task status changes only through ``_set_status`` (``TaskRecord.move_to``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import msgspec
+
+from dtf.core import commands as c
+from dtf.core.events import (
+    AssignTask,
+    CancelAttempt,
+    Event,
+    OutcomeAccepted,
+    RequirementStageAdvanced,
+)
+from dtf.core.lifecycle import StateConfig
+from dtf.core.records import (
+    ApiKeyRecord,
+    AttemptRecord,
+    AttemptStatus,
+    Lease,
+    TaskRecord,
+    TaskStatus,
+    WorkerRecord,
+    WorkerStatus,
+)
+from dtf.core.submission import SubmissionMixin
+from dtf.core.timers import Timer, TimerKind
+from dtf.core.workers import WorkerMixin
+
+
+class Snapshot(msgspec.Struct):
+    applied_seq: int
+    clock: float
+    next_seq: int
+    next_fence: int
+    tasks: list[TaskRecord]
+    workers: list[WorkerRecord]
+    api_keys: list[ApiKeyRecord]
+    idempotency: dict[str, str]
+
+
+__all__ = ["Snapshot", "State", "StateConfig"]
+
+
+class State(SubmissionMixin, WorkerMixin):
+    def __init__(self, config: StateConfig | None = None) -> None:
+        super().__init__(config)
+        self.applied_seq = 0
+        self.clock = 0.0
+        self.api_keys: dict[str, ApiKeyRecord] = {}
+
+    # -- applying commands -------------------------------------------------
+
+    def check(self, command: c.Command) -> None:
+        """Raise the ``DtfError`` that applying ``command`` would meet; change nothing."""
+        checker = getattr(self, f"check_{type(command).__struct_config__.tag}", None)
+        if checker is not None:
+            checker(command)
+
+    def apply(self, command: c.Command, seq: int | None = None) -> list[Event]:
+        self.check(command)
+        now = max(self.clock, command.at)
+        self.clock = now
+        if seq is not None:
+            self.applied_seq = seq
+        self.events = []
+        handler = getattr(self, f"on_{type(command).__struct_config__.tag}")
+        handler(command, now)
+        self.schedule(now)
+        events, self.events = self.events, []
+        return events
+
+    def on_tick(self, command: c.Tick, now: float) -> None:
+        self.fire_timers(now)
+        self.expire_silent_workers(now)
+
+    def on_create_api_key(self, command: c.CreateApiKey, now: float) -> None:
+        self.api_keys[command.key_id] = ApiKeyRecord(
+            command.key_id, command.role, command.key_hash, now, command.name
+        )
+
+    def on_coordinator_started(self, command: c.CoordinatorStarted, now: float) -> None:
+        fresh_until = now + self.config.lease_timeout_s
+        for task in self.active_tasks():
+            assert task.lease is not None
+            task.lease.expires_at = max(task.lease.expires_at, fresh_until)
+            self.timers.push(task.lease.expires_at, TimerKind.LEASE, task.id, task.lease.fence)
+        self.forgive_downtime(now)
+
+    # -- the clock ---------------------------------------------------------
+
+    def fire_timers(self, now: float) -> None:
+        while (timer := self.timers.pop_due(now)) is not None:
+            if timer.kind is TimerKind.LEASE:
+                self.on_lease_timer(timer.task_id, timer.token, now)
+            elif timer.kind is TimerKind.RETRY:
+                self.on_retry_timer(timer.task_id, timer.token, now)
+            else:
+                self.on_fallback_timer(timer.task_id, timer.token, now)
+
+    def on_lease_timer(self, task_id: str, fence: int, now: float) -> None:
+        lease = self.tasks[task_id].lease
+        if lease is not None and lease.fence == fence and lease.expires_at > now:
+            self.timers.push(lease.expires_at, TimerKind.LEASE, task_id, fence)
+            return
+        self.expire_lease(task_id, fence, now)
+
+    def on_retry_timer(self, task_id: str, attempt: int, now: float) -> None:
+        task = self.tasks[task_id]
+        is_waiting = task.status is TaskStatus.PENDING and task.id not in self.ready
+        if is_waiting and len(task.attempts) == attempt:
+            self.make_ready(task, now)
+
+    def on_fallback_timer(self, task_id: str, stage: int, now: float) -> None:
+        task = self.tasks[task_id]
+        if task.id not in self.ready or task.requirement_stage != stage:
+            return
+        self.ready.remove(task.id)
+        task.requirement_stage = stage + 1
+        task.stage_started_at = now
+        self.enqueue(task)
+        self.events.append(RequirementStageAdvanced(task.id, task.requirement_stage))
+
+    def next_deadline(self) -> float | None:
+        """When the next ``Tick`` has something to do, or None if nothing is pending.
+
+        Timers made moot since they were set are dropped here so the clock
+        loop does not wake for them; this changes no observable state.
+        """
+        while (timer := self.timers.peek()) is not None and self.is_moot(timer):
+            self.timers.discard_top()
+        deadlines = [timer.due] if timer is not None else []
+        deadlines.extend(
+            w.last_seen_at + self.config.worker_timeout_s
+            for w in self.workers.values()
+            if w.status is not WorkerStatus.OFFLINE
+        )
+        return min(deadlines, default=None)
+
+    def is_moot(self, timer: Timer) -> bool:
+        task = self.tasks[timer.task_id]
+        if timer.kind is TimerKind.LEASE:
+            return task.lease is None or task.lease.fence != timer.token
+        if timer.kind is TimerKind.RETRY:
+            return task.status is not TaskStatus.PENDING or task.id in self.ready
+        return task.id not in self.ready or task.requirement_stage != timer.token
+
+    def rebuild_indexes(self) -> None:
+        """Derive ready queues, timers and dependency counts from the records."""
+        for task in self.tasks.values():
+            self.task_counts[task.status] += 1
+            if task.lease is not None:
+                self.timers.push(task.lease.expires_at, TimerKind.LEASE, task.id, task.lease.fence)
+            elif task.status is TaskStatus.PENDING and task.not_before is not None:
+                self.timers.push(task.not_before, TimerKind.RETRY, task.id, len(task.attempts))
+            elif task.status is TaskStatus.PENDING:
+                self.enqueue(task)
+            elif task.status is TaskStatus.BLOCKED:
+                waiting = [
+                    d for d in task.spec.dependencies if not self.tasks[d].status.is_terminal
+                ]
+                for dependency_id in waiting:
+                    self.dependants.setdefault(dependency_id, []).append(task.id)
+                self.unmet[task.id] = len(waiting)
+
+    # -- scheduling --------------------------------------------------------
+
+    def schedule(self, now: float) -> None:
+        if not len(self.ready):
+            return
+        for worker in self.assignable_workers():
+            while worker.free_slots > 0:
+                task_id = self.ready.pick(
+                    worker.id,
+                    worker.capabilities,
+                    lambda tid, w=worker.id: self.is_acceptable_on(tid, w),  # type: ignore[misc]
+                )
+                if task_id is None:
+                    break
+                self.assign(self.tasks[task_id], worker, now)
+            if not len(self.ready):
+                return
+
+    def is_acceptable_on(self, task_id: str, worker_id: str) -> bool:
+        """A task avoids a worker it failed on while another live worker could run it."""
+        task = self.tasks[task_id]
+        if worker_id not in task.avoid_workers:
+            return True
+        requirements = task.spec.requirements.stage(task.requirement_stage)
+        return not any(
+            w.id != worker_id and w.id not in task.avoid_workers
+            for w in self.workers_satisfying(requirements)
+        )
+
+    def assign(self, task: TaskRecord, worker: WorkerRecord, now: float) -> None:
+        self.ready.remove(task.id)
+        fence = self.next_fence
+        self.next_fence += 1
+        attempt = AttemptRecord(
+            number=len(task.attempts) + 1,
+            worker_id=worker.id,
+            fence=fence,
+            assigned_at=now,
+            requirement_stage=task.requirement_stage,
+        )
+        task.attempts.append(attempt)
+        task.lease = Lease(worker.id, attempt.number, fence, now + self.config.lease_timeout_s)
+        worker.leases.append(task.id)
+        self.timers.push(task.lease.expires_at, TimerKind.LEASE, task.id, fence)
+        self.set_status(task, TaskStatus.ASSIGNED, f"assigned to {worker.id}")
+        self.events.append(
+            AssignTask(
+                worker.id, task.id, attempt.number, fence, task.spec, self.config.lease_timeout_s
+            )
+        )
+
+    # -- attempts ----------------------------------------------------------
+
+    def on_task_started(self, command: c.TaskStarted, now: float) -> None:
+        task = self.tasks[command.lease.task_id]
+        if not self.is_current_lease(task, command.worker_id, command.lease.fence):
+            return
+        attempt = task.attempts[-1]
+        if attempt.started_at is None:
+            attempt.started_at = now
+        self.renew_lease(task, now)
+        if task.status is TaskStatus.ASSIGNED:
+            self.set_status(task, TaskStatus.RUNNING, f"running on {command.worker_id}")
+
+    def on_report_outcome(self, command: c.ReportOutcome, now: float) -> None:
+        task = self.tasks[command.lease.task_id]
+        attempt = task.attempts[command.lease.attempt - 1]
+        if attempt.status is AttemptStatus.RUNNING and self.is_current_lease(
+            task, command.worker_id, command.lease.fence
+        ):
+            self.count_outcome(task, command.outcome, now)
+            self.acknowledge(command, counted=True)
+            return
+        if (
+            attempt.outcome != command.outcome
+            and command.outcome not in attempt.superseded_outcomes
+        ):
+            attempt.superseded_outcomes.append(command.outcome)
+        self.acknowledge(command, counted=False)
+
+    def acknowledge(self, command: c.ReportOutcome, *, counted: bool) -> None:
+        lease = command.lease
+        self.events.append(
+            OutcomeAccepted(command.worker_id, lease.task_id, lease.attempt, lease.fence, counted)
+        )
+
+    def on_cancel_task(self, command: c.CancelTask, now: float) -> None:
+        task = self.tasks[command.task_id]
+        if task.lease is not None:
+            lease = task.lease
+            self.end_attempt(task, AttemptStatus.CANCELLED, now, reason=command.reason)
+            self.events.append(CancelAttempt(lease.worker_id, task.id, lease.attempt, lease.fence))
+        self.finish_task(task, TaskStatus.CANCELLED, command.reason, now)
+
+    # -- snapshots ---------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        return msgspec.msgpack.encode(
+            Snapshot(
+                applied_seq=self.applied_seq,
+                clock=self.clock,
+                next_seq=self.next_seq,
+                next_fence=self.next_fence,
+                tasks=list(self.tasks.values()),
+                workers=list(self.workers.values()),
+                api_keys=list(self.api_keys.values()),
+                idempotency=self.idempotency,
+            )
+        )
+
+    @classmethod
+    def restore(cls, data: bytes, config: StateConfig | None = None) -> State:
+        snap = msgspec.msgpack.decode(data, type=Snapshot)
+        state = cls(config)
+        state.applied_seq, state.clock = snap.applied_seq, snap.clock
+        state.next_seq, state.next_fence = snap.next_seq, snap.next_fence
+        state.tasks = {t.id: t for t in snap.tasks}
+        state.workers = {w.id: w for w in snap.workers}
+        state.api_keys = {k.key_id: k for k in snap.api_keys}
+        state.idempotency = dict(snap.idempotency)
+        state.rebuild_indexes()
+        return state
+
+    def status_counts(self) -> dict[str, Any]:
+        return {
+            "tasks": {s.value: n for s, n in self.task_counts.items() if n},
+            "workers": dict(Counter(w.status.value for w in self.workers.values())),
+        }

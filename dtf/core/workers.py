@@ -1,0 +1,182 @@
+"""Workers: registration, heartbeats, connection loss, liveness.
+
+A worker is ``online`` while connected and heard from, ``suspect`` as soon as
+its connection drops (no new work; its leases run on, so a short blip costs
+nothing), and ``offline`` when no heartbeat arrived within the worker timeout.
+Leases are renewed only for the attempts a worker says it holds; an attempt
+it no longer holds ends as lost at once instead of waiting for expiry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from dtf.core import commands as c
+from dtf.core.events import WorkerStatusChanged
+from dtf.core.lifecycle import Lifecycle
+from dtf.core.matching import satisfies
+from dtf.core.model import FailureKind, LeaseRef, RequirementSet
+from dtf.core.records import AttemptStatus, TaskStatus, WorkerRecord, WorkerStatus
+from dtf.errors import Conflict, InvalidRequest, NotFound
+
+
+class WorkerMixin(Lifecycle):
+    # -- checks ------------------------------------------------------------
+
+    def check_register_worker(self, command: c.RegisterWorker) -> None:
+        if command.slots < 1:
+            raise InvalidRequest(f"slots must be at least 1, got {command.slots}", field="slots")
+
+    def check_heartbeat(self, command: c.Heartbeat) -> None:
+        self.session_worker(command.worker_id, command.session)
+
+    def check_task_started(self, command: c.TaskStarted) -> None:
+        self.check_holder(command.worker_id, command.lease)
+
+    def check_report_outcome(self, command: c.ReportOutcome) -> None:
+        self.check_holder(command.worker_id, command.lease)
+
+    def session_worker(self, worker_id: str, session: str) -> WorkerRecord:
+        worker = self.workers.get(worker_id)
+        if worker is None:
+            raise NotFound(f"worker {worker_id!r} is not registered; register first")
+        if worker.session != session:
+            raise Conflict(
+                f"session {session!r} of worker {worker_id!r} was replaced; reconnect and register"
+            )
+        return worker
+
+    def check_holder(self, worker_id: str, lease: LeaseRef) -> None:
+        task = self.tasks.get(lease.task_id)
+        if task is None:
+            raise NotFound(f"worker {worker_id!r} reported for unknown task {lease.task_id!r}")
+        if not 1 <= lease.attempt <= len(task.attempts):
+            raise Conflict(
+                f"task {lease.task_id!r} has no attempt {lease.attempt}; "
+                f"worker {worker_id!r} does not hold it"
+            )
+        attempt = task.attempts[lease.attempt - 1]
+        if attempt.worker_id != worker_id or attempt.fence != lease.fence:
+            raise Conflict(
+                f"worker {worker_id!r} does not hold task {lease.task_id!r} attempt "
+                f"{lease.attempt} (fence {lease.fence})"
+            )
+
+    # -- handlers ----------------------------------------------------------
+
+    def on_register_worker(self, command: c.RegisterWorker, now: float) -> None:
+        worker = self.workers.get(command.worker_id)
+        if worker is None:
+            worker = WorkerRecord(
+                command.worker_id, command.capabilities, command.slots, now, now, command.session
+            )
+            self.workers[worker.id] = worker
+            self.events.append(
+                WorkerStatusChanged(worker.id, None, WorkerStatus.ONLINE, "registered")
+            )
+        else:
+            worker.capabilities, worker.slots = command.capabilities, command.slots
+            worker.session, worker.last_seen_at = command.session, now
+            self.set_worker_status(worker, WorkerStatus.ONLINE, "reconnected")
+        self.ready.forget_worker(worker.id)
+        self.reconcile_leases(worker, command.held, max_fence_seen=None, now=now)
+
+    def on_heartbeat(self, command: c.Heartbeat, now: float) -> None:
+        worker = self.workers[command.worker_id]
+        worker.last_seen_at = now
+        if worker.status is WorkerStatus.OFFLINE:
+            self.set_worker_status(worker, WorkerStatus.SUSPECT, "heartbeat after silence")
+        self.reconcile_leases(worker, command.held, command.max_fence_seen, now)
+
+    def on_worker_disconnected(self, command: c.WorkerDisconnected, now: float) -> None:
+        worker = self.workers.get(command.worker_id)
+        if worker is None or worker.session != command.session:
+            return
+        if worker.status is WorkerStatus.ONLINE:
+            self.set_worker_status(worker, WorkerStatus.SUSPECT, "connection dropped")
+
+    def reconcile_leases(
+        self, worker: WorkerRecord, held: list[LeaseRef], max_fence_seen: int | None, now: float
+    ) -> None:
+        """Renew what the worker holds; end as lost what it dropped.
+
+        On a heartbeat, a lease newer than the worker has seen may still be in
+        flight to it, so only leases with ``fence <= max_fence_seen`` count as
+        dropped. On registration (``max_fence_seen`` None) nothing is in flight.
+        """
+        held_fences = {ref.fence for ref in held}
+        for task_id in list(worker.leases):
+            task = self.tasks[task_id]
+            assert task.lease is not None
+            if task.lease.fence in held_fences:
+                self.renew_lease(task, now)
+            elif max_fence_seen is None or task.lease.fence <= max_fence_seen:
+                self.fail_attempt(
+                    task,
+                    now,
+                    failure=FailureKind.WORKER_LOST,
+                    reason=f"worker {worker.id} no longer holds attempt {task.lease.attempt}",
+                    status=AttemptStatus.LOST,
+                )
+
+    def expire_silent_workers(self, now: float) -> None:
+        for worker in self.workers.values():
+            silent_for = now - worker.last_seen_at
+            if (
+                worker.status is not WorkerStatus.OFFLINE
+                and silent_for >= self.config.worker_timeout_s
+            ):
+                self.set_worker_status(
+                    worker, WorkerStatus.OFFLINE, f"no heartbeat for {silent_for:.0f}s"
+                )
+
+    def expire_lease(self, task_id: str, fence: int, now: float) -> bool:
+        """End an expired lease as lost. False when it was renewed (re-armed) or is moot."""
+        task = self.tasks[task_id]
+        lease = task.lease
+        if lease is None or lease.fence != fence:
+            return False
+        if lease.expires_at > now:
+            return False
+        worker = self.workers.get(lease.worker_id)
+        silent_for = now - worker.last_seen_at if worker else self.config.lease_timeout_s
+        self.fail_attempt(
+            task,
+            now,
+            failure=FailureKind.WORKER_LOST,
+            reason=f"lease expired: no heartbeat from {lease.worker_id} for {silent_for:.1f}s",
+            status=AttemptStatus.LOST,
+        )
+        return True
+
+    def forgive_downtime(self, now: float) -> None:
+        """After a coordinator restart every connection is gone, but the
+        coordinator's own downtime is not counted as worker silence."""
+        for worker in self.workers.values():
+            worker.last_seen_at = max(worker.last_seen_at, now)
+            if worker.status is WorkerStatus.ONLINE:
+                self.set_worker_status(worker, WorkerStatus.SUSPECT, "coordinator restarted")
+
+    def set_worker_status(self, worker: WorkerRecord, status: WorkerStatus, reason: str) -> None:
+        if worker.status is status:
+            return
+        old = worker.status
+        worker.status, worker.status_reason = status, reason
+        self.events.append(WorkerStatusChanged(worker.id, old, status, reason))
+
+    # -- queries -----------------------------------------------------------
+
+    def assignable_workers(self) -> Iterable[WorkerRecord]:
+        return (
+            w for w in self.workers.values() if w.status is WorkerStatus.ONLINE and w.free_slots > 0
+        )
+
+    def workers_satisfying(self, requirements: RequirementSet) -> list[WorkerRecord]:
+        return [
+            w
+            for w in self.workers.values()
+            if w.status is WorkerStatus.ONLINE and satisfies(requirements, w.capabilities, w.id)
+        ]
+
+    def running_count(self) -> int:
+        return self.task_counts[TaskStatus.RUNNING] + self.task_counts[TaskStatus.ASSIGNED]
