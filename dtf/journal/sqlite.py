@@ -120,14 +120,14 @@ class SqliteJournal:
             row = self._open_connection().execute(_NEWEST_SNAPSHOT).fetchone()
         return None if row is None else (int(row[0]), bytes(row[1]))
 
-    def compact(self, before_seq: int) -> int:
-        """Delete entries with ``seq < before_seq`` that the newest snapshot
-        covers (never one after it); return how many were deleted."""
+    def compact(self, through_seq: int) -> None:
+        """Delete entries with ``seq <= through_seq`` that the newest snapshot
+        covers; entries after the newest snapshot are never deleted."""
         with self._lock:
             connection = self._open_connection()
-            with _Transaction(connection, self.path, f"compact before seq {before_seq}"):
+            with _Transaction(connection, self.path, f"compact through seq {through_seq}"):
                 newest_snapshot_seq = int(connection.execute(_NEWEST_SNAPSHOT_SEQ).fetchone()[0])
-                up_to_seq = min(before_seq - 1, newest_snapshot_seq)
+                up_to_seq = min(through_seq, newest_snapshot_seq)
                 deleted = connection.execute(_DELETE_ENTRIES_UP_TO, (up_to_seq,)).rowcount
         logger.info(
             "compacted %d journal entries up to seq %d",
@@ -135,7 +135,6 @@ class SqliteJournal:
             up_to_seq,
             extra={"event": "journal_compacted", "up_to_seq": up_to_seq},
         )
-        return int(deleted)
 
     def close(self) -> None:
         with self._lock:

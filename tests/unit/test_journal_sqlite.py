@@ -109,24 +109,27 @@ def test_snapshot_beyond_the_last_entry_is_refused(journal: SqliteJournal) -> No
 
 def test_compaction_never_deletes_beyond_the_newest_snapshot(journal: SqliteJournal) -> None:
     journal.append([entry(seq) for seq in range(1, 11)])
-    assert journal.compact(before_seq=100) == 0  # no snapshot: nothing is covered
+    journal.compact(through_seq=100)  # no snapshot: nothing is covered
+    assert next(journal.read()) == (1, entry(1))
     journal.save_snapshot(6, b"state@6")
-    assert journal.compact(before_seq=100) == 6
+    journal.compact(through_seq=100)
     assert list(journal.read(after_seq=6)) == [(seq, entry(seq)) for seq in range(7, 11)]
     assert journal.last_seq() == 10
 
 
-def test_compaction_deletes_only_before_the_given_seq(journal: SqliteJournal) -> None:
+def test_compaction_deletes_through_the_given_seq(journal: SqliteJournal) -> None:
     journal.append([entry(seq) for seq in range(1, 11)])
     journal.save_snapshot(8, b"state@8")
-    assert journal.compact(before_seq=4) == 3
+    journal.compact(through_seq=3)
     assert next(journal.read(after_seq=3)) == (4, entry(4))
+    with pytest.raises(JournalError, match=re.escape("no entries 3..3")):
+        list(journal.read(after_seq=2))
 
 
 def test_reading_compacted_entries_is_an_error(journal: SqliteJournal) -> None:
     journal.append([entry(seq) for seq in range(1, 6)])
     journal.save_snapshot(3, b"state@3")
-    journal.compact(before_seq=4)
+    journal.compact(through_seq=3)
     with pytest.raises(JournalError, match=re.escape("no entries 1..3")):
         list(journal.read())
 
@@ -135,7 +138,7 @@ def test_seqs_keep_increasing_after_compacting_everything(tmp_path: Path) -> Non
     with SqliteJournal(tmp_path) as journal:
         journal.append([entry(1), entry(2), entry(3)])
         journal.save_snapshot(3, b"state@3")
-        journal.compact(before_seq=4)
+        journal.compact(through_seq=3)
     with SqliteJournal(tmp_path) as reopened:
         assert reopened.last_seq() == 3
         assert list(reopened.read(after_seq=3)) == []
