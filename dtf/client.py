@@ -1,0 +1,291 @@
+"""A small synchronous client for the coordinator's REST API.
+
+Given several coordinator URLs it talks to one at a time and moves on to the
+next when a URL cannot be reached (or answers 503, as a coordinator that is not
+the leader does). A request that may already have reached the server is only
+resent when it is idempotent; submits are made idempotent by sending a
+client-generated ``idempotency_key`` when the caller chose neither an id nor a
+key, so a resent submit never creates a second task.
+
+API errors come back as ``dtf.errors`` exceptions carrying the server's message
+and offending field.
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from types import TracebackType
+from typing import Any
+
+import httpx
+import msgspec
+
+from dtf import errors
+from dtf.core.model import TaskSpec
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_COORDINATOR = "http://127.0.0.1:8080"
+TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
+
+Task = dict[str, Any]
+SpecLike = dict[str, Any] | TaskSpec
+
+_STATUS_ERRORS: dict[int, type[errors.DtfError]] = {
+    400: errors.InvalidRequest,
+    401: errors.Unauthorized,
+    403: errors.Forbidden,
+    404: errors.NotFound,
+    409: errors.Conflict,
+    413: errors.InvalidRequest,
+    422: errors.InvalidRequest,
+    503: errors.CoordinatorUnavailable,
+}
+_NAMED_ERRORS: dict[str, type[errors.DtfError]] = {
+    cls.__name__: cls
+    for cls in vars(errors).values()
+    if isinstance(cls, type) and issubclass(cls, errors.DtfError)
+}
+
+
+class WaitTimeout(errors.DtfError):
+    """Tasks were still unfinished when ``Client.wait`` gave up."""
+
+    status_code = 408
+
+
+def parse_coordinators(coordinator: str | Sequence[str]) -> list[str]:
+    """``"http://a:1, http://b:2"`` or a list of URLs -> clean list, trailing ``/`` dropped."""
+    parts = coordinator.split(",") if isinstance(coordinator, str) else list(coordinator)
+    urls = [part.strip().rstrip("/") for part in parts if part.strip()]
+    if not urls:
+        raise errors.InvalidRequest(
+            f"no coordinator URL in {coordinator!r}; pass e.g. {DEFAULT_COORDINATOR}",
+            field="coordinator",
+        )
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise errors.InvalidRequest(
+                f"coordinator URL {url!r} must start with http:// or https://",
+                field="coordinator",
+            )
+    return urls
+
+
+def error_from_response(response: httpx.Response) -> errors.DtfError:
+    """The ``dtf.errors`` exception for an error response, keeping the server's words."""
+    message, field, type_name = f"HTTP {response.status_code} from {response.url}", None, None
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        error = body["error"]
+        message = str(error.get("message") or message)
+        field = error.get("field")
+        type_name = error.get("type")
+    cls = _NAMED_ERRORS.get(str(type_name)) or _STATUS_ERRORS.get(response.status_code)
+    return (cls or errors.DtfError)(message, field=field)
+
+
+def spec_to_body(spec: SpecLike) -> dict[str, Any]:
+    """Validate a spec locally and add an idempotency key when it has no id or key."""
+    try:
+        task_spec = spec if isinstance(spec, TaskSpec) else msgspec.convert(spec, TaskSpec)
+    except msgspec.ValidationError as exc:
+        raise errors.InvalidRequest(f"invalid task spec: {exc}") from None
+    body: dict[str, Any] = msgspec.to_builtins(task_spec)
+    if task_spec.id is None and task_spec.idempotency_key is None:
+        body["idempotency_key"] = f"client-{uuid.uuid4().hex}"
+    return body
+
+
+class Client:
+    """``Client("http://127.0.0.1:8080", api_key)``; also usable as a context manager."""
+
+    def __init__(
+        self,
+        coordinator: str | Sequence[str] = DEFAULT_COORDINATOR,
+        api_key: str | None = None,
+        *,
+        timeout_s: float = 10.0,
+        transport: httpx.BaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.urls = parse_coordinators(coordinator)
+        self._current = 0
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(headers=headers, timeout=timeout_s, transport=transport)
+        self._clock = clock
+        self._sleep = sleep
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    @property
+    def url(self) -> str:
+        """The coordinator URL the client is talking to now."""
+        return self.urls[self._current]
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        idempotent: bool,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+    ) -> Any:
+        """Send one API call, rotating through the coordinator URLs on connection failure."""
+        failures: builtins.list[str] = []
+        for _ in range(len(self.urls)):
+            url = self.url
+            try:
+                response = self._http.request(method, url + path, json=json, params=params)
+            except httpx.TransportError as exc:
+                if not (idempotent or isinstance(exc, httpx.ConnectError)):
+                    raise self._unreachable([f"{url} ({exc_text(exc)})"], sent=True) from None
+                failures.append(f"{url} ({exc_text(exc)})")
+            else:
+                if response.status_code != 503 or not idempotent:
+                    return self._decode(response)
+                failures.append(f"{url} (503: {error_from_response(response).message})")
+            logger.info("coordinator %s failed; trying the next one", url)
+            self._current = (self._current + 1) % len(self.urls)
+        raise self._unreachable(failures, sent=False)
+
+    def _decode(self, response: httpx.Response) -> Any:
+        if response.is_error:
+            raise error_from_response(response)
+        return response.json()
+
+    def _unreachable(self, failures: builtins.list[str], *, sent: bool) -> errors.DtfError:
+        tried = "; ".join(failures)
+        if sent:
+            return errors.CoordinatorUnavailable(
+                f"lost the connection to coordinator {tried} after sending the request; "
+                "it may or may not have been applied: check with `dtf tasks` before repeating it"
+            )
+        return errors.CoordinatorUnavailable(
+            f"cannot reach coordinator at {tried}: is `dtf coordinator` running? "
+            "set DTF_COORDINATOR or pass --coordinator"
+        )
+
+    def health(self) -> bool:
+        return bool(self.request("GET", "/health", idempotent=True).get("ok"))
+
+    def submit(self, spec: SpecLike, *, reject_unsatisfiable: bool = False) -> str:
+        params = {"reject_unsatisfiable": "true"} if reject_unsatisfiable else None
+        body = spec_to_body(spec)
+        reply = self.request("POST", "/api/tasks", idempotent=True, json=body, params=params)
+        return str(reply["task_id"])
+
+    def submit_many(
+        self, specs: Iterable[SpecLike], *, reject_unsatisfiable: bool = False
+    ) -> builtins.list[str]:
+        body = {
+            "tasks": [spec_to_body(spec) for spec in specs],
+            "reject_unsatisfiable": reject_unsatisfiable,
+        }
+        reply = self.request("POST", "/api/tasks/batch", idempotent=True, json=body)
+        return [str(entry["task_id"]) for entry in reply["tasks"]]
+
+    def get(self, task_id: str) -> Task:
+        task: Task = self.request("GET", f"/api/tasks/{task_id}", idempotent=True)
+        return task
+
+    def cancel(self, task_id: str) -> Task:
+        task: Task = self.request("POST", f"/api/tasks/{task_id}/cancel", idempotent=True)
+        return task
+
+    def wait(
+        self,
+        task_ids: Sequence[str],
+        timeout_s: float = 600.0,
+        poll_interval_s: float = 0.5,
+        *,
+        on_poll: Callable[[builtins.list[Task]], None] | None = None,
+    ) -> builtins.list[Task]:
+        """Poll until every task is terminal; ``on_poll`` sees the tasks after each poll."""
+        deadline = self._clock() + timeout_s
+        latest: dict[str, Task] = {}
+        while True:
+            for task_id in task_ids:
+                if latest.get(task_id, {}).get("status") not in TERMINAL_STATUSES:
+                    latest[task_id] = self.get(task_id)
+            tasks = [latest[task_id] for task_id in task_ids]
+            if on_poll is not None:
+                on_poll(tasks)
+            unfinished = [t["id"] for t in tasks if t.get("status") not in TERMINAL_STATUSES]
+            if not unfinished:
+                return tasks
+            if self._clock() >= deadline:
+                raise WaitTimeout(
+                    f"{len(unfinished)} of {len(tasks)} tasks not finished after "
+                    f"{timeout_s:g}s (e.g. {unfinished[0]}); check them with "
+                    f"`dtf task show {unfinished[0]}` or wait longer"
+                )
+            self._sleep(poll_interval_s)
+
+    def workers(self) -> builtins.list[dict[str, Any]]:
+        reply = self.request("GET", "/api/workers", idempotent=True)
+        return list(reply["workers"])
+
+    def worker(self, worker_id: str) -> dict[str, Any]:
+        worker: dict[str, Any] = self.request("GET", f"/api/workers/{worker_id}", idempotent=True)
+        return worker
+
+    def results(
+        self, task_id: str | None = None, *, limit: int = 100, offset: int = 0
+    ) -> builtins.list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        if task_id is not None:
+            params["task_id"] = task_id
+        reply = self.request("GET", "/api/results", idempotent=True, params=params)
+        return list(reply["results"])
+
+    def status(self) -> dict[str, Any]:
+        status: dict[str, Any] = self.request("GET", "/api/status", idempotent=True)
+        return status
+
+    def create_key(self, role: str, name: str = "") -> dict[str, Any]:
+        """A new API key; the reply holds ``key`` (shown only now), ``key_id`` and ``role``."""
+        body = {"role": role, "name": name}
+        reply: dict[str, Any] = self.request("POST", "/api/keys", idempotent=False, json=body)
+        return reply
+
+    def list_page(
+        self, status: str | None = None, *, limit: int = 100, offset: int = 0
+    ) -> dict[str, Any]:
+        """One page of tasks: ``{"tasks": [...], "total": n}``."""
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        if status is not None:
+            params["status"] = status
+        page: dict[str, Any] = self.request("GET", "/api/tasks", idempotent=True, params=params)
+        return page
+
+    def list(
+        self, status: str | None = None, *, limit: int = 100, offset: int = 0
+    ) -> builtins.list[Task]:
+        return builtins.list(self.list_page(status, limit=limit, offset=offset)["tasks"])
+
+
+def exc_text(exc: BaseException) -> str:
+    """A transport error's text, or its class name when it has none."""
+    return str(exc) or type(exc).__name__
