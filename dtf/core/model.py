@@ -253,9 +253,14 @@ class LeaseRef(Struct, frozen=True, array_like=True):
     fence: int
 
 
-def validate_config(task_type: TaskType, config: dict[str, Any]) -> Struct:
-    """Check ``config`` against its task type; errors name the field under ``config``."""
+def validate_config(task_type: TaskType, config: dict[str, Any], *, path: str = "config") -> Struct:
+    """Check ``config`` against its task type; the error names the field under ``path``."""
     try:
         return msgspec.convert(config, CONFIG_TYPES[task_type])
     except msgspec.ValidationError as exc:
-        raise msgspec.ValidationError(str(exc).replace("`$", "`$.config", 1)) from None
+        message = str(exc)
+        if " - at `$" in message:
+            message = message.replace("`$", f"`$.{path}", 1)
+        else:
+            message = f"{message} - at `$.{path}`"
+        raise msgspec.ValidationError(message) from None

@@ -33,7 +33,7 @@ class SubmissionMixin(Lifecycle):
                     f"task id {new.task_id!r} appears twice in this batch", field=f"{where}.id"
                 )
             try:
-                validate_config(new.spec.type, new.spec.config)
+                validate_config(new.spec.type, new.spec.config, path=f"{where}.config")
             except msgspec.ValidationError as exc:
                 raise InvalidRequest(str(exc), field=f"{where}.config") from None
             fresh[new.task_id] = new.spec

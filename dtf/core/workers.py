@@ -178,5 +178,9 @@ class WorkerMixin(Lifecycle):
             if w.status is WorkerStatus.ONLINE and satisfies(requirements, w.capabilities, w.id)
         ]
 
+    def is_current_lease_ref(self, worker_id: str, ref: LeaseRef) -> bool:
+        task = self.tasks.get(ref.task_id)
+        return task is not None and self.is_current_lease(task, worker_id, ref.fence)
+
     def running_count(self) -> int:
         return self.task_counts[TaskStatus.RUNNING] + self.task_counts[TaskStatus.ASSIGNED]

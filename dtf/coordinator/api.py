@@ -1,0 +1,253 @@
+"""REST routes under ``/api``: tasks, workers, results, status, keys, and the
+HTTP side of the worker protocol (register, heartbeat, started, outcome).
+
+Handlers are thin: authenticate, decode the body, build a command, run it
+through the bus, shape the reply. All state lives in ``bus.state``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import msgspec
+from fastapi import APIRouter, Header, Query, Request, Response, WebSocket
+
+from dtf import protocol as p
+from dtf.coordinator import auth
+from dtf.coordinator.bodies import KeyRequest, SubmitBatch, decode_body, new_tasks, request_body
+from dtf.coordinator.runtime import Runtime
+from dtf.coordinator.views import result_views, task_view
+from dtf.core import commands as c
+from dtf.core.events import TaskAccepted
+from dtf.core.model import TaskSpec
+from dtf.core.records import TaskStatus
+from dtf.errors import NotFound
+
+Authorization = Annotated[str | None, Header()]
+
+
+def json_response(content: Any, status_code: int = 200) -> Response:
+    return Response(msgspec.json.encode(content), status_code, media_type="application/json")
+
+
+def build_router(runtime: Runtime) -> APIRouter:
+    router = APIRouter(prefix="/api")
+    _task_routes(router, runtime)
+    _worker_routes(router, runtime)
+    _info_routes(router, runtime)
+    return router
+
+
+def _task_routes(router: APIRouter, rt: Runtime) -> None:
+    @router.post("/tasks", status_code=201, openapi_extra=request_body(TaskSpec), tags=["tasks"])
+    async def submit_task(
+        request: Request, authorization: Authorization = None, reject_unsatisfiable: bool = False
+    ) -> Response:
+        """Submit one task. Resubmitting the same id or idempotency key returns the existing task."""
+        rt.auth.require(authorization, "submit")
+        spec = decode_body(await request.body(), TaskSpec)
+        accepted = await _submit(rt, new_tasks([spec], path=""), reject_unsatisfiable)
+        return json_response(accepted[0], 201)
+
+    @router.post(
+        "/tasks/batch", status_code=201, openapi_extra=request_body(SubmitBatch), tags=["tasks"]
+    )
+    async def submit_batch(request: Request, authorization: Authorization = None) -> Response:
+        """Submit many tasks in one request; the batch is accepted or refused whole."""
+        rt.auth.require(authorization, "submit")
+        batch = decode_body(await request.body(), SubmitBatch)
+        accepted = await _submit(rt, new_tasks(batch.tasks), batch.reject_unsatisfiable)
+        return json_response({"tasks": accepted}, 201)
+
+    @router.get("/tasks", tags=["tasks"])
+    async def list_tasks(
+        authorization: Authorization = None,
+        status: TaskStatus | None = None,
+        limit: Annotated[int, Query(ge=1, le=100_000)] = 100,
+        offset: Annotated[int, Query(ge=0)] = 0,
+        order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
+    ) -> Response:
+        """Tasks, newest first by default, with their attempt history."""
+        rt.auth.require(authorization, "read")
+        tasks = [t for t in rt.state.tasks.values() if status is None or t.status is status]
+        if order == "desc":
+            tasks.reverse()
+        now = time.time()
+        page = [task_view(rt.state, t, now=now) for t in tasks[offset : offset + limit]]
+        return json_response({"tasks": page, "total": len(tasks)})
+
+    @router.get("/tasks/{task_id}", tags=["tasks"])
+    async def get_task(task_id: str, authorization: Authorization = None) -> Response:
+        """One task with its full attempt history and, if it waits, why."""
+        rt.auth.require(authorization, "read")
+        return json_response(task_view(rt.state, _task(rt, task_id), now=time.time()))
+
+    @router.post("/tasks/{task_id}/cancel", tags=["tasks"])
+    async def cancel_task(task_id: str, authorization: Authorization = None) -> Response:
+        """Cancel a task; a running attempt is killed on its worker."""
+        rt.auth.require(authorization, "submit")
+        _task(rt, task_id)
+        await rt.bus.execute(c.CancelTask(time.time(), task_id))
+        return json_response(task_view(rt.state, rt.state.tasks[task_id], now=time.time()))
+
+
+async def _submit(
+    rt: Runtime, tasks: list[c.NewTask], reject_unsatisfiable: bool
+) -> list[dict[str, Any]]:
+    events = await rt.bus.execute(c.SubmitTasks(time.time(), tasks, reject_unsatisfiable))
+    return [
+        {"task_id": e.task_id, "status": e.status.value, "duplicate": e.duplicate}
+        for e in events
+        if isinstance(e, TaskAccepted)
+    ]
+
+
+def _task(rt: Runtime, task_id: str) -> Any:
+    task = rt.state.tasks.get(task_id)
+    if task is None:
+        raise NotFound(f"task {task_id!r} does not exist; list tasks with `dtf tasks`")
+    return task
+
+
+def _worker_routes(router: APIRouter, rt: Runtime) -> None:
+    @router.get("/workers", tags=["workers"])
+    async def list_workers(authorization: Authorization = None) -> Response:
+        """Every worker seen, with capabilities (declared ones marked) and status."""
+        rt.auth.require(authorization, "read")
+        return json_response(
+            {"workers": [msgspec.to_builtins(w) for w in rt.state.workers.values()]}
+        )
+
+    @router.get("/workers/{worker_id}", tags=["workers"])
+    async def get_worker(worker_id: str, authorization: Authorization = None) -> Response:
+        rt.auth.require(authorization, "read")
+        worker = rt.state.workers.get(worker_id)
+        if worker is None:
+            raise NotFound(f"worker {worker_id!r} is not registered")
+        return json_response(msgspec.to_builtins(worker))
+
+    @router.websocket("/workers/ws")
+    async def worker_socket(websocket: WebSocket) -> None:
+        """The worker channel: register, assignments, started, outcomes."""
+        try:
+            rt.auth.require(websocket.headers.get("authorization"), "work")
+        except Exception as exc:
+            await websocket.close(code=1008, reason=str(exc)[:120])
+            return
+        await rt.hub.serve(websocket)
+
+    @router.post(
+        "/workers/register", openapi_extra=request_body(p.Register), tags=["worker protocol"]
+    )
+    async def register(request: Request, authorization: Authorization = None) -> Response:
+        """Register over HTTP (workers that cannot hold a WebSocket)."""
+        rt.auth.require(authorization, "work")
+        body = decode_body(await request.body(), p.Register)
+        await rt.bus.execute(
+            c.RegisterWorker(
+                time.time(), body.worker_id, body.session, body.capabilities, body.slots, body.held
+            )
+        )
+        registered = p.Registered(
+            body.worker_id,
+            body.session,
+            rt.settings.lease_timeout_s,
+            rt.settings.heartbeat_interval_s,
+        )
+        return json_response(registered)
+
+    @router.post(
+        "/workers/{worker_id}/heartbeat",
+        openapi_extra=request_body(p.HeartbeatRequest),
+        tags=["worker protocol"],
+    )
+    async def heartbeat(
+        worker_id: str, request: Request, authorization: Authorization = None
+    ) -> Response:
+        """Renew the leases the worker holds; 409 means: reconnect and register."""
+        rt.auth.require(authorization, "work")
+        body = decode_body(await request.body(), p.HeartbeatRequest)
+        await rt.bus.execute(
+            c.Heartbeat(time.time(), worker_id, body.session, body.held, body.max_fence_seen)
+        )
+        renewed = [ref for ref in body.held if rt.state.is_current_lease_ref(worker_id, ref)]
+        return json_response(p.HeartbeatReply(rt.settings.lease_timeout_s, renewed))
+
+    @router.get("/workers/{worker_id}/assignments", tags=["worker protocol"])
+    async def assignments(worker_id: str, authorization: Authorization = None) -> Response:
+        """The attempts this worker currently holds, for HTTP-polling workers."""
+        rt.auth.require(authorization, "work")
+        worker = rt.state.workers.get(worker_id)
+        if worker is None:
+            raise NotFound(f"worker {worker_id!r} is not registered")
+        held = [rt.state.tasks[t] for t in worker.leases]
+        return json_response(
+            [
+                p.Assign(t.id, t.lease.attempt, t.lease.fence, t.spec, rt.settings.lease_timeout_s)
+                for t in held
+                if t.lease
+            ]
+        )
+
+    @router.post(
+        "/workers/{worker_id}/started",
+        openapi_extra=request_body(p.Started),
+        tags=["worker protocol"],
+    )
+    async def started(
+        worker_id: str, request: Request, authorization: Authorization = None
+    ) -> Response:
+        rt.auth.require(authorization, "work")
+        body = decode_body(await request.body(), p.Started)
+        await rt.bus.execute(c.TaskStarted(time.time(), worker_id, body.lease))
+        return json_response({"ok": True})
+
+    @router.post(
+        "/workers/{worker_id}/outcome",
+        openapi_extra=request_body(p.OutcomeReport),
+        tags=["worker protocol"],
+    )
+    async def outcome(
+        worker_id: str, request: Request, authorization: Authorization = None
+    ) -> Response:
+        """Report an attempt's outcome; safe to resend until acknowledged."""
+        rt.auth.require(authorization, "work")
+        body = decode_body(await request.body(), p.OutcomeReport)
+        events = await rt.bus.execute(
+            c.ReportOutcome(time.time(), worker_id, body.lease, body.outcome)
+        )
+        counted = any(getattr(e, "counted", False) for e in events)
+        return json_response({"accepted": True, "counted": counted})
+
+
+def _info_routes(router: APIRouter, rt: Runtime) -> None:
+    @router.get("/results", tags=["results"])
+    async def results(
+        authorization: Authorization = None,
+        task_id: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> Response:
+        """Every finished attempt's outcome: status, exit code, duration, output tails, metrics, tests."""
+        rt.auth.require(authorization, "read")
+        return json_response(
+            {"results": result_views(rt.state, task_id=task_id, limit=limit, offset=offset)}
+        )
+
+    @router.get("/status", tags=["status"])
+    async def status(authorization: Authorization = None) -> Response:
+        """Counts of tasks and workers by status, and where the data lives."""
+        rt.auth.require(authorization, "read")
+        return json_response(rt.status())
+
+    @router.post("/keys", status_code=201, openapi_extra=request_body(KeyRequest), tags=["keys"])
+    async def create_key(request: Request, authorization: Authorization = None) -> Response:
+        """Create an API key for a role (admin only). The key is shown once; only its hash is kept."""
+        rt.auth.require(authorization, "admin")
+        body = decode_body(await request.body(), KeyRequest)
+        key_id, key = auth.new_key()
+        await rt.bus.execute(
+            c.CreateApiKey(time.time(), key_id, body.role, auth.hash_key(key), body.name)
+        )
+        return json_response({"key": key, "key_id": key_id, "role": body.role.value}, 201)

@@ -1,0 +1,138 @@
+"""The coordinator process: recover state, serve the API, run the clock.
+
+Start-up replays the journal (newest snapshot plus tail) into the state,
+then journals ``CoordinatorStarted`` so leases get a fresh period instead of
+being charged for our own downtime. The clock loop submits ``Tick`` only
+when the state says something is due.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from dtf import __version__
+from dtf import protocol as p
+from dtf.coordinator.api import build_router, json_response
+from dtf.coordinator.auth import Authenticator, load_or_create_admin_key
+from dtf.coordinator.bodies import KeyRequest, SubmitBatch, schema_components
+from dtf.coordinator.bus import CommandBus
+from dtf.coordinator.errors import install_error_handlers
+from dtf.coordinator.limits import BodySizeLimit
+from dtf.coordinator.runtime import Runtime
+from dtf.coordinator.settings import CoordinatorSettings
+from dtf.coordinator.worker_hub import WorkerHub
+from dtf.core import commands as c
+from dtf.core.model import TaskSpec
+from dtf.core.state import StateConfig
+from dtf.errors import DtfError
+from dtf.journal.sqlite import SqliteJournal
+
+log = logging.getLogger(__name__)
+
+CLOCK_MAX_SLEEP_S = 0.5
+
+
+def create_app(settings: CoordinatorSettings) -> FastAPI:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    admin_key, created = load_or_create_admin_key(settings.data_dir, settings.admin_key)
+    if created is not None:
+        log.warning("no DTF_ADMIN_KEY set: created an admin key in %s (mode 0600)", created)
+    journal = SqliteJournal(settings.data_dir)
+    config = StateConfig(settings.lease_timeout_s, settings.worker_timeout_s)
+    bus = CommandBus.recover(journal, config, snapshot_every=settings.snapshot_every)
+    hub = WorkerHub(
+        bus,
+        lease_timeout_s=settings.lease_timeout_s,
+        heartbeat_interval_s=settings.heartbeat_interval_s,
+    )
+    runtime = Runtime(
+        settings, bus, hub, Authenticator(admin_key, bus.state.api_keys), str(journal.path)
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        bus.start()
+        await bus.execute(c.CoordinatorStarted(time.time()))
+        clock = asyncio.create_task(run_clock(bus), name="dtf-clock")
+        log.info("coordinator serving on http://%s:%d", settings.host, settings.port)
+        try:
+            yield
+        finally:
+            clock.cancel()
+            await bus.stop()
+            journal.close()
+
+    app = FastAPI(title="dtf coordinator", version=__version__, lifespan=lifespan)
+    app.state.runtime = runtime
+    app.include_router(build_router(runtime))
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    install_error_handlers(app)
+
+    @app.get("/health", tags=["status"])
+    async def health() -> Any:
+        """Liveness: no authentication."""
+        return json_response({"ok": True, "journal_seq": bus.state.applied_seq})
+
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        bodies = [
+            TaskSpec,
+            SubmitBatch,
+            KeyRequest,
+            p.Register,
+            p.HeartbeatRequest,
+            p.Started,
+            p.OutcomeReport,
+        ]
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(
+            schema_components(bodies)
+        )
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+async def run_clock(bus: CommandBus) -> None:
+    """Submit a ``Tick`` whenever a lease, retry, fallback or worker timeout is due."""
+    while True:
+        deadline = bus.state.next_deadline()
+        now = time.time()
+        if deadline is not None and deadline <= now:
+            try:
+                await bus.execute(c.Tick(now))
+            except DtfError as exc:
+                log.warning("tick refused: %s", exc)
+            continue
+        wait = CLOCK_MAX_SLEEP_S if deadline is None else min(deadline - now, CLOCK_MAX_SLEEP_S)
+        await asyncio.sleep(max(wait, 0.005))
+
+
+def run_coordinator(settings: CoordinatorSettings) -> int:
+    """Serve until SIGINT or SIGTERM. Returns the process exit code."""
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        ws="websockets",
+        ws_max_size=16 * 1024 * 1024,
+        access_log=False,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    return 0

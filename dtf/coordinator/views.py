@@ -1,0 +1,71 @@
+"""Read models served by the API: tasks with their history, workers, results, status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from dtf.core.matching import count_satisfying, explain_waiting
+from dtf.core.records import TaskRecord, TaskStatus
+from dtf.core.state import State
+
+
+def task_view(state: State, task: TaskRecord, *, now: float) -> dict[str, Any]:
+    view: dict[str, Any] = msgspec.to_builtins(task)
+    view.setdefault("attempts", [])
+    if task.status in (TaskStatus.PENDING, TaskStatus.BLOCKED):
+        view["waiting"] = waiting_view(state, task, now=now)
+    return view
+
+
+def waiting_view(state: State, task: TaskRecord, *, now: float) -> dict[str, Any]:
+    """Why a task is not running yet, per constraint where that is the reason."""
+    if task.status is TaskStatus.BLOCKED:
+        unfinished = [
+            d for d in task.spec.dependencies if state.tasks[d].status.is_terminal is False
+        ]
+        return {"summary": f"waiting for dependencies: {', '.join(unfinished)}", "constraints": []}
+    if task.not_before is not None and task.not_before > now:
+        return {
+            "summary": f"retry scheduled in {task.not_before - now:.1f}s",
+            "constraints": [],
+        }
+    requirements = task.spec.requirements.stage(task.requirement_stage)
+    live = [(w.id, w.capabilities) for w in state.live_workers()]
+    counts = count_satisfying(requirements, live)
+    summary = explain_waiting(requirements, live)
+    if task.spec.requirements.stage_count > 1:
+        summary = f"requirement set {task.requirement_stage + 1} of {task.spec.requirements.stage_count}: {summary}"
+    return {
+        "summary": summary,
+        "constraints": [msgspec.to_builtins(count) for count in counts],
+    }
+
+
+def result_views(
+    state: State, *, task_id: str | None, limit: int, offset: int
+) -> list[dict[str, Any]]:
+    tasks = [state.tasks[task_id]] if task_id in state.tasks else []
+    if task_id is None:
+        tasks = list(state.tasks.values())
+    results = [
+        {
+            "task_id": task.id,
+            "task_type": task.spec.type.value,
+            "attempt": attempt.number,
+            "worker_id": attempt.worker_id,
+            "status": attempt.status.value,
+            "failure": attempt.failure.value if attempt.failure else None,
+            "reason": attempt.reason,
+            "assigned_at": attempt.assigned_at,
+            "started_at": attempt.started_at,
+            "finished_at": attempt.finished_at,
+            "outcome": msgspec.to_builtins(attempt.outcome) if attempt.outcome else None,
+            "labels": task.spec.labels,
+        }
+        for task in tasks
+        for attempt in task.attempts
+        if attempt.finished_at is not None
+    ]
+    return results[offset : offset + limit]

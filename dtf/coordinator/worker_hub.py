@@ -1,0 +1,195 @@
+"""Worker connections: one WebSocket per worker session.
+
+Inbound messages become commands on the bus without waiting for each to be
+journaled (the bus keeps their order), so a worker's stream of started and
+outcome reports is written in batches. Outbound messages (assignments,
+cancellations, outcome acknowledgements) come from bus events and go through
+a per-connection queue drained by its own sender task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import msgspec
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from dtf import protocol as p
+from dtf.coordinator.bus import CommandBus
+from dtf.core import commands as c
+from dtf.core.events import AssignTask, CancelAttempt, Event, OutcomeAccepted
+from dtf.errors import DtfError
+
+log = logging.getLogger(__name__)
+
+OutboundMessage = p.Assign | p.Cancel | p.OutcomeAck | p.Registered | p.ErrorMessage
+
+
+class _Connection:
+    def __init__(self, websocket: WebSocket, worker_id: str, session: str) -> None:
+        self.websocket = websocket
+        self.worker_id = worker_id
+        self.session = session
+        self.outbox: asyncio.Queue[OutboundMessage | None] = asyncio.Queue()
+
+    def send(self, message: OutboundMessage) -> None:
+        self.outbox.put_nowait(message)
+
+    async def drain(self) -> None:
+        while (message := await self.outbox.get()) is not None:
+            await self.websocket.send_bytes(p.json_encoder.encode(message))
+
+
+class WorkerHub:
+    def __init__(
+        self, bus: CommandBus, *, lease_timeout_s: float, heartbeat_interval_s: float
+    ) -> None:
+        self.bus = bus
+        self.lease_timeout_s = lease_timeout_s
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self._connections: dict[str, _Connection] = {}
+        bus.subscribe(self.on_events)
+
+    def on_events(self, events: list[Event]) -> None:
+        for event in events:
+            if isinstance(event, AssignTask):
+                self._send(
+                    event.worker_id,
+                    p.Assign(
+                        event.task_id, event.attempt, event.fence, event.spec, event.lease_timeout_s
+                    ),
+                )
+            elif isinstance(event, CancelAttempt):
+                self._send(event.worker_id, p.Cancel(event.task_id, event.attempt, event.fence))
+            elif isinstance(event, OutcomeAccepted):
+                self._send(event.worker_id, p.OutcomeAck(event.task_id, event.attempt, event.fence))
+
+    def _send(self, worker_id: str, message: OutboundMessage) -> None:
+        connection = self._connections.get(worker_id)
+        if connection is not None:
+            connection.send(message)
+
+    async def serve(self, websocket: WebSocket) -> None:
+        """Run one worker connection until it closes."""
+        await websocket.accept()
+        raw = await _receive_payload(websocket)
+        if raw is None:
+            return
+        try:
+            first = p.worker_message_decoder.decode(raw)
+        except msgspec.DecodeError as exc:
+            await _refuse(websocket, f"expected a register message first: {exc}")
+            return
+        if not isinstance(first, p.Register):
+            await _refuse(
+                websocket, f"expected a register message first, got {type(first).__name__}"
+            )
+            return
+        connection = _Connection(websocket, first.worker_id, first.session)
+        sender = asyncio.create_task(connection.drain(), name=f"dtf-send-{first.worker_id}")
+        try:
+            if await self._register(connection, first):
+                await self._receive(connection)
+        finally:
+            await self._close(connection, sender)
+
+    async def _register(self, connection: _Connection, message: p.Register) -> bool:
+        command = c.RegisterWorker(
+            time.time(),
+            message.worker_id,
+            message.session,
+            message.capabilities,
+            message.slots,
+            message.held,
+        )
+        try:
+            self.bus.state.check(command)
+        except DtfError as exc:
+            connection.send(p.ErrorMessage(exc.message))
+            return False
+        previous = self._connections.get(message.worker_id)
+        if previous is not None:
+            previous.send(p.ErrorMessage("replaced by a newer connection of this worker"))
+            previous.outbox.put_nowait(None)
+        self._connections[message.worker_id] = connection
+        connection.send(
+            p.Registered(
+                message.worker_id, message.session, self.lease_timeout_s, self.heartbeat_interval_s
+            )
+        )
+        await self.bus.execute(command)
+        log.info("worker %s connected", message.worker_id, extra={"event": "worker_connected"})
+        return True
+
+    async def _receive(self, connection: _Connection) -> None:
+        while (raw := await _receive_payload(connection.websocket)) is not None:
+            try:
+                message = p.worker_message_decoder.decode(raw)
+            except msgspec.DecodeError as exc:
+                connection.send(p.ErrorMessage(f"unreadable message ignored: {exc}"))
+                continue
+            self._dispatch(connection, message)
+
+    def _dispatch(self, connection: _Connection, message: p.WorkerMessage) -> None:
+        now = time.time()
+        if isinstance(message, p.Started):
+            command: c.Command = c.TaskStarted(now, connection.worker_id, message.lease)
+        elif isinstance(message, p.OutcomeReport):
+            command = c.ReportOutcome(now, connection.worker_id, message.lease, message.outcome)
+        else:
+            connection.send(p.ErrorMessage("already registered on this connection"))
+            return
+        try:
+            future = self.bus.enqueue(command)
+        except DtfError as exc:
+            connection.send(p.ErrorMessage(exc.message))
+            return
+        future.add_done_callback(lambda f: _report_failure(connection, f))
+
+    async def _close(self, connection: _Connection, sender: asyncio.Task[None]) -> None:
+        if self._connections.get(connection.worker_id) is connection:
+            del self._connections[connection.worker_id]
+            try:
+                await self.bus.execute(
+                    c.WorkerDisconnected(time.time(), connection.worker_id, connection.session)
+                )
+            except DtfError as exc:
+                log.warning("could not record disconnect of %s: %s", connection.worker_id, exc)
+        connection.outbox.put_nowait(None)
+        sender.cancel()
+        log.info(
+            "worker %s disconnected", connection.worker_id, extra={"event": "worker_disconnected"}
+        )
+
+
+def _report_failure(connection: _Connection, future: asyncio.Future[list[Event]]) -> None:
+    if future.cancelled():
+        return
+    exc = future.exception()
+    if isinstance(exc, DtfError):
+        connection.send(p.ErrorMessage(exc.message))
+    elif exc is not None:
+        log.error("command from %s failed", connection.worker_id, exc_info=exc)
+
+
+async def _receive_payload(websocket: WebSocket) -> bytes | None:
+    """The next frame's payload, text or binary; None once the peer is gone."""
+    try:
+        message = await websocket.receive()
+    except (WebSocketDisconnect, RuntimeError):
+        return None
+    if message["type"] == "websocket.disconnect":
+        return None
+    if message.get("bytes") is not None:
+        return bytes(message["bytes"])
+    return str(message.get("text") or "").encode()
+
+
+async def _refuse(websocket: WebSocket, reason: str) -> None:
+    try:
+        await websocket.send_bytes(p.json_encoder.encode(p.ErrorMessage(reason)))
+        await websocket.close(code=1008)
+    except (WebSocketDisconnect, RuntimeError):
+        pass
