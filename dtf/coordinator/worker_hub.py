@@ -39,7 +39,7 @@ class _Connection:
 
     async def drain(self) -> None:
         while (message := await self.outbox.get()) is not None:
-            await self.websocket.send_bytes(p.json_encoder.encode(message))
+            await self.websocket.send_text(p.json_encoder.encode(message).decode())
 
 
 class WorkerHub:
@@ -189,7 +189,7 @@ async def _receive_payload(websocket: WebSocket) -> bytes | None:
 
 async def _refuse(websocket: WebSocket, reason: str) -> None:
     try:
-        await websocket.send_bytes(p.json_encoder.encode(p.ErrorMessage(reason)))
+        await websocket.send_text(p.json_encoder.encode(p.ErrorMessage(reason)).decode())
         await websocket.close(code=1008)
     except (WebSocketDisconnect, RuntimeError):
         pass
