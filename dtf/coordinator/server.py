@@ -128,7 +128,7 @@ def run_coordinator(settings: CoordinatorSettings) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        ws="websockets",
+        ws="websockets-sansio",
         ws_max_size=16 * 1024 * 1024,
         access_log=False,
         lifespan="on",
