@@ -25,7 +25,7 @@ import httpx
 import msgspec
 
 from dtf import errors
-from dtf.core.model import TaskSpec
+from dtf.core.model import TaskSpec, validate_config
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +96,7 @@ def spec_to_body(spec: SpecLike) -> dict[str, Any]:
     """Validate a spec locally and add an idempotency key when it has no id or key."""
     try:
         task_spec = spec if isinstance(spec, TaskSpec) else msgspec.convert(spec, TaskSpec)
+        validate_config(task_spec.type, task_spec.config)
     except msgspec.ValidationError as exc:
         raise errors.InvalidRequest(f"invalid task spec: {exc}") from None
     body: dict[str, Any] = msgspec.to_builtins(task_spec)

@@ -1,0 +1,198 @@
+"""``dtf demo``: start a local cluster, run the workload, kill a worker, summarise.
+
+The demo submits everything but the flaky task, waits until the long task
+runs, SIGKILLs the worker running it (with all its children, as if the
+machine died), then submits the flaky task and polls until every task is
+finished, printing each retry and recovery as it happens. The long task's
+lease expires after the short lease timeout and it is run again elsewhere.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TimeElapsedColumn
+
+from dtf.client import TERMINAL_STATUSES, Client
+from dtf.demo.events import changes
+from dtf.demo.summary import Check, checks, print_summary
+from dtf.demo.workload import Workload, build_workload
+from dtf.local import ClusterSettings, LocalCluster
+
+Task = dict[str, Any]
+
+POLL_INTERVAL_S = 0.3
+LONG_TASK_START_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    data_dir: Path
+    examples_dir: Path
+    port: int = 0
+    workers: int = 3
+    slots: int = 2
+    lease_timeout_s: float = 5.0
+    timeout_s: float = 300.0
+    keep_running: bool = False
+
+
+@dataclass
+class DemoRun:
+    """What the polling loop knows: the latest view of each submitted task, and the kill."""
+
+    workload: Workload
+    tasks: dict[str, Task] = field(default_factory=dict)
+    victim: str | None = None
+    flaky_submitted: bool = False
+
+    @property
+    def is_finished(self) -> bool:
+        return self.flaky_submitted and all(
+            t["status"] in TERMINAL_STATUSES for t in self.tasks.values()
+        )
+
+
+class DemoInterrupted(Exception):
+    """SIGINT or SIGTERM arrived while the workload was running."""
+
+
+def poll(client: Client, run: DemoRun, task_ids: list[str]) -> dict[str, Task]:
+    """Fresh views of the unfinished tasks; finished ones are kept as they were."""
+    latest = dict(run.tasks)
+    for task_id in task_ids:
+        known = latest.get(task_id)
+        if known is None or known["status"] not in TERMINAL_STATUSES:
+            latest[task_id] = client.get(task_id)
+    return latest
+
+
+def kill_long_task_worker(cluster: LocalCluster, run: DemoRun, say: Any) -> None:
+    long_task = run.tasks[run.workload.long_task_id]
+    victim = long_task["attempts"][-1]["worker_id"]
+    say(f"[bold]{long_task['spec']['name']} is running on {victim}[/bold]")
+    pid = cluster.kill_worker(victim)
+    run.victim = victim
+    say(
+        f"[bold red]killed worker {victim}[/bold red] (SIGKILL to pid {pid} and its children); "
+        f"its lease expires in {cluster.settings.lease_timeout_s:g}s, then the task is recovered"
+    )
+
+
+def step(client: Client, cluster: LocalCluster, run: DemoRun, started: float, say: Any) -> None:
+    """One poll: report changes, kill the worker once the long task runs, send the flaky task."""
+    sent = run.workload.all_specs if run.flaky_submitted else run.workload.first_batch
+    latest = poll(client, run, [spec["id"] for spec in sent])
+    for line in changes(run.tasks, latest):
+        say(line)
+    run.tasks = latest
+    if run.flaky_submitted:
+        return
+    long_status = run.tasks[run.workload.long_task_id]["status"]
+    waited_too_long = time.monotonic() - started > LONG_TASK_START_TIMEOUT_S
+    if long_status == "running":
+        kill_long_task_worker(cluster, run, say)
+    elif long_status in TERMINAL_STATUSES or waited_too_long:
+        say(f"[red]the long task did not run in time ({long_status}); no worker was killed[/red]")
+    else:
+        return
+    client.submit(run.workload.flaky)
+    run.flaky_submitted = True
+    say("submitted the flaky task (fails on its first attempt, retried on non-zero exit)")
+
+
+def drive(
+    client: Client,
+    cluster: LocalCluster,
+    run: DemoRun,
+    settings: DemoSettings,
+    stop: threading.Event,
+) -> bool:
+    """Run the workload to the end; False when the demo's time limit ran out first."""
+    total = len(run.workload.task_ids)
+    columns = (SpinnerColumn(), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, "tasks finished") as progress:
+        bar = progress.add_task("tasks", total=total)
+        say = progress.console.print
+        client.submit_many(run.workload.first_batch)
+        say(f"submitted {len(run.workload.first_batch)} tasks to {cluster.url}")
+        started = time.monotonic()
+        while not run.is_finished:
+            if stop.is_set():
+                raise DemoInterrupted
+            if time.monotonic() - started > settings.timeout_s:
+                say(f"[red]gave up after {settings.timeout_s:g}s[/red]")
+                return False
+            step(client, cluster, run, started, say)
+            finished = sum(1 for t in run.tasks.values() if t["status"] in TERMINAL_STATUSES)
+            progress.update(bar, completed=finished)
+            stop.wait(POLL_INTERVAL_S)
+    return True
+
+
+def run_demo(settings: DemoSettings, console: Console, stop: threading.Event) -> int:
+    """Run the demo; 0 when every check passed, 1 otherwise, 130 when interrupted."""
+    run_id = f"demo-{uuid.uuid4().hex[:6]}"
+    run = DemoRun(build_workload(run_id, settings.examples_dir))
+    cluster = LocalCluster(
+        ClusterSettings(
+            data_dir=settings.data_dir,
+            workers=settings.workers,
+            port=settings.port,
+            slots=settings.slots,
+            lease_timeout_s=settings.lease_timeout_s,
+        )
+    )
+    try:
+        with console.status(f"starting a coordinator and {settings.workers} workers..."):
+            cluster.start()
+        console.print(f"cluster up at {cluster.url}; data in {cluster.data_dir}")
+        with cluster.client() as client:
+            in_time = drive(client, cluster, run, settings, stop)
+            where = data_locations(cluster, client.status())
+        results = evaluate(run, in_time)
+        if run.flaky_submitted:
+            print_summary(console, run.tasks, run.workload, results, where)
+        passed = all(check.passed for check in results)
+        console.print("[green]demo passed[/green]" if passed else "[red]demo failed[/red]")
+        if settings.keep_running:
+            keep_running(cluster, console, stop, run.workload.long_task_id)
+        return 0 if passed else 1
+    except DemoInterrupted:
+        console.print("interrupted: stopping the cluster")
+        return 130
+    finally:
+        cluster.stop()
+
+
+def evaluate(run: DemoRun, in_time: bool) -> list[Check]:
+    in_time_check = Check("every task finished within the demo's time limit", in_time)
+    if not run.flaky_submitted:
+        return [in_time_check]
+    return [in_time_check, *checks(run.tasks, run.workload, run.victim)]
+
+
+def data_locations(cluster: LocalCluster, status: dict[str, Any]) -> dict[str, str]:
+    return {
+        "data dir": str(cluster.data_dir),
+        "journal": str(status.get("journal", cluster.data_dir)),
+        "logs": str(cluster.logs_dir),
+        "admin key": str(cluster.admin_key_path),
+    }
+
+
+def keep_running(
+    cluster: LocalCluster, console: Console, stop: threading.Event, task_id: str
+) -> None:
+    console.rule("the cluster keeps running; Ctrl-C stops it")
+    for line in cluster.usage_lines():
+        console.print(line, markup=False)
+    console.print(f"  dtf task show {task_id}   # the task whose worker was killed", markup=False)
+    while not stop.wait(1.0):
+        pass
