@@ -46,6 +46,7 @@ def cli() -> None:
 
 for command in (
     serve.coordinator,
+    serve.worker,
     local.up,
     local.demo,
     submit.submit,

@@ -7,6 +7,10 @@ from pathlib import Path
 
 import click
 
+from dtf.cli.output import parse_pairs
+from dtf.client import DEFAULT_COORDINATOR, parse_coordinators
+from dtf.core.model import HardwareClass
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -60,3 +64,76 @@ def coordinator(
         log_level=log_level,
     )
     click.get_current_context().exit(run_coordinator(settings))
+
+
+def parse_hardware(values: tuple[str, ...]) -> list[HardwareClass]:
+    """``("cuda,webgpu", "tpu")`` -> hardware classes; an unknown name is a usage error."""
+    names = [name.strip() for value in values for name in value.split(",") if name.strip()]
+    known = {h.value for h in HardwareClass}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise click.BadParameter(
+            f"unknown hardware class {', '.join(unknown)}; choose from {', '.join(sorted(known))}",
+            param_hint="--declare-hardware",
+        )
+    return [HardwareClass(name) for name in dict.fromkeys(names)]
+
+
+@click.command()
+@click.option(
+    "--coordinator",
+    envvar="DTF_COORDINATOR",
+    default=DEFAULT_COORDINATOR,
+    show_default=True,
+    help="Coordinator URL, or several separated by commas [env: DTF_COORDINATOR].",
+)
+@click.option("--api-key", envvar="DTF_API_KEY", default="", help="Worker key [env: DTF_API_KEY].")
+@click.option("--worker-id", help="Name of this worker [default: the host name].")
+@click.option("--slots", default=1, show_default=True, type=click.IntRange(1, 256))
+@click.option("--label", "labels", multiple=True, help="Label KEY=VALUE tasks can require.")
+@click.option(
+    "--declare-hardware",
+    multiple=True,
+    help="Hardware classes to offer although not detected, e.g. cuda,webgpu (shown as declared).",
+)
+@click.option(
+    "--declare-gpu", multiple=True, help="A GPU to offer: MODEL[:MEMORY_GB[:COMPUTE_CAPABILITY]]."
+)
+@click.option(
+    "--work-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where tasks run [default: a temporary directory removed at exit].",
+)
+@click.option("--burst", is_flag=True, help="Exit once the queue has nothing more for this worker.")
+@click.option("--log-level", default="info", show_default=True, type=click.Choice(LOG_LEVELS))
+def worker(
+    coordinator: str,
+    api_key: str,
+    worker_id: str | None,
+    slots: int,
+    labels: tuple[str, ...],
+    declare_hardware: tuple[str, ...],
+    declare_gpu: tuple[str, ...],
+    work_dir: Path | None,
+    burst: bool,
+    log_level: str,
+) -> None:
+    """Run a worker agent: detect hardware, take matching tasks, report outcomes."""
+    from dtf.worker.hardware import parse_declared_gpu
+    from dtf.worker.settings import WorkerSettings
+
+    configure_logging(log_level)
+    settings = WorkerSettings(
+        coordinator_urls=parse_coordinators(coordinator),
+        api_key=api_key,
+        slots=slots,
+        labels=parse_pairs(labels, "--label"),
+        declared_hardware=parse_hardware(declare_hardware),
+        declared_gpus=[parse_declared_gpu(value) for value in declare_gpu],
+        work_dir=work_dir.resolve() if work_dir else None,
+        burst=burst,
+        **({"worker_id": worker_id} if worker_id else {}),
+    )
+    from dtf.worker.agent import run_worker
+
+    click.get_current_context().exit(run_worker(settings))

@@ -8,11 +8,14 @@ from click.testing import CliRunner
 
 from dtf.cli import cli
 from dtf.cli.app import DtfGroup, error_text
+from dtf.cli.serve import parse_hardware
+from dtf.core.model import HardwareClass
 from dtf.errors import Conflict, CoordinatorUnavailable, Forbidden, InvalidRequest, Unauthorized
 
 COMMANDS = [
     [],
     ["coordinator"],
+    ["worker"],
     ["up"],
     ["demo"],
     ["submit"],
@@ -116,3 +119,38 @@ def test_group_turns_dtf_errors_into_one_line_and_exit_1() -> None:
     result = CliRunner().invoke(group, ["fail"])
     assert result.exit_code == 1
     assert result.output == "Error: priority 'high' is not an integer; pass a number\n"
+
+
+def test_parse_hardware_splits_commas_and_dedupes() -> None:
+    assert parse_hardware(("cuda,webgpu", " tpu ", "cuda")) == [
+        HardwareClass.CUDA,
+        HardwareClass.WEBGPU,
+        HardwareClass.TPU,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--declare-hardware", "cuda,quantum"], "unknown hardware class quantum"),
+        (["--label", "rack"], "'rack' is not KEY=VALUE"),
+        (["--slots", "0"], "0 is not in the range"),
+    ],
+)
+def test_worker_usage_errors(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(cli, ["worker", "--api-key", "k", *args])
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "the worker API key is empty"),
+        (["--api-key", "k", "--declare-gpu", "A100:lots"], "bad GPU declaration 'A100:lots'"),
+    ],
+)
+def test_worker_setting_errors_are_one_line(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(cli, ["worker", *args], env={"DTF_API_KEY": ""})
+    assert result.exit_code == 1
+    assert message in result.output
