@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import time
 
@@ -21,6 +22,7 @@ def measure_dask(workers: int, tasks: int, timeout_s: float) -> float:
             processes=True,
             host="127.0.0.1",
             dashboard_address=None,
+            silence_logs=logging.CRITICAL,
         ) as cluster,
         Client(cluster, timeout=timeout_s) as client,
     ):

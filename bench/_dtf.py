@@ -83,7 +83,7 @@ def workers(cluster: Coordinator, count: int, slots: int, work_dir: Path) -> Ite
         for index in range(count):
             command = [DTF, "worker", "--coordinator", cluster.url]
             command += ["--api-key", cluster.admin_key, "--slots", str(slots)]
-            command += ["--worker-id", f"bench-{index}"]
+            command += ["--worker-id", f"bench-{index}", "--log-level", "warning"]
             log_path = work_dir / f"worker-{index}.log"
             started.append((stack.enter_context(running(command, log_path)), log_path))
         wait_until(
