@@ -69,7 +69,7 @@ class Lifecycle:
         )
         if task.requirement_stage + 1 < requirements.stage_count:
             due = task.stage_started_at + requirements.fallback_after_seconds
-            self.timers.push(due, TimerKind.FALLBACK, task.id, task.requirement_stage)
+            self.timers.push(due, TimerKind.FALLBACK, task.seq, task.id, task.requirement_stage)
 
     def finish_task(self, task: TaskRecord, status: TaskStatus, reason: str, now: float) -> None:
         """Move a task to a terminal status and settle its dependants."""
@@ -197,7 +197,7 @@ class Lifecycle:
         if decision.delay_s <= 0:
             self.make_ready(task, now)
         else:
-            self.timers.push(task.not_before, TimerKind.RETRY, task.id, attempt.number)
+            self.timers.push(task.not_before, TimerKind.RETRY, task.seq, task.id, attempt.number)
 
     def note_worker_result(self, worker_id: str, *, succeeded: bool) -> None:
         worker = self.workers.get(worker_id)

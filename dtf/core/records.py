@@ -90,7 +90,7 @@ class Lease(Struct, array_like=True):
     expires_at: float
 
 
-class AttemptRecord(Struct, omit_defaults=True):
+class AttemptRecord(Struct):
     number: int
     worker_id: str
     fence: int
@@ -125,7 +125,7 @@ class AttemptRecord(Struct, omit_defaults=True):
         self.outcome = outcome
 
 
-class TaskRecord(Struct, omit_defaults=True):
+class TaskRecord(Struct):
     id: str
     spec: TaskSpec
     seq: int
@@ -155,7 +155,7 @@ class TaskRecord(Struct, omit_defaults=True):
         return self.attempts[-1] if self.attempts else None
 
 
-class WorkerRecord(Struct, omit_defaults=True):
+class WorkerRecord(Struct):
     id: str
     capabilities: Capabilities
     slots: int

@@ -107,7 +107,9 @@ class State(SubmissionMixin, WorkerMixin):
         for task in self.active_tasks():
             assert task.lease is not None
             task.lease.expires_at = max(task.lease.expires_at, fresh_until)
-            self.timers.push(task.lease.expires_at, TimerKind.LEASE, task.id, task.lease.fence)
+            self.timers.push(
+                task.lease.expires_at, TimerKind.LEASE, task.seq, task.id, task.lease.fence
+            )
         self.forgive_downtime(now)
 
     # -- the clock ---------------------------------------------------------
@@ -122,9 +124,10 @@ class State(SubmissionMixin, WorkerMixin):
                 self.on_fallback_timer(timer.task_id, timer.token, now)
 
     def on_lease_timer(self, task_id: str, fence: int, now: float) -> None:
-        lease = self.tasks[task_id].lease
+        task = self.tasks[task_id]
+        lease = task.lease
         if lease is not None and lease.fence == fence and lease.expires_at > now:
-            self.timers.push(lease.expires_at, TimerKind.LEASE, task_id, fence)
+            self.timers.push(lease.expires_at, TimerKind.LEASE, task.seq, task_id, fence)
             return
         self.expire_lease(task_id, fence, now)
 
@@ -136,7 +139,7 @@ class State(SubmissionMixin, WorkerMixin):
 
     def on_fallback_timer(self, task_id: str, stage: int, now: float) -> None:
         task = self.tasks[task_id]
-        if task.id not in self.ready or task.requirement_stage != stage:
+        if self.is_stale_fallback(task, stage, now):
             return
         self.ready.remove(task.id)
         task.requirement_stage = stage + 1
@@ -168,14 +171,27 @@ class State(SubmissionMixin, WorkerMixin):
             return task.status is not TaskStatus.PENDING or task.id in self.ready
         return task.id not in self.ready or task.requirement_stage != timer.token
 
+    def is_stale_fallback(self, task: TaskRecord, stage: int, now: float) -> bool:
+        """A fallback timer set before the task was last re-queued does not count."""
+        waited = now - task.stage_started_at
+        return (
+            task.id not in self.ready
+            or task.requirement_stage != stage
+            or waited < task.spec.requirements.fallback_after_seconds
+        )
+
     def rebuild_indexes(self) -> None:
         """Derive ready queues, timers and dependency counts from the records."""
         for task in self.tasks.values():
             self.task_counts[task.status] += 1
             if task.lease is not None:
-                self.timers.push(task.lease.expires_at, TimerKind.LEASE, task.id, task.lease.fence)
+                self.timers.push(
+                    task.lease.expires_at, TimerKind.LEASE, task.seq, task.id, task.lease.fence
+                )
             elif task.status is TaskStatus.PENDING and task.not_before is not None:
-                self.timers.push(task.not_before, TimerKind.RETRY, task.id, len(task.attempts))
+                self.timers.push(
+                    task.not_before, TimerKind.RETRY, task.seq, task.id, len(task.attempts)
+                )
             elif task.status is TaskStatus.PENDING:
                 self.enqueue(task)
             elif task.status is TaskStatus.BLOCKED:
@@ -229,7 +245,7 @@ class State(SubmissionMixin, WorkerMixin):
         task.attempts.append(attempt)
         task.lease = Lease(worker.id, attempt.number, fence, now + self.config.lease_timeout_s)
         worker.leases.append(task.id)
-        self.timers.push(task.lease.expires_at, TimerKind.LEASE, task.id, fence)
+        self.timers.push(task.lease.expires_at, TimerKind.LEASE, task.seq, task.id, fence)
         self.set_status(task, TaskStatus.ASSIGNED, f"assigned to {worker.id}")
         self.events.append(
             AssignTask(

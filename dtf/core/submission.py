@@ -97,27 +97,36 @@ class SubmissionMixin(Lifecycle):
             )
 
     def on_submit_tasks(self, command: c.SubmitTasks, now: float) -> None:
+        """Record every new task first, then link dependencies, so a batch may
+        list a dependant before its dependency."""
+        accepted: list[tuple[str, bool]] = []
+        added: list[TaskRecord] = []
         for new in command.tasks:
             existing = self.duplicate_of(new)
-            if existing is not None:
-                self.events.append(TaskAccepted(existing, self.tasks[existing].status, True))
-                continue
-            self.add_task(new, now)
+            if existing is None:
+                added.append(self.add_task(new, now))
+            accepted.append((existing or new.task_id, existing is not None))
+        for task in added:
+            if task.status is TaskStatus.BLOCKED and task.id not in self.unmet:
+                self.link_dependencies(task, now)
+        self.events.extend(
+            TaskAccepted(task_id, self.tasks[task_id].status, duplicate)
+            for task_id, duplicate in accepted
+        )
 
-    def add_task(self, new: c.NewTask, now: float) -> None:
+    def add_task(self, new: c.NewTask, now: float) -> TaskRecord:
         task = TaskRecord(new.task_id, new.spec, self.next_seq, now, TaskStatus.BLOCKED)
         self.next_seq += 1
         self.tasks[task.id] = task
         self.task_counts[TaskStatus.BLOCKED] += 1
         if new.spec.idempotency_key is not None:
             self.idempotency[new.spec.idempotency_key] = task.id
-        self.link_dependencies(task, now)
-        self.events.append(TaskAccepted(task.id, task.status))
+        return task
 
     def link_dependencies(self, task: TaskRecord, now: float) -> None:
         """Block the task on its unfinished dependencies, or fail or release it at once."""
         unmet = 0
-        for dependency_id in task.spec.dependencies:
+        for dependency_id in dict.fromkeys(task.spec.dependencies):
             dependency = self.tasks[dependency_id]
             if dependency.status is TaskStatus.COMPLETED:
                 continue

@@ -2,8 +2,9 @@
 
 Entries are never removed when they become moot (a lease renewed, a task
 cancelled); the state checks each popped entry against the record it names
-and ignores stale ones. Ties are broken by insertion order, so popping is
-deterministic.
+and ignores stale ones. Ties are broken by kind, then the task's submission
+sequence, then the token: never by insertion order, so a state restored from
+a snapshot fires simultaneous timers in the same order as the live one.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ class TimerKind(enum.IntEnum):
     FALLBACK = 3
 
 
-class Timer(tuple[float, int, TimerKind, str, int]):
-    """(due, order, kind, task id, token): ``token`` is a fence, attempt or stage."""
+class Timer(tuple[float, TimerKind, int, int, str]):
+    """(due, kind, task seq, token, task id): ``token`` is a fence, attempt or stage."""
 
     __slots__ = ()
 
@@ -29,28 +30,26 @@ class Timer(tuple[float, int, TimerKind, str, int]):
 
     @property
     def kind(self) -> TimerKind:
-        return self[2]
-
-    @property
-    def task_id(self) -> str:
-        return self[3]
+        return self[1]
 
     @property
     def token(self) -> int:
+        return self[3]
+
+    @property
+    def task_id(self) -> str:
         return self[4]
 
 
 class TimerHeap:
     def __init__(self) -> None:
         self._heap: list[Timer] = []
-        self._order = 0
 
     def __len__(self) -> int:
         return len(self._heap)
 
-    def push(self, due: float, kind: TimerKind, task_id: str, token: int) -> None:
-        self._order += 1
-        heapq.heappush(self._heap, Timer((due, self._order, kind, task_id, token)))
+    def push(self, due: float, kind: TimerKind, seq: int, task_id: str, token: int) -> None:
+        heapq.heappush(self._heap, Timer((due, kind, seq, token, task_id)))
 
     def peek(self) -> Timer | None:
         return self._heap[0] if self._heap else None

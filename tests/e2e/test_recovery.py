@@ -1,0 +1,86 @@
+"""Real coordinator and worker processes on loopback, killed with SIGKILL mid-run.
+
+Every task accepted must finish, exactly one attempt of each must be counted,
+and the history must say what happened.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dtf.client import Client
+from dtf.local.cluster import ClusterSettings, LocalCluster
+
+pytestmark = pytest.mark.integration
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    settings = ClusterSettings(tmp_path / "data", workers=2, slots=2, lease_timeout_s=3.0)
+    with LocalCluster(settings) as running:
+        yield running
+
+
+def running_attempt(client: Client, task_id: str) -> dict[str, Any] | None:
+    task = client.get(task_id)
+    if task["status"] != "running":
+        return None
+    return task["attempts"][-1]  # type: ignore[no-any-return]
+
+
+def test_sigkilled_worker_task_is_recovered_on_another_worker(cluster: LocalCluster) -> None:
+    with cluster.client() as client:
+        task_id = client.submit({"type": "command", "config": {"command": "sleep 3"}})
+        wait_for(lambda: running_attempt(client, task_id) is not None, 30, "the task to start")
+        first = running_attempt(client, task_id)
+        assert first is not None
+        cluster.kill_worker(first["worker_id"])
+        [task] = client.wait([task_id], timeout_s=60)
+    assert task["status"] == "completed"
+    lost, recovered = task["attempts"]
+    assert (lost["status"], lost["failure"]) == ("lost", "worker_lost")
+    assert lost["worker_id"] == first["worker_id"]
+    assert recovered["status"] == "succeeded"
+    assert recovered["worker_id"] != first["worker_id"]
+    assert recovered["fence"] > lost["fence"]
+
+
+def test_coordinator_sigkill_and_restart_loses_and_doubles_nothing(cluster: LocalCluster) -> None:
+    specs = [
+        {"type": "command", "config": {"command": "sleep 0.2"}, "id": f"job-{n}"} for n in range(40)
+    ]
+    with cluster.client() as client:
+        ids = client.submit_many(specs)
+
+        def some_completed() -> bool:
+            return client.status()["tasks"].get("completed", 0) >= 8
+
+        wait_for(some_completed, 60, "a few tasks to complete")
+    assert cluster.coordinator is not None
+    cluster.coordinator.kill_tree()
+    cluster.start_coordinator()
+    with cluster.client() as client:
+        tasks = client.wait(ids, timeout_s=120)
+        results = client.results()
+    assert sorted(t["id"] for t in tasks) == sorted(ids)
+    for task in tasks:
+        assert task["status"] == "completed", task
+        counted = [a for a in task["attempts"] if a["status"] == "succeeded"]
+        assert len(counted) == 1, task["attempts"]
+        assert [a["number"] for a in task["attempts"]] == list(range(1, len(task["attempts"]) + 1))
+    succeeded = [(r["task_id"], r["attempt"]) for r in results if r["status"] == "succeeded"]
+    assert len(succeeded) == len(set(succeeded)) == len(ids)
