@@ -82,7 +82,7 @@ def up(
         with console.status(f"starting a coordinator and {workers} workers..."):
             cluster.start()
         for line in cluster.usage_lines():
-            console.print(line, markup=False)
+            console.print(line, markup=False, soft_wrap=True)
         code = serve_until_stopped(cluster, stop)
     finally:
         cluster.stop()

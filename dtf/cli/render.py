@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.table import Table
+from rich.table import Column, Table
 
 from dtf.cli.output import age_text, duration_text
 
@@ -60,8 +60,16 @@ def counts_text(counts: dict[str, int]) -> str:
     return ", ".join(f"{n} {name}" for name, n in sorted(counts.items())) or "none"
 
 
+def id_column(header: str, ids: list[str]) -> Column:
+    """A column that shows ids whole: they are what users copy into the next command."""
+    return Column(header, no_wrap=True, min_width=max([len(header), *map(len, ids)]))
+
+
 def tasks_table(tasks: list[Record], now: float | None = None) -> Table:
-    table = Table("id", "name/type", "status", "priority", "attempts", "worker", "age")
+    ids = [task["id"] for task in tasks]
+    table = Table(
+        id_column("id", ids), "name/type", "status", "priority", "attempts", "worker", "age"
+    )
     for task in tasks:
         attempt = last_attempt(task)
         table.add_row(
@@ -138,7 +146,11 @@ def workers_table(workers: list[Record], now: float | None = None) -> Table:
 
 
 def results_table(results: list[Record]) -> Table:
-    table = Table("task", "attempt", "worker", "status", "failure", "exit", "duration", "tests")
+    ids = [result["task_id"] for result in results]
+    table = Table(
+        id_column("task", ids), "attempt", "worker", "status", "failure", "exit", "duration",
+        "tests",
+    )  # fmt: skip
     for result in results:
         outcome = result.get("outcome") or {}
         exit_code = outcome.get("exit_code")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from pathlib import Path
 
 import click
@@ -132,7 +133,7 @@ def worker(
         declared_gpus=[parse_declared_gpu(value) for value in declare_gpu],
         work_dir=work_dir.resolve() if work_dir else None,
         burst=burst,
-        **({"worker_id": worker_id} if worker_id else {}),
+        worker_id=worker_id or socket.gethostname(),
     )
     from dtf.worker.agent import run_worker
 

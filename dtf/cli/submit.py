@@ -53,7 +53,7 @@ def wait_and_report(client: Client, task_ids: list[str], timeout_s: float, as_js
         print_json({"tasks": tasks, "problems": dict(problems)})
     else:
         for task in tasks:
-            console.print(result_line(task), markup=False)
+            console.print(result_line(task), markup=False, soft_wrap=True)
         for task_id, problem in problems:
             console.print(f"[red]{task_id}[/red]: {problem}")
     return 1 if problems else 0

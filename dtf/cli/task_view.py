@@ -53,7 +53,7 @@ def header_table(task: Record) -> Table:
     table.add_row("name/type", f"{task_label(task)} ({spec.get('type', '?')})")
     table.add_row("runs", Text(spec_summary(spec)))
     table.add_row("status", styled(task["status"]))
-    if task.get("status_reason"):
+    if task.get("status_reason") and task["status_reason"] != task["status"]:
         table.add_row("reason", Text(task["status_reason"]))
     waiting = task.get("waiting")
     if waiting:

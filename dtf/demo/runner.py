@@ -192,7 +192,11 @@ def keep_running(
 ) -> None:
     console.rule("the cluster keeps running; Ctrl-C stops it")
     for line in cluster.usage_lines():
-        console.print(line, markup=False)
-    console.print(f"  dtf task show {task_id}   # the task whose worker was killed", markup=False)
+        console.print(line, markup=False, soft_wrap=True)
+    console.print(
+        f"  dtf task show {task_id}   # the task whose worker was killed",
+        markup=False,
+        soft_wrap=True,
+    )
     while not stop.wait(1.0):
         pass

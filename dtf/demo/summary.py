@@ -123,7 +123,8 @@ def benchmark_table(tasks: dict[str, Task], workload: Workload) -> Table:
         size: final_outcome(tasks[task_id]).get("metrics", {})
         for size, task_id in workload.benchmark_ids.items()
     }
-    names = sorted({name for values in metrics.values() for name in values} - BENCHMARK_PARAMS)
+    found = {name for values in metrics.values() for name in values} - BENCHMARK_PARAMS
+    names = sorted(found, key=lambda name: (not name.startswith("latency"), name))
     table = Table("batch size", *names, title="matmul benchmark")
     for size, values in metrics.items():
         table.add_row(str(size), *(_metric_text(values.get(name)) for name in names))
@@ -167,6 +168,8 @@ def print_summary(
 ) -> None:
     ordered = [tasks[task_id] for task_id in workload.task_ids]
     console.rule("demo summary")
+    statuses = Counter(task["status"] for task in ordered)
+    console.print(f"tasks by status: {counts_text(dict(statuses))}")
     console.print(attempts_line(ordered))
     for table in (
         tasks_table(ordered),

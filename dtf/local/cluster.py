@@ -164,7 +164,7 @@ class LocalCluster:
         key = f"$(cat {self.admin_key_path})" if self.admin_key_path else "<your DTF_ADMIN_KEY>"
         return [
             f"coordinator  {self.url}",
-            f"workers      {', '.join(self.workers) or 'none'}",
+            f"workers      {', '.join(self.running_workers()) or 'none'}",
             f"admin key    {self.admin_key_path or 'from DTF_ADMIN_KEY'}",
             f"worker key   {self.worker_key_path}",
             f"logs         {self.logs_dir}",
@@ -177,6 +177,9 @@ class LocalCluster:
             f"  DTF_API_KEY=$(cat {self.worker_key_path}) dtf worker --coordinator {self.url}"
             "   # one more worker",
         ]
+
+    def running_workers(self) -> list[str]:
+        return [worker_id for worker_id, process in self.workers.items() if process.is_running]
 
     def dead_processes(self) -> list[ManagedProcess]:
         processes = [self.coordinator, *self.workers.values()]
