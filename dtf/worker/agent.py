@@ -1,0 +1,405 @@
+"""The worker agent: holds a session with a coordinator and runs what it is given.
+
+One WebSocket carries register, assignments, cancellations, started reports,
+outcomes and their acknowledgements; threads of their own renew leases over
+HTTP and self-fence attempts whose leases lapse (see ``heartbeat.py``). Every
+task runs in its own process group, registered with the reaper sidecar so
+none outlives the agent. Tasks keep running while the connection is down;
+their outcomes are kept until acknowledged and sent again after each
+reconnect. Connection failures rotate through the coordinator URLs with
+capped exponential backoff, forever, until the agent is stopped.
+
+An attempt is dropped, with no outcome reported, when the coordinator
+cancels it or its lease is fenced: the lease table no longer holds it, and
+the lease table is what decides (it is also what heartbeats report).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, WebSocketException
+
+from dtf.core.model import Capabilities, FailureKind, LeaseRef, Outcome
+from dtf.protocol import (
+    Assign,
+    Cancel,
+    CoordinatorMessage,
+    ErrorMessage,
+    OutcomeAck,
+    OutcomeReport,
+    Register,
+    Registered,
+    Started,
+    WorkerMessage,
+    coordinator_message_decoder,
+    json_encoder,
+)
+from dtf.worker.connection import Backoff, Endpoints
+from dtf.worker.executors import execute
+from dtf.worker.hardware import declare, detect
+from dtf.worker.heartbeat import HeartbeatThread, Target, Watchdog
+from dtf.worker.leases import FencedLease, LeaseTable
+from dtf.worker.reaper import Reaper
+from dtf.worker.settings import WorkerSettings
+
+__all__ = ["WorkerAgent", "WorkerSettings", "run_worker"]
+
+logger = logging.getLogger(__name__)
+
+OPEN_TIMEOUT_S = 10.0
+CLOSE_TIMEOUT_S = 2.0
+REGISTER_TIMEOUT_S = 10.0
+HEARTBEAT_JOIN_S = 5.0
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass
+class RunningAttempt:
+    assign: Assign
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+class Channel:
+    """One registered session: outgoing messages queue up and one task sends them."""
+
+    def __init__(self, websocket: ClientConnection, session: str) -> None:
+        self.websocket = websocket
+        self.session = session
+        self.outbox: asyncio.Queue[WorkerMessage] = asyncio.Queue()
+
+    def send(self, message: WorkerMessage) -> None:
+        self.outbox.put_nowait(message)
+
+    async def drain(self) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await self.websocket.send(json_encoder.encode(await self.outbox.get()))
+
+
+class AttemptObserver:
+    """Ties an attempt's process group to the reaper, the lease table and the coordinator."""
+
+    def __init__(self, agent: WorkerAgent, lease: LeaseRef) -> None:
+        self.agent, self.lease = agent, lease
+
+    def process_started(self, pgid: int) -> None:
+        self.agent.reaper.process_started(pgid)
+        self.agent.leases.set_process(self.lease, pgid)
+        self.agent.send(Started(self.lease))
+
+    def process_ended(self, pgid: int) -> None:
+        self.agent.leases.set_process(self.lease, None)
+        self.agent.reaper.process_ended(pgid)
+
+
+class WorkerAgent:
+    def __init__(
+        self, settings: WorkerSettings, capabilities: Capabilities, workdir: Path, reaper: Reaper
+    ) -> None:
+        self.settings = settings
+        self.capabilities = capabilities
+        self.workdir = workdir
+        self.reaper = reaper
+        self.leases = LeaseTable()
+        self.running: dict[LeaseRef, RunningAttempt] = {}
+        self.unacked: dict[LeaseRef, Outcome] = {}
+        self.channel: Channel | None = None
+        self.stopping = asyncio.Event()
+        self.has_finished_a_task = False
+        self.idle_timer: asyncio.TimerHandle | None = None
+        self.background: set[asyncio.Task[None]] = set()
+        loop = asyncio.get_running_loop()
+
+        def on_fenced(fenced: FencedLease) -> None:
+            loop.call_soon_threadsafe(self.on_fenced, fenced)
+
+        self.watchdog = Watchdog(self.leases, on_fenced)
+        self.heartbeats = HeartbeatThread(
+            settings.worker_id,
+            settings.api_key,
+            self.leases,
+            on_fenced=on_fenced,
+            on_session_rejected=lambda s: loop.call_soon_threadsafe(self.on_session_rejected, s),
+        )
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.stop, f"{signal.Signals(signum).name} received")
+        self.watchdog.start()
+        self.heartbeats.start()
+        connector = asyncio.create_task(self.connect_until_stopped())
+        stop_requested = asyncio.create_task(self.stopping.wait())
+        try:
+            await asyncio.wait((connector, stop_requested), return_when=asyncio.FIRST_COMPLETED)
+            # A connection being opened or registered is not worth waiting long for.
+            await asyncio.wait((connector,), timeout=CLOSE_TIMEOUT_S + 1.0)
+        finally:
+            for task in (connector, stop_requested):
+                task.cancel()
+            await asyncio.gather(connector, stop_requested, return_exceptions=True)
+            await self.shut_down()
+        return 0
+
+    def stop(self, reason: str) -> None:
+        if self.stopping.is_set():
+            return
+        logger.info("worker %s stopping: %s", self.settings.worker_id, reason)
+        self.stopping.set()
+        if self.channel is not None:
+            self.in_background(self.channel.websocket.close())
+
+    # -- connection ----------------------------------------------------------
+
+    async def connect_until_stopped(self) -> None:
+        endpoints = self.settings.endpoints
+        backoff = Backoff(self.settings.reconnect_min_delay_s, self.settings.reconnect_max_delay_s)
+        index = 0
+        while not self.stopping.is_set():
+            target = endpoints[index % len(endpoints)]
+            try:
+                registered = await self.serve(target)
+            except (OSError, TimeoutError, WebSocketException, msgspec.DecodeError) as exc:
+                logger.warning("cannot reach coordinator %s: %s", target.base_url, exc)
+                registered = False
+            if registered:
+                backoff.reset()
+            else:
+                index += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), backoff.next_delay())
+
+    async def serve(self, endpoints: Endpoints) -> bool:
+        """One connection, from register to close; False when registration failed."""
+        async with connect(
+            endpoints.websocket_url,
+            additional_headers={"Authorization": f"Bearer {self.settings.api_key}"},
+            open_timeout=OPEN_TIMEOUT_S,
+            close_timeout=CLOSE_TIMEOUT_S,
+            max_size=MAX_MESSAGE_BYTES,
+            compression=None,
+        ) as websocket:
+            registered = await self.register(websocket)
+            if registered is None or self.stopping.is_set():
+                return registered is not None
+            self.heartbeats.point_at(
+                Target(
+                    endpoints,
+                    registered.session,
+                    registered.heartbeat_interval_s,
+                    registered.lease_timeout_s,
+                )
+            )
+            await self.hold_session(Channel(websocket, registered.session))
+        return True
+
+    async def register(self, websocket: ClientConnection) -> Registered | None:
+        held, _ = self.leases.held()
+        session = uuid.uuid4().hex
+        worker_id, slots = self.settings.worker_id, self.settings.slots
+        await websocket.send(
+            json_encoder.encode(Register(worker_id, session, self.capabilities, slots, held))
+        )
+        reply = coordinator_message_decoder.decode(
+            await asyncio.wait_for(websocket.recv(), REGISTER_TIMEOUT_S)
+        )
+        if isinstance(reply, Registered):
+            logger.info(
+                "worker %s registered with session %s holding %d attempts",
+                worker_id,
+                session,
+                len(held),
+                extra={"event": "registered"},
+            )
+            return reply
+        detail = reply.message if isinstance(reply, ErrorMessage) else type(reply).__name__
+        logger.error("coordinator refused registration of worker %s: %s", worker_id, detail)
+        return None
+
+    async def hold_session(self, channel: Channel) -> None:
+        sender = asyncio.create_task(channel.drain())
+        self.channel = channel
+        for lease, outcome in self.unacked.items():
+            channel.send(OutcomeReport(lease, outcome))
+        try:
+            async for raw in channel.websocket:
+                self.on_raw_message(raw)
+        except ConnectionClosed as exc:
+            logger.warning("connection to the coordinator lost: %s", exc)
+        finally:
+            self.channel = None
+            sender.cancel()
+
+    def send(self, message: WorkerMessage) -> None:
+        if self.channel is not None:
+            self.channel.send(message)
+
+    # -- coordinator messages ------------------------------------------------
+
+    def on_raw_message(self, raw: str | bytes) -> None:
+        try:
+            message: CoordinatorMessage = coordinator_message_decoder.decode(raw)
+        except msgspec.DecodeError as exc:
+            logger.warning("ignoring unreadable coordinator message: %s", exc)
+            return
+        match message:
+            case Assign():
+                self.on_assign(message)
+            case Cancel():
+                self.on_cancel(LeaseRef(message.task_id, message.attempt, message.fence))
+            case OutcomeAck():
+                self.on_outcome_ack(LeaseRef(message.task_id, message.attempt, message.fence))
+            case ErrorMessage():
+                logger.error("coordinator says: %s", message.message)
+            case Registered():
+                logger.debug("ignoring a repeated registered message")
+
+    def on_assign(self, assign: Assign) -> None:
+        lease = assign.lease
+        self.leases.see_fence(assign.fence)
+        if lease in self.running or lease in self.unacked:
+            return
+        if self.stopping.is_set() or len(self.running) >= self.settings.slots:
+            logger.error(
+                "not taking task %s attempt %d: %s",
+                assign.task_id,
+                assign.attempt,
+                "stopping" if self.stopping.is_set() else f"all {self.settings.slots} slots busy",
+            )
+            return
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+        self.leases.add(lease, time.monotonic(), assign.lease_timeout_s)
+        attempt = RunningAttempt(assign)
+        self.running[lease] = attempt
+        attempt.task = asyncio.create_task(self.run_attempt(attempt))
+
+    def on_cancel(self, lease: LeaseRef) -> None:
+        attempt = self.running.get(lease)
+        if attempt is not None and self.leases.remove(lease):
+            logger.info("cancelling task %s attempt %d", lease.task_id, lease.attempt)
+            attempt.cancelled.set()
+
+    def on_outcome_ack(self, lease: LeaseRef) -> None:
+        if self.unacked.pop(lease, None) is not None:
+            self.leases.remove(lease)
+            self.note_if_idle()
+
+    def on_fenced(self, fenced: FencedLease) -> None:
+        attempt = self.running.get(fenced.lease)
+        if attempt is not None:
+            attempt.cancelled.set()
+
+    def on_session_rejected(self, session: str) -> None:
+        channel = self.channel
+        if channel is not None and channel.session == session:
+            self.in_background(channel.websocket.close())
+
+    # -- attempts ------------------------------------------------------------
+
+    async def run_attempt(self, attempt: RunningAttempt) -> None:
+        lease = attempt.assign.lease
+        try:
+            outcome = await execute(
+                attempt.assign,
+                workdir=self.workdir,
+                cancelled=attempt.cancelled,
+                observer=AttemptObserver(self, lease),
+            )
+        except Exception as exc:  # a bug in an executor ends this attempt, not the agent
+            logger.exception("executor failed on task %s attempt %d", lease.task_id, lease.attempt)
+            outcome = Outcome(
+                failure=FailureKind.EXECUTOR_ERROR, error=f"worker agent error: {exc!r}"
+            )
+        finally:
+            self.running.pop(lease, None)
+        if self.leases.finish(lease):
+            self.unacked[lease] = outcome
+            self.has_finished_a_task = True
+            self.send(OutcomeReport(lease, outcome))
+        self.note_if_idle()
+
+    def note_if_idle(self) -> None:
+        """In burst mode, arm the idle timer once nothing is running or unacknowledged."""
+        if not self.settings.burst or not self.has_finished_a_task or self.idle_timer is not None:
+            return
+        if not self.running and not self.unacked:
+            self.idle_timer = asyncio.get_running_loop().call_later(
+                self.settings.burst_idle_s, self.stop, "burst mode: idle"
+            )
+
+    async def shut_down(self) -> None:
+        attempts = list(self.running.items())
+        for lease, attempt in attempts:
+            self.leases.remove(lease)
+            attempt.cancelled.set()
+        await asyncio.gather(*(a.task for _, a in attempts if a.task), return_exceptions=True)
+        await asyncio.gather(*self.background, return_exceptions=True)
+        self.watchdog.stop()
+        self.heartbeats.stop(release_all=True)
+        self.heartbeats.join(HEARTBEAT_JOIN_S)
+        logger.info("worker %s stopped", self.settings.worker_id)
+
+    def in_background(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coroutine)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+
+def run_worker(settings: WorkerSettings) -> int:
+    """Run a worker agent until SIGTERM/SIGINT (or idle, in burst mode); exit status."""
+    capabilities = declare(
+        detect(), settings.declared_hardware, settings.declared_gpus, settings.labels
+    )
+    with _work_directory(settings.work_dir) as workdir:
+        return asyncio.run(_run_agent(settings, capabilities, workdir))
+
+
+async def _run_agent(settings: WorkerSettings, capabilities: Capabilities, workdir: Path) -> int:
+    _use_pidfd_child_watcher()
+    reaper = Reaper()
+    try:
+        return await WorkerAgent(settings, capabilities, workdir, reaper).run()
+    finally:
+        reaper.close()
+
+
+@contextlib.contextmanager
+def _work_directory(configured: Path | None) -> Iterator[Path]:
+    if configured is not None:
+        configured.mkdir(parents=True, exist_ok=True)
+        yield configured
+        return
+    with tempfile.TemporaryDirectory(prefix="dtf-worker-") as created:
+        yield Path(created)
+
+
+def _use_pidfd_child_watcher() -> None:
+    """Python 3.11 waits for each child process in a thread of its own; a pidfd
+    watcher waits in the event loop instead (3.12+ does that by default)."""
+    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
+        return
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:
+        return
+    watcher = asyncio.PidfdChildWatcher()
+    watcher.attach_loop(asyncio.get_running_loop())
+    asyncio.set_child_watcher(watcher)
