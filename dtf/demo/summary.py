@@ -125,7 +125,12 @@ def benchmark_table(tasks: dict[str, Task], workload: Workload) -> Table:
     }
     found = {name for values in metrics.values() for name in values} - BENCHMARK_PARAMS
     names = sorted(found, key=lambda name: (not name.startswith("latency"), name))
-    table = Table("batch size", *names, title="matmul benchmark")
+    table = Table(
+        "batch size",
+        *names,
+        title="matmul benchmark",
+        caption="run alongside the other tasks on this machine's shared cores: illustrative figures",
+    )
     for size, values in metrics.items():
         table.add_row(str(size), *(_metric_text(values.get(name)) for name in names))
     return table

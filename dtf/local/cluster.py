@@ -19,7 +19,13 @@ from types import TracebackType
 
 from dtf.client import Client
 from dtf.errors import DtfError
-from dtf.local.processes import ManagedProcess, find_free_port, start_process, stop_all
+from dtf.local.processes import (
+    ManagedProcess,
+    find_free_port,
+    is_port_free,
+    start_process,
+    stop_all,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +106,11 @@ class LocalCluster:
         self.wait_for_workers(list(self.workers))
 
     def start_coordinator(self) -> None:
+        if not is_port_free(LOOPBACK, self.port):
+            raise ClusterError(
+                f"port {self.port} on {LOOPBACK} is in use (another coordinator?); "
+                "pick another with --port"
+            )
         argv = [
             *self._dtf_argv("coordinator"),
             *("--host", LOOPBACK, "--port", str(self.port)),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -257,6 +258,17 @@ def test_up_starts_everything_and_stops_on_sigint(tmp_path: Path) -> None:
     assert "stopped" in output
     result = dtf("status", env={"DTF_COORDINATOR": url})
     assert "cannot reach coordinator" in result.stderr
+
+
+def test_up_on_a_busy_port_says_so(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = dtf("up", "--port", str(port), "--data-dir", str(tmp_path))
+    assert result.returncode == 1
+    assert f"port {port} on 127.0.0.1 is in use" in result.stderr
+    assert "--port" in result.stderr
 
 
 def wait_for_workers(url: str, admin_key: Path, count: int) -> None:
