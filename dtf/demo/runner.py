@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from dtf.demo.workload import Workload, build_workload
 from dtf.local import ClusterSettings, LocalCluster
 
 Task = dict[str, Any]
+Say = Callable[[str], None]
 
 POLL_INTERVAL_S = 0.3
 LONG_TASK_START_TIMEOUT_S = 60.0
@@ -73,7 +75,7 @@ def poll(client: Client, run: DemoRun, task_ids: list[str]) -> dict[str, Task]:
     return latest
 
 
-def kill_long_task_worker(cluster: LocalCluster, run: DemoRun, say: Any) -> None:
+def kill_long_task_worker(cluster: LocalCluster, run: DemoRun, say: Say) -> None:
     long_task = run.tasks[run.workload.long_task_id]
     victim = long_task["attempts"][-1]["worker_id"]
     say(f"[bold]{long_task['spec']['name']} is running on {victim}[/bold]")
@@ -85,7 +87,7 @@ def kill_long_task_worker(cluster: LocalCluster, run: DemoRun, say: Any) -> None
     )
 
 
-def step(client: Client, cluster: LocalCluster, run: DemoRun, started: float, say: Any) -> None:
+def step(client: Client, cluster: LocalCluster, run: DemoRun, started: float, say: Say) -> None:
     """One poll: report changes, kill the worker once the long task runs, send the flaky task."""
     sent = run.workload.all_specs if run.flaky_submitted else run.workload.first_batch
     latest = poll(client, run, [spec["id"] for spec in sent])
@@ -156,11 +158,7 @@ def run_demo(settings: DemoSettings, console: Console, stop: threading.Event) ->
         with cluster.client() as client:
             in_time = drive(client, cluster, run, settings, stop)
             where = data_locations(cluster, client.status())
-        results = evaluate(run, in_time)
-        if run.flaky_submitted:
-            print_summary(console, run.tasks, run.workload, results, where)
-        passed = all(check.passed for check in results)
-        console.print("[green]demo passed[/green]" if passed else "[red]demo failed[/red]")
+        passed = report(console, run, in_time, where)
         if settings.keep_running:
             keep_running(cluster, console, stop, run.workload.long_task_id)
         return 0 if passed else 1
@@ -169,6 +167,19 @@ def run_demo(settings: DemoSettings, console: Console, stop: threading.Event) ->
         return 130
     finally:
         cluster.stop()
+
+
+def report(console: Console, run: DemoRun, in_time: bool, where: dict[str, str]) -> bool:
+    """Print the summary and the checks; True when every check passed."""
+    results = evaluate(run, in_time)
+    if run.flaky_submitted:
+        print_summary(console, run.tasks, run.workload, results, where)
+    else:
+        for check in results:
+            console.print(f"FAIL {check.description}", markup=False)
+    passed = all(check.passed for check in results)
+    console.print("[green]demo passed[/green]" if passed else "[red]demo failed[/red]")
+    return passed
 
 
 def evaluate(run: DemoRun, in_time: bool) -> list[Check]:
