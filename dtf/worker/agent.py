@@ -26,7 +26,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import Coroutine, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,16 +43,16 @@ from dtf.protocol import (
     OutcomeReport,
     Register,
     Registered,
-    Started,
     WorkerMessage,
     coordinator_message_decoder,
     json_encoder,
 )
-from dtf.worker.connection import Backoff, Endpoints
+from dtf.worker.connection import Backoff, Channel, Endpoints
 from dtf.worker.executors import execute
 from dtf.worker.hardware import declare, detect
 from dtf.worker.heartbeat import HeartbeatThread, Target, Watchdog
 from dtf.worker.leases import FencedLease, LeaseTable
+from dtf.worker.observer import AttemptObserver
 from dtf.worker.reaper import Reaper
 from dtf.worker.settings import WorkerSettings
 
@@ -68,46 +67,6 @@ HEARTBEAT_JOIN_S = 5.0
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
-@dataclass
-class RunningAttempt:
-    assign: Assign
-    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task[None] | None = None
-
-
-class Channel:
-    """One registered session: outgoing messages queue up and one task sends them."""
-
-    def __init__(self, websocket: ClientConnection, session: str) -> None:
-        self.websocket = websocket
-        self.session = session
-        self.outbox: asyncio.Queue[WorkerMessage] = asyncio.Queue()
-
-    def send(self, message: WorkerMessage) -> None:
-        self.outbox.put_nowait(message)
-
-    async def drain(self) -> None:
-        with contextlib.suppress(ConnectionClosed):
-            while True:
-                await self.websocket.send(json_encoder.encode(await self.outbox.get()))
-
-
-class AttemptObserver:
-    """Ties an attempt's process group to the reaper, the lease table and the coordinator."""
-
-    def __init__(self, agent: WorkerAgent, lease: LeaseRef) -> None:
-        self.agent, self.lease = agent, lease
-
-    def process_started(self, pgid: int) -> None:
-        self.agent.reaper.process_started(pgid)
-        self.agent.leases.set_process(self.lease, pgid)
-        self.agent.send(Started(self.lease))
-
-    def process_ended(self, pgid: int) -> None:
-        self.agent.leases.set_process(self.lease, None)
-        self.agent.reaper.process_ended(pgid)
-
-
 class WorkerAgent:
     def __init__(
         self, settings: WorkerSettings, capabilities: Capabilities, workdir: Path, reaper: Reaper
@@ -117,7 +76,7 @@ class WorkerAgent:
         self.workdir = workdir
         self.reaper = reaper
         self.leases = LeaseTable()
-        self.running: dict[LeaseRef, RunningAttempt] = {}
+        self.running: dict[LeaseRef, asyncio.Task[None]] = {}
         self.unacked: dict[LeaseRef, Outcome] = {}
         self.channel: Channel | None = None
         self.stopping = asyncio.Event()
@@ -275,27 +234,29 @@ class WorkerAgent:
         self.leases.see_fence(assign.fence)
         if lease in self.running or lease in self.unacked:
             return
-        if self.stopping.is_set() or len(self.running) >= self.settings.slots:
+        if self.stopping.is_set():
+            logger.info("not taking task %s: stopping", assign.task_id)
+            return
+        if len(self.running) >= self.settings.slots:
             logger.error(
-                "not taking task %s attempt %d: %s",
+                "coordinator assigned task %s although all %d slots are busy; not taking it",
                 assign.task_id,
-                assign.attempt,
-                "stopping" if self.stopping.is_set() else f"all {self.settings.slots} slots busy",
+                self.settings.slots,
             )
             return
         if self.idle_timer is not None:
             self.idle_timer.cancel()
             self.idle_timer = None
         self.leases.add(lease, time.monotonic(), assign.lease_timeout_s)
-        attempt = RunningAttempt(assign)
-        self.running[lease] = attempt
-        attempt.task = asyncio.create_task(self.run_attempt(attempt))
+        task = asyncio.create_task(self.run_attempt(assign))
+        self.running[lease] = task
+        task.add_done_callback(lambda _: self.running.pop(lease, None))
 
     def on_cancel(self, lease: LeaseRef) -> None:
-        attempt = self.running.get(lease)
-        if attempt is not None and self.leases.remove(lease):
+        task = self.running.get(lease)
+        if task is not None and self.leases.remove(lease):
             logger.info("cancelling task %s attempt %d", lease.task_id, lease.attempt)
-            attempt.cancelled.set()
+            task.cancel()
 
     def on_outcome_ack(self, lease: LeaseRef) -> None:
         if self.unacked.pop(lease, None) is not None:
@@ -303,9 +264,9 @@ class WorkerAgent:
             self.note_if_idle()
 
     def on_fenced(self, fenced: FencedLease) -> None:
-        attempt = self.running.get(fenced.lease)
-        if attempt is not None:
-            attempt.cancelled.set()
+        task = self.running.get(fenced.lease)
+        if task is not None:
+            task.cancel()
 
     def on_session_rejected(self, session: str) -> None:
         channel = self.channel
@@ -314,25 +275,25 @@ class WorkerAgent:
 
     # -- attempts ------------------------------------------------------------
 
-    async def run_attempt(self, attempt: RunningAttempt) -> None:
-        lease = attempt.assign.lease
+    async def run_attempt(self, assign: Assign) -> None:
+        """Run one attempt and report its outcome. Cancelling this task (the
+        attempt was cancelled or fenced) kills the attempt and reports nothing."""
+        lease = assign.lease
+        observer = AttemptObserver(lease, self.reaper, self.leases, self.send)
         try:
-            outcome = await execute(
-                attempt.assign,
-                workdir=self.workdir,
-                cancelled=attempt.cancelled,
-                observer=AttemptObserver(self, lease),
-            )
+            outcome = await execute(assign, workdir=self.workdir, observer=observer)
         except Exception as exc:  # a bug in an executor ends this attempt, not the agent
             logger.exception("executor failed on task %s attempt %d", lease.task_id, lease.attempt)
             outcome = Outcome(
                 failure=FailureKind.EXECUTOR_ERROR, error=f"worker agent error: {exc!r}"
             )
         finally:
-            self.running.pop(lease, None)
+            observer.close()
+        self.running.pop(lease, None)
         if self.leases.finish(lease):
             self.unacked[lease] = outcome
             self.has_finished_a_task = True
+            observer.report_started()
             self.send(OutcomeReport(lease, outcome))
         self.note_if_idle()
 
@@ -347,10 +308,10 @@ class WorkerAgent:
 
     async def shut_down(self) -> None:
         attempts = list(self.running.items())
-        for lease, attempt in attempts:
+        for lease, task in attempts:
             self.leases.remove(lease)
-            attempt.cancelled.set()
-        await asyncio.gather(*(a.task for _, a in attempts if a.task), return_exceptions=True)
+            task.cancel()
+        await asyncio.gather(*(task for _, task in attempts), return_exceptions=True)
         await asyncio.gather(*self.background, return_exceptions=True)
         self.watchdog.stop()
         self.heartbeats.stop(release_all=True)

@@ -1,12 +1,19 @@
-"""Where the worker talks to a coordinator, and how long it waits between tries."""
+"""Where the worker talks to a coordinator, how long it waits between tries,
+and the channel of one registered session."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
 from dtf.errors import InvalidRequest
+from dtf.protocol import WorkerMessage, json_encoder
 
 WS_PATH = "/api/workers/ws"
 _HTTP_SCHEMES = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
@@ -55,3 +62,20 @@ class Backoff:
 
     def reset(self) -> None:
         self.failures = 0
+
+
+class Channel:
+    """One registered session: outgoing messages queue up and one task sends them."""
+
+    def __init__(self, websocket: ClientConnection, session: str) -> None:
+        self.websocket = websocket
+        self.session = session
+        self.outbox: asyncio.Queue[WorkerMessage] = asyncio.Queue()
+
+    def send(self, message: WorkerMessage) -> None:
+        self.outbox.put_nowait(message)
+
+    async def drain(self) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await self.websocket.send(json_encoder.encode(await self.outbox.get()))

@@ -36,11 +36,12 @@ async def execute(
     assign: Assign,
     *,
     workdir: Path,
-    cancelled: asyncio.Event,
+    cancelled: asyncio.Event | None = None,
     observer: ProcessObserver | None = None,
 ) -> Outcome:
-    """Run ``assign`` to its end. Setting ``cancelled`` (or cancelling the
-    calling task) kills the attempt's process group."""
+    """Run ``assign`` to its end. Setting ``cancelled`` kills the attempt's
+    process group and returns an ``executor_error`` outcome; cancelling the
+    calling task kills it too and raises ``CancelledError``."""
     try:
         config = validate_config(assign.spec.type, assign.spec.config)
     except msgspec.ValidationError as exc:

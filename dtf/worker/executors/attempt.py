@@ -9,6 +9,7 @@ file the task may have written.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,11 +19,19 @@ from dtf.protocol import Assign
 from dtf.worker.executors.process import ProcessObserver, ProcessResult, run_process
 
 
+@functools.cache
+def inherited_env() -> dict[str, str]:
+    """The environment this process started with, read once: copying and
+    re-encoding ``os.environ`` for every task is a measurable share of the
+    cost of a short task."""
+    return dict(os.environ)
+
+
 @dataclass(frozen=True)
 class Attempt:
     assign: Assign
     workdir: Path
-    cancelled: asyncio.Event
+    cancelled: asyncio.Event | None = None
     observer: ProcessObserver | None = None
 
     @property
@@ -41,7 +50,7 @@ class Attempt:
     def env(self, config_env: Mapping[str, str], **extra: str) -> dict[str, str]:
         """The agent's environment, then the task's, then dtf's own variables."""
         return {
-            **os.environ,
+            **inherited_env(),
             **config_env,
             "DTF_TASK_ID": self.assign.task_id,
             "DTF_ATTEMPT": str(self.assign.attempt),

@@ -77,23 +77,65 @@ class TailBuffer:
 
 
 class _TaskProtocol(asyncio.SubprocessProtocol):
+    """Collects output tails; resolves waiters on process exit and on pipes closing."""
+
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
         self.tails = {1: TailBuffer(), 2: TailBuffer()}
-        self.exited: asyncio.Future[None] = loop.create_future()
-        self.pipes_closed: asyncio.Future[None] = loop.create_future()
         self.open_pipes = {1, 2}
+        self.has_exited = False
+        self.exit_waiters: list[asyncio.Future[None]] = []
+        self.pipe_waiters: list[asyncio.Future[None]] = []
 
     def pipe_data_received(self, fd: int, data: bytes | str) -> None:
         self.tails[fd].write(data if isinstance(data, bytes) else data.encode())
 
     def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
         self.open_pipes.discard(fd)
-        if not self.open_pipes and not self.pipes_closed.done():
-            self.pipes_closed.set_result(None)
+        if not self.open_pipes:
+            _resolve(self.pipe_waiters)
 
     def process_exited(self) -> None:
-        if not self.exited.done():
-            self.exited.set_result(None)
+        self.has_exited = True
+        _resolve(self.exit_waiters)
+
+    def when_exited(self) -> asyncio.Future[None]:
+        return self._waiter(self.exit_waiters, self.has_exited)
+
+    def when_pipes_closed(self) -> asyncio.Future[None]:
+        return self._waiter(self.pipe_waiters, not self.open_pipes)
+
+    def _waiter(self, waiters: list[asyncio.Future[None]], is_done: bool) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = self.loop.create_future()
+        if is_done:
+            future.set_result(None)
+        else:
+            waiters.append(future)
+        return future
+
+
+class _Stopper:
+    """Stops a process group once: SIGTERM now, SIGKILL after a grace."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, pgid: int) -> None:
+        self.loop, self.pgid = loop, pgid
+        self.reason: StopReason | None = None
+        self.kill_timer: asyncio.TimerHandle | None = None
+
+    def stop(self, reason: StopReason) -> None:
+        if self.reason is not None:
+            return
+        self.reason = reason
+        _kill_group(self.pgid, signal.SIGTERM)
+        self.kill_timer = self.loop.call_later(KILL_GRACE_S, _kill_group, self.pgid, signal.SIGKILL)
+
+    async def stop_when_set(self, cancelled: asyncio.Event) -> None:
+        await cancelled.wait()
+        self.stop(StopReason.CANCELLED)
+
+    def close(self) -> None:
+        if self.kill_timer is not None:
+            self.kill_timer.cancel()
 
 
 async def run_process(
@@ -102,11 +144,12 @@ async def run_process(
     env: Mapping[str, str],
     cwd: Path | str | None,
     timeout_s: float,
-    cancelled: asyncio.Event,
+    cancelled: asyncio.Event | None = None,
     observer: ProcessObserver | None = None,
 ) -> ProcessResult:
-    """Run ``argv`` to completion, timeout or cancellation; never raises for
-    a process that fails to start (``spawn_error`` says why)."""
+    """Run ``argv`` to completion, timeout or cancellation (setting ``cancelled``
+    or cancelling the calling task); never raises for a process that fails to
+    start (``spawn_error`` says why)."""
     loop = asyncio.get_running_loop()
     started = time.monotonic()
     try:
@@ -114,7 +157,7 @@ async def run_process(
             lambda: _TaskProtocol(loop),
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
-            env=dict(env),
+            env=env,
             cwd=cwd,
             start_new_session=True,
         )
@@ -125,14 +168,20 @@ async def run_process(
     pgid = transport.get_pid()
     if observer is not None:
         observer.process_started(pgid)
+    stopper = _Stopper(loop, pgid)
+    timeout = loop.call_later(timeout_s, stopper.stop, StopReason.TIMEOUT)
+    watcher = None if cancelled is None else loop.create_task(stopper.stop_when_set(cancelled))
     try:
-        stopped = await _wait(protocol, timeout_s, cancelled)
-        if stopped is not None:
-            await _terminate(pgid, protocol)
+        await protocol.when_exited()
     except asyncio.CancelledError:
-        await asyncio.shield(_terminate(pgid, protocol))
+        stopper.stop(StopReason.CANCELLED)
+        await protocol.when_exited()
         raise
     finally:
+        timeout.cancel()
+        stopper.close()
+        if watcher is not None:
+            watcher.cancel()
         _kill_group(pgid, signal.SIGKILL)
         if observer is not None:
             observer.process_ended(pgid)
@@ -143,43 +192,31 @@ async def run_process(
         duration_s=time.monotonic() - started,
         stdout_tail=protocol.tails[1].text(),
         stderr_tail=protocol.tails[2].text(),
-        stopped=stopped,
+        stopped=stopper.reason,
     )
-
-
-async def _wait(
-    protocol: _TaskProtocol, timeout_s: float, cancelled: asyncio.Event
-) -> StopReason | None:
-    if cancelled.is_set():
-        return StopReason.CANCELLED
-    cancel_wait = asyncio.ensure_future(cancelled.wait())
-    try:
-        done, _ = await asyncio.wait(
-            (protocol.exited, cancel_wait), timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
-        )
-    finally:
-        cancel_wait.cancel()
-    if protocol.exited in done:
-        return None
-    return StopReason.CANCELLED if cancel_wait in done else StopReason.TIMEOUT
-
-
-async def _terminate(pgid: int, protocol: _TaskProtocol) -> None:
-    """SIGTERM the group, then SIGKILL it if the leader has not exited after a grace."""
-    _kill_group(pgid, signal.SIGTERM)
-    try:
-        await asyncio.wait_for(asyncio.shield(protocol.exited), KILL_GRACE_S)
-    except TimeoutError:
-        _kill_group(pgid, signal.SIGKILL)
-        await protocol.exited
 
 
 async def _drain(protocol: _TaskProtocol) -> None:
     # A process that left the group (setsid) may still hold the pipes open.
-    try:
-        await asyncio.wait_for(asyncio.shield(protocol.pipes_closed), PIPE_DRAIN_S)
-    except TimeoutError:
+    closed = protocol.when_pipes_closed()
+    if closed.done():
+        return
+    give_up = protocol.loop.call_later(PIPE_DRAIN_S, _stop_draining, closed)
+    await closed
+    give_up.cancel()
+
+
+def _stop_draining(closed: asyncio.Future[None]) -> None:
+    if not closed.done():
         logger.warning("task output still open after its process group ended; not waiting")
+        closed.set_result(None)
+
+
+def _resolve(waiters: list[asyncio.Future[None]]) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)
+    waiters.clear()
 
 
 def _kill_group(pgid: int, signum: signal.Signals) -> None:
