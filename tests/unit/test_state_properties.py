@@ -145,27 +145,24 @@ class Interpreter:
         return [ref for bit, ref in enumerate(mine) if mask & (1 << bit)]
 
     def make_submit(self, tasks: list[tuple[Any, ...]], reject: bool) -> c.Command:
-        batch = []
-        for priority, requirement, policy, picks, keyed in tasks:
-            number = len(self.task_ids) + len(batch)
-            task_id = f"t{number}"
+        first = len(self.task_ids)
+        batch: list[c.NewTask] = []
+        for index, (priority, requirement, policy, picks, keyed) in enumerate(tasks):
             earlier = self.task_ids + [new.task_id for new in batch]
-            # Until the xfail tests test_a_dependency_listed_twice_fails_its_dependant_once,
-            # test_batch_order_does_not_matter_for_dependencies and
-            # test_dependency_on_a_duplicate_in_the_same_batch pass: dependencies are unique
-            # and on earlier tasks, and keys repeat across batches only.
+            # Dependencies name earlier tasks, each once, and a key never repeats within a
+            # batch (at most four tasks, five keys in turn), until these pass:
+            # test_dependant_listed_before_its_dependency_fails_once,
+            # test_restored_state_fails_a_twice_listed_dependency_once,
+            # test_dependency_on_a_duplicate_in_the_same_batch.
             dependencies = list(dict.fromkeys(self.pick(earlier, p) for p in picks if earlier))
-            requirements = REQUIREMENTS[requirement]
-            # no retries with fallbacks: see test_requeued_task_waits_a_full_fallback_period
-            retry = {"max_retries": 0} if "fallbacks" in requirements else RETRY_POLICIES[policy]
             spec = task_spec(
                 priority=priority,
-                requirements=requirements,
-                retry_policy=retry,
+                requirements=REQUIREMENTS[requirement],
+                retry_policy=RETRY_POLICIES[policy],
                 dependencies=dependencies,
-                **({"idempotency_key": f"key-{number % 5}"} if keyed else {}),
+                **({"idempotency_key": f"key-{(first + index) % 5}"} if keyed else {}),
             )
-            batch.append(c.NewTask(task_id, spec))
+            batch.append(c.NewTask(f"t{first + index}", spec))
         self.task_ids.extend(new.task_id for new in batch)
         return c.SubmitTasks(self.driver.now, batch, reject)
 
@@ -253,8 +250,9 @@ def test_replaying_the_journal_rebuilds_the_same_state(
 
 
 def unordered(events: list[Event]) -> list[bytes]:
-    """Events of one command as a multiset: simultaneous timers may fire in another order
-    after a restore (see test_restored_state_fires_simultaneous_timers_in_the_same_order)."""
+    """One command's events as a multiset: until
+    test_restored_state_expires_renewed_leases_in_the_same_order passes, leases expiring in
+    one Tick may end in another order after a restore."""
     return sorted(msgspec.msgpack.encode(e) for e in events)
 
 

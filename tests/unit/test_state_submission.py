@@ -222,3 +222,24 @@ def test_commands_for_unknown_things_are_refused(driver: StateDriver) -> None:
         driver.apply(c.Heartbeat(0.0, "w9", "s1"))
     with pytest.raises(InvalidRequest, match="slots must be at least 1, got 0"):
         driver.register("w1", slots=0)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: t1 repeats t0's idempotency key in the same batch; check treats t1 as new "
+    "so t2 may depend on it, but apply makes t1 a duplicate and link_dependencies raises "
+    "KeyError 't1' (half-applied)",
+)
+def test_dependency_on_a_duplicate_in_the_same_batch(
+    driver: StateDriver, make_spec: MakeSpec
+) -> None:
+    """Refusing the batch or accepting it whole are both fine; crashing is not."""
+    before = driver.state.snapshot()
+    try:
+        driver.submit(
+            ("t0", make_spec(idempotency_key="k")),
+            ("t1", make_spec(idempotency_key="k")),
+            ("t2", make_spec(dependencies=["t1"])),
+        )
+    except DtfError:
+        assert driver.state.snapshot() == before

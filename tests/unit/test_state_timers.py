@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import pytest
-
 from dtf.core.events import AssignTask, RequirementStageAdvanced
-from dtf.core.model import Capabilities, FailureKind, LeaseRef, Outcome, TaskSpec
+from dtf.core.model import Capabilities, FailureKind, HardwareClass, LeaseRef, Outcome, TaskSpec
 from dtf.core.state import StateConfig
 from dtf.testing.factories import StateDriver, events_of
 
@@ -75,7 +73,7 @@ def blocked_retry_driver(make_spec: MakeSpec) -> StateDriver:
     """Task t (cuda after a 60 s fallback to any) failed at 59 on w1 after running since 0;
     the only other cuda worker is busy, so t waits at stage 0 from 59."""
     driver = StateDriver(StateConfig(lease_timeout_s=1000.0, worker_timeout_s=10_000.0))
-    cuda = Capabilities(hardware=["cuda"])  # type: ignore[list-item]
+    cuda = Capabilities(hardware=[HardwareClass.CUDA])
     driver.register("w2", cuda)
     driver.submit(("blocker", make_spec(priority=0)))
     driver.register("w1", cuda)

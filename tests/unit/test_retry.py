@@ -1,0 +1,136 @@
+"""Retry decisions: which failures retry, when retries run out, and the backoff delay."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dtf.core.model import FailureKind, RetryPolicy
+from dtf.core.retry import GiveUp, RetryDecision, backoff_delay_s, decide_retry
+
+NO_JITTER = RetryPolicy(jitter=0.0)
+
+DECISIONS = [
+    # a lost worker is retried
+    (FailureKind.WORKER_LOST, 1, RetryPolicy(), True),
+    # a crash is retried
+    (FailureKind.CRASHED, 1, RetryPolicy(), True),
+    # a timeout is retried
+    (FailureKind.TIMEOUT, 2, RetryPolicy(), True),
+    # out of memory is retried
+    (FailureKind.OOM, 1, RetryPolicy(), True),
+    # an executor error is retried
+    (FailureKind.EXECUTOR_ERROR, 3, RetryPolicy(), True),
+    # a non-zero exit is the task's own verdict: not retried by default
+    (FailureKind.EXIT_NONZERO, 1, RetryPolicy(), False),
+    # ... unless the policy opts in
+    (FailureKind.EXIT_NONZERO, 1, RetryPolicy(retry_on_nonzero_exit=True), True),
+    # the last allowed retry: attempt 3 of max_retries=3 is followed by attempt 4
+    (FailureKind.CRASHED, 3, RetryPolicy(max_retries=3), True),
+    # retries exhausted: attempt 4 was the third retry
+    (FailureKind.CRASHED, 4, RetryPolicy(max_retries=3), False),
+    # no retries at all
+    (FailureKind.WORKER_LOST, 1, RetryPolicy(max_retries=0), False),
+    # exhausted also for opted-in exits
+    (FailureKind.EXIT_NONZERO, 2, RetryPolicy(max_retries=1, retry_on_nonzero_exit=True), False),
+]
+
+
+@pytest.mark.parametrize(("failure", "attempt", "policy", "retries"), DECISIONS)
+def test_decide_retry(
+    failure: FailureKind, attempt: int, policy: RetryPolicy, retries: bool
+) -> None:
+    decision = decide_retry(
+        task_id="t", attempt=attempt, failure=failure, policy=policy, worker_id="w1"
+    )
+    assert isinstance(decision, RetryDecision) is retries
+    if isinstance(decision, RetryDecision):
+        assert decision.avoid_worker == "w1"
+
+
+GIVE_UP_REASONS = [
+    # not retryable: the reason names the failure and the policy
+    (
+        FailureKind.EXIT_NONZERO,
+        1,
+        RetryPolicy(),
+        "exit_nonzero is not retried by this task's retry policy",
+    ),
+    # exhausted: the reason names the attempt and the limit
+    (
+        FailureKind.OOM,
+        3,
+        RetryPolicy(max_retries=2),
+        "oom on attempt 3; retries exhausted (max_retries=2)",
+    ),
+]
+
+
+@pytest.mark.parametrize(("failure", "attempt", "policy", "reason"), GIVE_UP_REASONS)
+def test_give_up_says_why(
+    failure: FailureKind, attempt: int, policy: RetryPolicy, reason: str
+) -> None:
+    decision = decide_retry(
+        task_id="t", attempt=attempt, failure=failure, policy=policy, worker_id="w"
+    )
+    assert decision == GiveUp(reason)
+
+
+DELAYS = [
+    # first retry waits the base delay
+    (RetryPolicy(retry_delay_seconds=2.0, jitter=0.0), 1, 2.0),
+    # then doubles
+    (RetryPolicy(retry_delay_seconds=2.0, jitter=0.0), 2, 4.0),
+    # and doubles again
+    (RetryPolicy(retry_delay_seconds=2.0, jitter=0.0), 3, 8.0),
+    # another factor
+    (RetryPolicy(retry_delay_seconds=1.0, backoff_factor=3.0, jitter=0.0), 3, 9.0),
+    # capped at the maximum
+    (RetryPolicy(retry_delay_seconds=10.0, max_delay_seconds=25.0, jitter=0.0), 3, 25.0),
+    # a zero delay stays zero
+    (RetryPolicy(retry_delay_seconds=0.0), 5, 0.0),
+    # a huge attempt number with the largest factor does not overflow
+    (RetryPolicy(backoff_factor=10.0, max_delay_seconds=300.0, jitter=0.0), 100, 300.0),
+]
+
+
+@pytest.mark.parametrize(("policy", "attempt", "expected"), DELAYS)
+def test_backoff_grows_and_is_capped(policy: RetryPolicy, attempt: int, expected: float) -> None:
+    assert backoff_delay_s(policy, "t", attempt) == pytest.approx(expected)
+
+
+policies = st.builds(
+    RetryPolicy,
+    retry_delay_seconds=st.floats(0.0, 100.0),
+    backoff_factor=st.floats(1.0, 10.0),
+    max_delay_seconds=st.floats(0.0, 1000.0),
+    jitter=st.floats(0.0, 1.0),
+)
+task_ids = st.text(alphabet="abcxyz0123456789-", min_size=1, max_size=12)
+
+
+@given(policy=policies, task_id=task_ids, attempt=st.integers(1, 100))
+def test_jitter_stays_within_its_bounds(policy: RetryPolicy, task_id: str, attempt: int) -> None:
+    capped = min(
+        policy.retry_delay_seconds * policy.backoff_factor ** (attempt - 1),
+        policy.max_delay_seconds,
+    )
+    delay = backoff_delay_s(policy, task_id, attempt)
+    assert capped * (1 - policy.jitter) - 1e-9 <= delay <= capped * (1 + policy.jitter) + 1e-9
+    assert delay >= 0.0
+
+
+@given(policy=policies, task_id=task_ids, attempt=st.integers(1, 100))
+def test_delay_is_a_function_of_task_and_attempt(
+    policy: RetryPolicy, task_id: str, attempt: int
+) -> None:
+    assert backoff_delay_s(policy, task_id, attempt) == backoff_delay_s(policy, task_id, attempt)
+
+
+def test_jitter_differs_between_tasks_and_attempts() -> None:
+    policy = RetryPolicy(retry_delay_seconds=10.0, backoff_factor=1.0, jitter=0.5)
+    delays = {
+        backoff_delay_s(policy, f"task-{n}", attempt) for n in range(10) for attempt in (1, 2)
+    }
+    assert len(delays) == 20
