@@ -31,7 +31,7 @@ from typing import Any
 
 import msgspec
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, WebSocketException
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from dtf.core.model import Capabilities, FailureKind, LeaseRef, Outcome
 from dtf.protocol import (
@@ -134,6 +134,9 @@ class WorkerAgent:
             target = endpoints[index % len(endpoints)]
             try:
                 registered = await self.serve(target)
+            except InvalidStatus as exc:
+                log_refusal(target, exc.response.status_code, exc)
+                registered = False
             except (OSError, TimeoutError, WebSocketException, msgspec.DecodeError) as exc:
                 logger.warning("cannot reach coordinator %s: %s", target.base_url, exc)
                 registered = False
@@ -322,6 +325,18 @@ class WorkerAgent:
         task = asyncio.create_task(coroutine)
         self.background.add(task)
         task.add_done_callback(self.background.discard)
+
+
+def log_refusal(target: Endpoints, status_code: int, exc: Exception) -> None:
+    if status_code in (401, 403):
+        logger.error(
+            "coordinator %s refused this worker's API key (HTTP %d); pass a key with the "
+            "worker role (--api-key or DTF_API_KEY)",
+            target.base_url,
+            status_code,
+        )
+    else:
+        logger.warning("coordinator %s refused the connection: %s", target.base_url, exc)
 
 
 def run_worker(settings: WorkerSettings) -> int:

@@ -301,3 +301,15 @@ def test_cancelled_task_is_killed_and_reports_nothing(
     assert task["attempts"][0].get("outcome") is None
     assert not task["attempts"][0].get("superseded_outcomes")
     assert follow_up.exists()
+
+
+def test_wrong_api_key_is_named_in_the_log_and_retried_until_stopped(
+    coordinator: Coordinator, tmp_path: Path
+) -> None:
+    with worker(coordinator, tmp_path, api_key="not-a-key") as agent:
+        wait_for(
+            lambda: worker_log(tmp_path).count("refused this worker's API key (HTTP 403)") >= 2,
+            "the worker to report the refused key twice",
+        )
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(timeout=WAIT_S) == 0, worker_log(tmp_path)

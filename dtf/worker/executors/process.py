@@ -133,7 +133,8 @@ class _Stopper:
         await cancelled.wait()
         self.stop(StopReason.CANCELLED)
 
-    def close(self) -> None:
+    def cancel(self) -> None:
+        """Cancel a pending SIGKILL; the caller kills the group itself."""
         if self.kill_timer is not None:
             self.kill_timer.cancel()
 
@@ -162,16 +163,34 @@ async def run_process(
             start_new_session=True,
         )
     except OSError as exc:
-        return ProcessResult(
-            None, time.monotonic() - started, spawn_error=_spawn_error(argv, cwd, exc)
-        )
+        error = _spawn_error(argv, cwd, exc)
+        return ProcessResult(None, time.monotonic() - started, spawn_error=error)
+    stopped = await _supervise(transport, protocol, timeout_s, cancelled, observer)
+    return ProcessResult(
+        returncode=transport.get_returncode(),
+        duration_s=time.monotonic() - started,
+        stdout_tail=protocol.tails[1].text(),
+        stderr_tail=protocol.tails[2].text(),
+        stopped=stopped,
+    )
+
+
+async def _supervise(
+    transport: asyncio.SubprocessTransport,
+    protocol: _TaskProtocol,
+    timeout_s: float,
+    cancelled: asyncio.Event | None,
+    observer: ProcessObserver | None,
+) -> StopReason | None:
+    """Wait for the group leader to exit, stopping it on timeout or
+    cancellation; then kill what is left of its group. Why it was stopped."""
     pgid = transport.get_pid()
-    if observer is not None:
-        observer.process_started(pgid)
-    stopper = _Stopper(loop, pgid)
-    timeout = loop.call_later(timeout_s, stopper.stop, StopReason.TIMEOUT)
-    watcher = None if cancelled is None else loop.create_task(stopper.stop_when_set(cancelled))
+    stopper = _Stopper(protocol.loop, pgid)
+    timeout = protocol.loop.call_later(timeout_s, stopper.stop, StopReason.TIMEOUT)
+    watcher = None if cancelled is None else asyncio.create_task(stopper.stop_when_set(cancelled))
     try:
+        if observer is not None:
+            observer.process_started(pgid)
         await protocol.when_exited()
     except asyncio.CancelledError:
         stopper.stop(StopReason.CANCELLED)
@@ -179,7 +198,7 @@ async def run_process(
         raise
     finally:
         timeout.cancel()
-        stopper.close()
+        stopper.cancel()
         if watcher is not None:
             watcher.cancel()
         _kill_group(pgid, signal.SIGKILL)
@@ -187,13 +206,7 @@ async def run_process(
             observer.process_ended(pgid)
         await _drain(protocol)
         transport.close()
-    return ProcessResult(
-        returncode=transport.get_returncode(),
-        duration_s=time.monotonic() - started,
-        stdout_tail=protocol.tails[1].text(),
-        stderr_tail=protocol.tails[2].text(),
-        stopped=stopper.reason,
-    )
+    return stopper.reason
 
 
 async def _drain(protocol: _TaskProtocol) -> None:
