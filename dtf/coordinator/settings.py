@@ -13,8 +13,13 @@ class CoordinatorSettings:
     port: int = 8080
     admin_key: str | None = None
     lease_timeout_s: float = 10.0
-    heartbeat_interval_s: float = 2.0
     worker_timeout_s: float = 30.0
     snapshot_every: int = 10_000
     max_body_bytes: int = 32 * 1024 * 1024
     log_level: str = "info"
+
+    @property
+    def heartbeat_interval_s(self) -> float:
+        """Workers heartbeat several times per lease period, so one lost
+        heartbeat never costs a lease."""
+        return min(2.0, self.lease_timeout_s / 5)

@@ -6,6 +6,8 @@ and the history must say what happened.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -84,3 +86,36 @@ def test_coordinator_sigkill_and_restart_loses_and_doubles_nothing(cluster: Loca
         assert [a["number"] for a in task["attempts"]] == list(range(1, len(task["attempts"]) + 1))
     succeeded = [(r["task_id"], r["attempt"]) for r in results if r["status"] == "succeeded"]
     assert len(succeeded) == len(set(succeeded)) == len(ids)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_worker_cut_off_from_the_coordinator_kills_its_task_itself(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """SIGSTOP freezes the coordinator: no lease can be renewed, so the worker
+    must kill the task before the lease would expire, never leaving two runs."""
+    script = f'echo $$ > {tmp_path}/pid-$DTF_ATTEMPT; [ "$DTF_ATTEMPT" != 1 ] || exec sleep 60'
+    with cluster.client() as client:
+        task_id = client.submit({"type": "command", "config": {"command": script}})
+        wait_for(lambda: running_attempt(client, task_id) is not None, 30, "the task to start")
+    pid_file = tmp_path / "pid-1"
+    wait_for(pid_file.exists, 10, "the task to write its pid")
+    task_pid = int(pid_file.read_text())
+    assert cluster.coordinator is not None
+    os.kill(cluster.coordinator.pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: not process_alive(task_pid), 15, "the worker to self-fence its task")
+    finally:
+        os.kill(cluster.coordinator.pid, signal.SIGCONT)
+    with cluster.client() as client:
+        [task] = client.wait([task_id], timeout_s=60)
+    assert task["status"] == "completed"
+    assert [a["status"] for a in task["attempts"]] == ["lost", "succeeded"]
+    assert task["attempts"][0]["failure"] == "worker_lost"
