@@ -1,7 +1,7 @@
 """The worker agent against a real coordinator process on loopback.
 
 Both run as processes of their own: the coordinator through
-``run_coordinator`` with short lease and heartbeat settings, the agent through
+``run_coordinator`` with a short lease (heartbeats follow it), the agent through
 ``run_worker``. Tasks are submitted and inspected over the REST API.
 """
 
@@ -30,17 +30,16 @@ pytestmark = pytest.mark.integration
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 WAIT_S = 60.0
 LEASE_TIMEOUT_S = 4.0
-HEARTBEAT_INTERVAL_S = 0.5
 
 COORDINATOR_SCRIPT = """
 import sys
 from pathlib import Path
 from dtf.coordinator.server import run_coordinator
 from dtf.coordinator.settings import CoordinatorSettings
-data_dir, port, key, lease_timeout_s, heartbeat_interval_s = sys.argv[1:]
+data_dir, port, key, lease_timeout_s = sys.argv[1:]
 sys.exit(run_coordinator(CoordinatorSettings(
     data_dir=Path(data_dir), port=int(port), admin_key=key, log_level="warning",
-    lease_timeout_s=float(lease_timeout_s), heartbeat_interval_s=float(heartbeat_interval_s),
+    lease_timeout_s=float(lease_timeout_s),
 )))
 """
 
@@ -103,7 +102,7 @@ def stop_group(process: subprocess.Popen[bytes]) -> None:
 
 
 def start_coordinator(data_dir: Path, port: int, key: str) -> subprocess.Popen[bytes]:
-    argv = [str(data_dir), str(port), key, str(LEASE_TIMEOUT_S), str(HEARTBEAT_INTERVAL_S)]
+    argv = [str(data_dir), str(port), key, str(LEASE_TIMEOUT_S)]
     return subprocess.Popen(
         [sys.executable, "-c", COORDINATOR_SCRIPT, *argv], start_new_session=True
     )
