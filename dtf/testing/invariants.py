@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 
 from dtf.core.matching import satisfies
-from dtf.core.records import AttemptStatus, TaskRecord, TaskStatus, WorkerRecord
+from dtf.core.records import AttemptRecord, AttemptStatus, TaskRecord, TaskStatus, WorkerRecord
 from dtf.core.state import State
 
 
@@ -45,20 +45,23 @@ def _lease_problems(state: State, task: TaskRecord) -> list[str]:
         lease.attempt,
         lease.fence,
     ):
-        problems.append(f"task {task.id} lease {lease} does not match its last attempt")
-    elif last.status is not AttemptStatus.RUNNING:
+        return [*problems, f"task {task.id} lease {lease} does not match its last attempt"]
+    if last.status is not AttemptStatus.RUNNING:
         problems.append(f"task {task.id} lease {lease} is on a {last.status.value} attempt")
-    worker = state.workers.get(lease.worker_id)
+    return problems + _holder_problems(state, task, last)
+
+
+def _holder_problems(state: State, task: TaskRecord, attempt: AttemptRecord) -> list[str]:
+    worker = state.workers.get(attempt.worker_id)
     if worker is None or task.id not in worker.leases:
-        problems.append(f"task {task.id} is leased to {lease.worker_id}, which does not list it")
-    elif last is not None:
-        stage = task.spec.requirements.stage(last.requirement_stage)
-        if not satisfies(stage, worker.capabilities, worker.id):
-            problems.append(
-                f"task {task.id} runs on {worker.id}, which does not satisfy "
-                f"requirement stage {last.requirement_stage}"
-            )
-    return problems
+        return [f"task {task.id} is leased to {attempt.worker_id}, which does not list it"]
+    stage = task.spec.requirements.stage(attempt.requirement_stage)
+    if not satisfies(stage, worker.capabilities, worker.id):
+        return [
+            f"task {task.id} runs on {worker.id}, which does not satisfy "
+            f"requirement stage {attempt.requirement_stage}"
+        ]
+    return []
 
 
 def _attempt_problems(state: State, task: TaskRecord) -> list[str]:

@@ -30,7 +30,7 @@ from dtf.core.state import State, StateConfig
 from dtf.testing.invariants import check_invariants
 from dtf.testing.simchecks import check_end_state, check_replay
 from dtf.testing.simcoordinator import SimCoordinator
-from dtf.testing.simfleet import build_fleet, plan_client
+from dtf.testing.simfleet import FleetMember, build_fleet, plan_client
 from dtf.testing.simnet import Network
 from dtf.testing.simworker import ExecutionLog, SimWorker, WorkerTimings
 
@@ -95,25 +95,8 @@ class Simulation:
             snapshot_every=config.snapshot_every,
         )
         self.log = ExecutionLog()
-        timings = WorkerTimings(
-            config.lease_timeout_s,
-            config.heartbeat_interval_s,
-            config.failure_rate,
-            config.long_run_rate,
-        )
         fleet = build_fleet(config.workers)
-        self.workers = {
-            m.worker_id: SimWorker(
-                m.worker_id,
-                m.capabilities,
-                m.slots,
-                timings=timings,
-                network=self.network,
-                log=self.log,
-                rng=self.fork(),
-            )
-            for m in fleet
-        }
+        self.workers = {m.worker_id: self.start_worker(m) for m in fleet}
         cancels = round(config.tasks * config.cancel_fraction)
         submit_until = config.fault_window_s * 0.8
         self.plan = plan_client(self.fork(), fleet, config.tasks, submit_until, cancels)
@@ -123,6 +106,24 @@ class Simulation:
         self.revive_at: dict[str, float] = {}
         self.faults: Counter[str] = Counter()
         self.now = 0.0
+
+    def start_worker(self, member: FleetMember) -> SimWorker:
+        config = self.config
+        timings = WorkerTimings(
+            config.lease_timeout_s,
+            config.heartbeat_interval_s,
+            config.failure_rate,
+            config.long_run_rate,
+        )
+        return SimWorker(
+            member.worker_id,
+            member.capabilities,
+            member.slots,
+            timings=timings,
+            network=self.network,
+            log=self.log,
+            rng=self.fork(),
+        )
 
     def fork(self) -> random.Random:
         """An independent generator, so adding draws in one part leaves the others alone."""
@@ -243,6 +244,10 @@ class Simulation:
             executions=self.log.history,
         )
         check_replay(state, self.coordinator.journal, self.coordinator.config)
+        return self.report(steps)
+
+    def report(self, steps: int) -> SimulationReport:
+        state = self.coordinator.state
         attempts = [a for t in state.tasks.values() for a in t.attempts]
         return SimulationReport(
             seed=self.config.seed,

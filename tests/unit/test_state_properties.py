@@ -129,6 +129,9 @@ class Interpreter:
             assert self.state.snapshot() == before, f"refused {command!r} changed the state"
             return
         self.events.append(self.driver.apply(command))
+        # The live clock loop asks this after every command; a replay never does, so the
+        # replay tests below also show that asking changes nothing.
+        self.state.next_deadline()
 
     def pick(self, items: list[Any], index: int) -> Any:
         return items[index % len(items)] if items else None
