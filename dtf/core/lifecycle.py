@@ -76,7 +76,10 @@ class Lifecycle:
         settled = [(task, status, reason)]
         while settled:
             current, new_status, why = settled.pop()
+            if current.status.is_terminal:
+                continue
             self.ready.remove(current.id)
+            self.unmet.pop(current.id, None)
             self.set_status(current, new_status, why)
             current.finished_at = now
             for dependant_id in self.dependants.pop(current.id, []):

@@ -164,5 +164,6 @@ def explain_waiting(req: RequirementSet, workers: Sequence[tuple[str, Capabiliti
         for i, c in enumerate(counts)
     ]
     if matching:
-        parts.append(f"{matching} matching workers, all slots busy")
+        noun = "worker" if matching == 1 else "workers"
+        parts.append(f"{matching} matching {noun}, all slots busy")
     return "; ".join(parts)

@@ -26,11 +26,11 @@ class GiveUp:
 
 
 def backoff_delay_s(policy: RetryPolicy, task_id: str, attempt: int) -> float:
-    """Delay before the attempt after ``attempt`` (1-based), jittered by ±``policy.jitter``."""
+    """Delay before the attempt after ``attempt`` (1-based), jittered by ±``policy.jitter``
+    and never above ``policy.max_delay_seconds``."""
     base = policy.retry_delay_seconds * policy.backoff_factor ** (attempt - 1)
-    capped = min(base, policy.max_delay_seconds)
     spread = random.Random(f"{task_id}:{attempt}").uniform(-policy.jitter, policy.jitter)
-    return max(0.0, capped * (1.0 + spread))
+    return min(max(0.0, base * (1.0 + spread)), policy.max_delay_seconds)
 
 
 def is_retryable(failure: FailureKind, policy: RetryPolicy) -> bool:

@@ -117,19 +117,23 @@ class State(SubmissionMixin, WorkerMixin):
     def fire_timers(self, now: float) -> None:
         while (timer := self.timers.pop_due(now)) is not None:
             if timer.kind is TimerKind.LEASE:
-                self.on_lease_timer(timer.task_id, timer.token, now)
+                self.on_lease_timer(timer, now)
             elif timer.kind is TimerKind.RETRY:
                 self.on_retry_timer(timer.task_id, timer.token, now)
             else:
                 self.on_fallback_timer(timer.task_id, timer.token, now)
 
-    def on_lease_timer(self, task_id: str, fence: int, now: float) -> None:
-        task = self.tasks[task_id]
+    def on_lease_timer(self, timer: Timer, now: float) -> None:
+        """A renewed lease's timer is re-armed at the new expiry, even if that
+        has passed too, so expiries fire in expiry order, live or restored."""
+        task = self.tasks[timer.task_id]
         lease = task.lease
-        if lease is not None and lease.fence == fence and lease.expires_at > now:
-            self.timers.push(lease.expires_at, TimerKind.LEASE, task.seq, task_id, fence)
+        if lease is None or lease.fence != timer.token:
             return
-        self.expire_lease(task_id, fence, now)
+        if lease.expires_at != timer.due:
+            self.timers.push(lease.expires_at, TimerKind.LEASE, task.seq, task.id, lease.fence)
+            return
+        self.expire_lease(task.id, lease.fence, now)
 
     def on_retry_timer(self, task_id: str, attempt: int, now: float) -> None:
         task = self.tasks[task_id]
@@ -195,9 +199,8 @@ class State(SubmissionMixin, WorkerMixin):
             elif task.status is TaskStatus.PENDING:
                 self.enqueue(task)
             elif task.status is TaskStatus.BLOCKED:
-                waiting = [
-                    d for d in task.spec.dependencies if not self.tasks[d].status.is_terminal
-                ]
+                dependencies = dict.fromkeys(task.spec.dependencies)
+                waiting = [d for d in dependencies if not self.tasks[d].status.is_terminal]
                 for dependency_id in waiting:
                     self.dependants.setdefault(dependency_id, []).append(task.id)
                 self.unmet[task.id] = len(waiting)

@@ -24,10 +24,14 @@ from dtf.errors import Conflict, InvalidRequest, InvalidTransition, NotFound, Un
 class SubmissionMixin(Lifecycle):
     def check_submit_tasks(self, command: c.SubmitTasks) -> None:
         fresh: dict[str, TaskSpec] = {}
+        keys_in_batch: set[str] = set()
         for index, new in enumerate(command.tasks):
             where = f"tasks[{index}]"
-            if self.duplicate_of(new) is not None:
+            key = new.spec.idempotency_key
+            if self.duplicate_of(new) is not None or key in keys_in_batch:
                 continue
+            if key is not None:
+                keys_in_batch.add(key)
             if new.task_id in fresh:
                 raise Conflict(
                     f"task id {new.task_id!r} appears twice in this batch", field=f"{where}.id"

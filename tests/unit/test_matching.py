@@ -155,7 +155,7 @@ EXPLANATIONS = [
     (
         {"min_memory_gb": 10, "max_memory_gb": 20},
         FLEET,
-        "10 <= memory_gb <= 20: 1 of 3 workers; 1 matching workers, all slots busy",
+        "10 <= memory_gb <= 20: 1 of 3 workers; 1 matching worker, all slots busy",
     ),
     # a browser version range and a label
     (
@@ -166,7 +166,7 @@ EXPLANATIONS = [
     # worker ids, none of them registered
     ({"worker_ids": ["gone", "nope"]}, FLEET, "worker in ['gone', 'nope']: 0 of 3 workers"),
     # satisfiable: the slots are busy
-    ({"hardware": ["cuda"]}, FLEET, "cuda: 1 of 3 workers; 1 matching workers, all slots busy"),
+    ({"hardware": ["cuda"]}, FLEET, "cuda: 1 of 3 workers; 1 matching worker, all slots busy"),
     # no requirements at all
     ({}, FLEET, "no requirements; 3 workers can run it, all slots are busy"),
     # nobody online

@@ -231,12 +231,6 @@ def test_cancel_terminal_task_is_refused(driver: StateDriver, make_spec: MakeSpe
         driver.cancel("t")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: finish_task checks 'still blocked' when it stacks a dependant, not when it "
-    "pops it; d (listed before y, which it also needs) is stacked twice and the second "
-    "FAILED -> FAILED raises InvalidTransition in the middle of apply",
-)
 def test_dependant_listed_before_its_dependency_fails_once(
     driver: StateDriver, make_spec: MakeSpec
 ) -> None:

@@ -127,12 +127,6 @@ def test_lease_refs_in_snapshot_survive() -> None:
     assert not restored.is_current_lease_ref("gpu", LeaseRef("gpu-job", 1, 999))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: rebuild_indexes counts a dependency listed twice twice (live linking counts "
-    "it once), so the restored state stacks the dependant twice when the dependency fails "
-    "and raises InvalidTransition",
-)
 def test_restored_state_fails_a_twice_listed_dependency_once() -> None:
     driver = StateDriver(CONFIG)
     driver.submit(("a", task_spec()), ("b", task_spec(dependencies=["a", "a"])), at=0.0)
@@ -142,12 +136,6 @@ def test_restored_state_fails_a_twice_listed_dependency_once() -> None:
     assert restored.apply(command) == driver.state.apply(command)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a renewed lease's first timer still fires at its old due time and, when the "
-    "renewed expiry has passed too, expires the lease right there; a restored state has only "
-    "the renewed timer, so two leases expiring in one Tick end in another order",
-)
 def test_restored_state_expires_renewed_leases_in_the_same_order() -> None:
     driver = StateDriver(StateConfig(lease_timeout_s=10.0, worker_timeout_s=1000.0))
     driver.register("w", slots=2, at=0.0)

@@ -224,12 +224,6 @@ def test_commands_for_unknown_things_are_refused(driver: StateDriver) -> None:
         driver.register("w1", slots=0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: t1 repeats t0's idempotency key in the same batch; check treats t1 as new "
-    "so t2 may depend on it, but apply makes t1 a duplicate and link_dependencies raises "
-    "KeyError 't1' (half-applied)",
-)
 def test_dependency_on_a_duplicate_in_the_same_batch(
     driver: StateDriver, make_spec: MakeSpec
 ) -> None:
