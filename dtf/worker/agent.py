@@ -19,9 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
-import sys
 import tempfile
 import time
 import uuid
@@ -349,7 +347,6 @@ def run_worker(settings: WorkerSettings) -> int:
 
 
 async def _run_agent(settings: WorkerSettings, capabilities: Capabilities, workdir: Path) -> int:
-    _use_pidfd_child_watcher()
     reaper = Reaper()
     try:
         return await WorkerAgent(settings, capabilities, workdir, reaper).run()
@@ -365,17 +362,3 @@ def _work_directory(configured: Path | None) -> Iterator[Path]:
         return
     with tempfile.TemporaryDirectory(prefix="dtf-worker-") as created:
         yield Path(created)
-
-
-def _use_pidfd_child_watcher() -> None:
-    """Python 3.11 waits for each child process in a thread of its own; a pidfd
-    watcher waits in the event loop instead (3.12+ does that by default)."""
-    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
-        return
-    try:
-        os.close(os.pidfd_open(os.getpid()))
-    except OSError:
-        return
-    watcher = asyncio.PidfdChildWatcher()
-    watcher.attach_loop(asyncio.get_running_loop())
-    asyncio.set_child_watcher(watcher)

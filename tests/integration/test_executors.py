@@ -111,6 +111,8 @@ def test_nonzero_exit(tmp_path: Path) -> None:
         ({"command": "true", "cwd": "/nonexistent/dir"}, "working directory '/nonexistent/dir'"),
         # config that does not match the task type
         ({"command": "true", "shell": "bash"}, "invalid command task config"),
+        # an argument no process can be given
+        ({"command": ["echo", "nul\u0000byte"]}, "cannot start 'echo': embedded null byte"),
     ],
 )
 def test_task_that_cannot_start_is_an_executor_error(
@@ -119,6 +121,12 @@ def test_task_that_cannot_start_is_an_executor_error(
     outcome = run(tmp_path, "command", config)
     assert outcome.failure is FailureKind.EXECUTOR_ERROR
     assert outcome.error is not None and outcome.error.startswith(error)
+
+
+def test_exit_is_seen_without_pidfds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(os, "pidfd_open")
+    outcome = run(tmp_path, "command", {"command": "echo waited; exit 4"})
+    assert (outcome.exit_code, outcome.stdout_tail) == (4, "waited\n")
 
 
 def test_death_by_signal_is_a_crash(tmp_path: Path) -> None:
