@@ -2,7 +2,8 @@
 
 Both run as processes of their own: the coordinator through
 ``run_coordinator`` with a short lease (heartbeats follow it), the agent through
-``run_worker``. Tasks are submitted and inspected over the REST API.
+``run_worker``. Tasks are submitted and inspected over the REST API. The last
+tests drive the heartbeat thread alone, for replies an agent rarely gets.
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+
+from dtf.core.model import LeaseRef
+from dtf.worker.connection import Endpoints
+from dtf.worker.heartbeat import HeartbeatThread, Target
+from dtf.worker.leases import FencedLease, LeaseTable
 
 pytestmark = pytest.mark.integration
 
@@ -312,3 +318,59 @@ def test_wrong_api_key_is_named_in_the_log_and_retried_until_stopped(
         )
         agent.send_signal(signal.SIGTERM)
         assert agent.wait(timeout=WAIT_S) == 0, worker_log(tmp_path)
+
+
+# -- the heartbeat thread on its own, against the real heartbeat route ---------
+
+LEASE = LeaseRef("no-such-task", 1, 5)
+
+
+def register_over_http(coordinator: Coordinator, worker_id: str, session: str) -> None:
+    body = {"worker_id": worker_id, "session": session, "capabilities": {}, "slots": 1}
+    response = coordinator.client.post("/api/workers/register", json=body)
+    assert response.status_code == 200, response.text
+
+
+def beat_once(
+    coordinator: Coordinator, worker_id: str, session: str, leases: LeaseTable
+) -> tuple[list[FencedLease], list[str]]:
+    fenced: list[FencedLease] = []
+    rejected: list[str] = []
+    heartbeats = HeartbeatThread(
+        worker_id,
+        coordinator.key,
+        leases,
+        on_fenced=fenced.append,
+        on_session_rejected=rejected.append,
+    )
+    endpoints = Endpoints.parse(coordinator.url)
+    heartbeats.point_at(Target(endpoints, session, 1.0, LEASE_TIMEOUT_S))
+    heartbeats.beat()
+    heartbeats.client.close()
+    return fenced, rejected
+
+
+def test_heartbeat_for_a_replaced_or_unknown_session_asks_for_a_reconnect(
+    coordinator: Coordinator,
+) -> None:
+    register_over_http(coordinator, "hb-worker", "current-session")
+    assert beat_once(coordinator, "hb-worker", "old-session", LeaseTable()) == ([], ["old-session"])
+    assert beat_once(coordinator, "never-registered", "s", LeaseTable()) == ([], ["s"])
+
+
+def test_running_lease_the_coordinator_does_not_hold_is_killed_at_once(
+    coordinator: Coordinator,
+) -> None:
+    register_over_http(coordinator, "hb-worker", "s1")
+    task = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        leases = LeaseTable()
+        leases.add(LEASE, now=time.monotonic(), timeout_s=LEASE_TIMEOUT_S)
+        leases.set_process(LEASE, task.pid)
+        fenced, rejected = beat_once(coordinator, "hb-worker", "s1", leases)
+        assert ([(f.lease, f.pgid) for f in fenced], rejected) == ([(LEASE, task.pid)], [])
+        assert task.wait(timeout=10) == -signal.SIGKILL
+        assert leases.held() == ([], LEASE.fence)
+    finally:
+        task.kill()
+        task.wait(timeout=10)

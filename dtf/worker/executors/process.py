@@ -3,8 +3,8 @@
 The process starts in a new session, so its pid is the id of a group that
 holds everything it spawns; timeouts, cancellation and cleanup signal that
 whole group. Output is kept as the last few KiB of each stream, read as it
-arrives, so memory stays bounded however much a task prints. When the leader exits, whatever it left running
-in its group is killed.
+arrives, so memory stays bounded however much a task prints. When the leader
+exits, whatever it left running in its group is killed.
 """
 
 from __future__ import annotations
