@@ -25,7 +25,11 @@ class Register(Struct, frozen=True, tag="register", forbid_unknown_fields=True):
 
 
 class Started(Struct, frozen=True, tag="started", forbid_unknown_fields=True):
+    """The attempt's process started ``ran_for_s`` seconds before this was sent
+    (a worker may hold the report back briefly to send it with the outcome)."""
+
     lease: LeaseRef
+    ran_for_s: float = 0.0
 
 
 class OutcomeReport(Struct, frozen=True, tag="outcome", forbid_unknown_fields=True):

@@ -200,7 +200,7 @@ def _worker_routes(router: APIRouter, rt: Runtime) -> None:
     ) -> Response:
         rt.auth.require(authorization, "work")
         body = decode_body(await request.body(), p.Started)
-        await rt.bus.execute(c.TaskStarted(time.time(), worker_id, body.lease))
+        await rt.bus.execute(c.TaskStarted(time.time(), worker_id, body.lease, body.ran_for_s))
         return json_response({"ok": True})
 
     @router.post(

@@ -135,7 +135,9 @@ class WorkerHub:
     def _dispatch(self, connection: _Connection, message: p.WorkerMessage) -> None:
         now = time.time()
         if isinstance(message, p.Started):
-            command: c.Command = c.TaskStarted(now, connection.worker_id, message.lease)
+            command: c.Command = c.TaskStarted(
+                now, connection.worker_id, message.lease, message.ran_for_s
+            )
         elif isinstance(message, p.OutcomeReport):
             command = c.ReportOutcome(now, connection.worker_id, message.lease, message.outcome)
         else:

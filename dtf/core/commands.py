@@ -67,6 +67,7 @@ class TaskStarted(Struct, frozen=True, tag="task_started"):
     at: float
     worker_id: str
     lease: LeaseRef
+    ran_for_s: float = 0.0
 
 
 class ReportOutcome(Struct, frozen=True, tag="report_outcome"):

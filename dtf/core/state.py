@@ -264,7 +264,7 @@ class State(SubmissionMixin, WorkerMixin):
             return
         attempt = task.attempts[-1]
         if attempt.started_at is None:
-            attempt.started_at = now
+            attempt.started_at = max(attempt.assigned_at, now - max(command.ran_for_s, 0.0))
         self.renew_lease(task, now)
         if task.status is TaskStatus.ASSIGNED:
             self.set_status(task, TaskStatus.RUNNING, f"running on {command.worker_id}")

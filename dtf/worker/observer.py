@@ -1,9 +1,10 @@
-"""How one attempt's process group is made known: to the reaper, the lease
-table (so self-fencing can kill it) and the coordinator (``Started``)."""
+"""How one attempt's process group is made known: to the lease table (so
+self-fencing can kill it) and the coordinator (``Started``)."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 from dtf.core.model import LeaseRef
@@ -20,8 +21,8 @@ class AttemptObserver:
     ``Started`` goes out once the process has run for ``STARTED_DELAY_S``, or
     right before the outcome of a task that ended sooner. Each message is a
     journaled command on the coordinator; sent together, a short task's two
-    are written in one batch instead of two. The cost: the start of a task
-    shorter than the delay is recorded up to that delay late.
+    are written in one batch instead of two. The report says how long the
+    process had been running, so the recorded start time stays exact.
     """
 
     def __init__(
@@ -34,23 +35,24 @@ class AttemptObserver:
         self.lease, self.reaper, self.leases, self.send = lease, reaper, leases, send
         self.started_timer: asyncio.TimerHandle | None = None
         self.is_started_reported = False
+        self.started_at = 0.0
 
     def process_started(self, pgid: int) -> None:
-        self.reaper.process_started(pgid)
+        self.reaper.ensure_running()
         self.leases.set_process(self.lease, pgid)
+        self.started_at = time.monotonic()
         loop = asyncio.get_running_loop()
         self.started_timer = loop.call_later(STARTED_DELAY_S, self.report_started)
 
     def process_ended(self, pgid: int) -> None:
         self.leases.set_process(self.lease, None)
-        self.reaper.process_ended(pgid)
 
     def report_started(self) -> None:
         """Send ``Started`` now if a process started and it has not been sent."""
         if self.started_timer is not None and not self.is_started_reported:
             self.is_started_reported = True
             self.started_timer.cancel()
-            self.send(Started(self.lease))
+            self.send(Started(self.lease, time.monotonic() - self.started_at))
 
     def close(self) -> None:
         if self.started_timer is not None:

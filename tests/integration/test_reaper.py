@@ -1,4 +1,4 @@
-"""The reaper sidecar kills task process groups when their agent dies."""
+"""The reaper sidecar kills a dead agent's task processes, wherever they went."""
 
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from dtf.worker.reaper import Reaper
+from dtf.worker.reaper import MARKER_ENV, Reaper
 
 pytestmark = pytest.mark.integration
 
-# A stand-in agent: runs one command task through the real executor, with the
-# real reaper as its process observer, and never finishes on its own.
+# A stand-in agent: runs one command task through the real executor with the
+# real reaper started first, and never finishes on its own. One of the task's
+# sleeps moves to a session of its own, out of the task's process group.
 AGENT_SCRIPT = """
 import asyncio, sys
 from pathlib import Path
@@ -29,12 +30,12 @@ from dtf.protocol import Assign
 from dtf.worker.executors import execute
 from dtf.worker.reaper import Reaper
 
+reaper = Reaper()
 spec = msgspec.convert(
-    {"type": "command", "config": {"command": "sleep 60 & sleep 60"}}, TaskSpec
+    {"type": "command", "config": {"command": "sleep 60 & setsid sleep 61 & sleep 62"}}, TaskSpec
 )
 assign = Assign("orphan-test", 1, 1, spec, lease_timeout_s=10.0)
-reaper = Reaper()
-asyncio.run(execute(assign, workdir=Path(sys.argv[1]), cancelled=asyncio.Event(), observer=reaper))
+asyncio.run(execute(assign, workdir=Path(sys.argv[1]), cancelled=asyncio.Event()))
 """
 
 
@@ -53,12 +54,12 @@ def is_gone(pid: int) -> bool:
         return True
 
 
-def sleep_pids(parent: psutil.Process) -> list[int]:
-    try:
-        children = parent.children(recursive=True)
-        return [child.pid for child in children if child.name() == "sleep"]
-    except psutil.NoSuchProcess:
-        return []
+def task_sleeps(tmp_path: Path) -> list[int]:
+    return [
+        p.pid
+        for p in psutil.process_iter(["name", "cmdline"])
+        if p.info["name"] == "sleep" and p.info["cmdline"][1:] in (["60"], ["61"], ["62"])
+    ]
 
 
 def ignores_sigterm(pid: int) -> bool:
@@ -72,9 +73,8 @@ def test_task_processes_die_with_a_sigkilled_agent(tmp_path: Path) -> None:
     agent = subprocess.Popen([sys.executable, "-c", AGENT_SCRIPT, str(tmp_path)])
     sleeps: list[int] = []
     try:
-        parent = psutil.Process(agent.pid)
-        wait_for(lambda: len(sleep_pids(parent)) == 2, "both sleeps of the task to start")
-        sleeps = sleep_pids(parent)
+        wait_for(lambda: len(task_sleeps(tmp_path)) == 3, "the task's three sleeps to start")
+        sleeps = task_sleeps(tmp_path)
         agent.kill()
         agent.wait(timeout=10)
         wait_for(lambda: all(map(is_gone, sleeps)), f"the task's sleeps {sleeps} to be killed")
@@ -86,51 +86,41 @@ def test_task_processes_die_with_a_sigkilled_agent(tmp_path: Path) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
-def test_sidecar_ignores_termination_signals_and_kills_on_close() -> None:
-    task = subprocess.Popen(["sleep", "60"], start_new_session=True)
+def marked_sleep(marker: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, MARKER_ENV: marker}
+    return subprocess.Popen(["sleep", "60"], start_new_session=True, env=env)
+
+
+def test_sidecar_ignores_termination_signals_and_kills_marked_processes_on_close() -> None:
     reaper = Reaper()
+    task = marked_sleep(reaper.marker)
+    bystander = marked_sleep("another-agent")
     try:
         wait_for(lambda: ignores_sigterm(reaper.sidecar.pid), "the sidecar to ignore SIGTERM")
-        reaper.process_started(task.pid)
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             os.kill(reaper.sidecar.pid, signum)
         reaper.close()
         assert reaper.sidecar.returncode == 0
         assert task.wait(timeout=10) == -signal.SIGKILL
+        assert bystander.poll() is None
     finally:
-        task.kill()
-        task.wait(timeout=10)
-        reaper.sidecar.kill()
-        reaper.sidecar.wait(timeout=10)
+        for process in (task, bystander):
+            process.kill()
+            process.wait(timeout=10)
 
 
-def test_ended_groups_are_left_alone() -> None:
-    task = subprocess.Popen(["sleep", "60"], start_new_session=True)
-    reaper = Reaper()
-    try:
-        reaper.process_started(task.pid)
-        reaper.process_ended(task.pid)
-        reaper.close()
-        assert reaper.sidecar.returncode == 0
-        assert task.poll() is None
-    finally:
-        task.kill()
-        task.wait(timeout=10)
-
-
-def test_a_dead_sidecar_is_replaced_and_told_the_running_groups() -> None:
-    tasks = [subprocess.Popen(["sleep", "60"], start_new_session=True) for _ in range(2)]
+def test_a_dead_sidecar_is_replaced() -> None:
     reaper = Reaper()
     first = reaper.sidecar
+    task = marked_sleep(reaper.marker)
     try:
-        reaper.process_started(tasks[0].pid)
         first.kill()
         first.wait(timeout=10)
-        reaper.process_started(tasks[1].pid)
+        reaper.ensure_running()
         assert reaper.sidecar is not first
         reaper.close()
-        assert [task.wait(timeout=10) for task in tasks] == [-signal.SIGKILL] * 2
+        assert task.wait(timeout=10) == -signal.SIGKILL
     finally:
-        for process in [*tasks, reaper.sidecar]:
+        for process in (task, reaper.sidecar):
             process.kill()
             process.wait(timeout=10)

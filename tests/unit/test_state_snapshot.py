@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from dtf.core import commands as c
 from dtf.core.events import Event
 from dtf.core.model import Capabilities, FailureKind, HardwareClass, LeaseRef, Outcome

@@ -1,22 +1,21 @@
-"""The reaper sidecar's bookkeeping of process groups."""
+"""Which processes the reaper sidecar recognises as its agent's."""
 
 from __future__ import annotations
 
 import pytest
 
-from dtf.worker.reaper import watch
+from dtf.worker.reaper import carries_marker
 
 
 @pytest.mark.parametrize(
-    ("lines", "left"),
+    ("environ", "expected"),
     [
-        ([], set()),  # nothing ever started
-        ([b"+10\n", b"+11\n", b"-10\n"], {11}),  # one ended, one still running
-        ([b"+10\n", b"-10\n", b"+10\n"], {10}),  # a pgid reused after it ended
-        ([b"-12\n"], set()),  # an end without a start is harmless
-        ([b"+10\n", b"garbage\n", b"+\n", b"*13\n", b"+-4\n"], {10}),  # junk is ignored
-        ([b"+10"], {10}),  # last line cut short by the agent dying
+        (b"PATH=/bin\0DTF_AGENT_MARKER=abc\0HOME=/\0", True),  # marker among others
+        (b"DTF_AGENT_MARKER=abc", True),  # marker alone, no trailing NUL
+        (b"PATH=/bin\0DTF_AGENT_MARKER=abcd\0", False),  # another agent's longer marker
+        (b"PATH=/bin\0X_DTF_AGENT_MARKER=abc\0", False),  # a different variable
+        (b"", False),  # a kernel thread's empty environment
     ],
 )
-def test_watch_lists_groups_still_running(lines: list[bytes], left: set[int]) -> None:
-    assert watch(lines) == left
+def test_carries_marker(environ: bytes, expected: bool) -> None:
+    assert carries_marker(environ, "abc") is expected
