@@ -6,9 +6,17 @@ HTTP (``POST /api/workers/{id}/heartbeat``) so a busy or wedged event loop
 never looks like a dead machine. Every message is a JSON object tagged by
 ``type``. Outcomes are keyed by (task id, attempt, fence) and safe to resend
 until acknowledged.
+
+A frame holds one message, or a JSON array of messages that were queued
+together: a busy worker's started and outcome reports, and the coordinator's
+acknowledgements and next assignments, then travel in one frame.
 """
 
 from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import TypeVar
 
 import msgspec
 from msgspec import Struct
@@ -90,4 +98,25 @@ CoordinatorMessage = Registered | Assign | Cancel | OutcomeAck | ErrorMessage
 
 worker_message_decoder = msgspec.json.Decoder(WorkerMessage)
 coordinator_message_decoder = msgspec.json.Decoder(CoordinatorMessage)
+worker_frame_decoder = msgspec.json.Decoder(WorkerMessage | list[WorkerMessage])
+coordinator_frame_decoder = msgspec.json.Decoder(CoordinatorMessage | list[CoordinatorMessage])
 json_encoder = msgspec.json.Encoder()
+
+T = TypeVar("T")
+
+
+def encode_frame(messages: Sequence[Struct]) -> bytes:
+    """One message as an object, several as an array."""
+    return json_encoder.encode(messages[0] if len(messages) == 1 else messages)
+
+
+def frame_messages(decoded: T | list[T]) -> list[T]:
+    return decoded if isinstance(decoded, list) else [decoded]
+
+
+def take_queued(queue: asyncio.Queue[T], first: T, limit: int = 256) -> list[T]:
+    """``first`` plus whatever else is already queued, without waiting."""
+    batch = [first]
+    while len(batch) < limit and not queue.empty():
+        batch.append(queue.get_nowait())
+    return batch

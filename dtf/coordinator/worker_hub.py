@@ -38,8 +38,13 @@ class _Connection:
         self.outbox.put_nowait(message)
 
     async def drain(self) -> None:
-        while (message := await self.outbox.get()) is not None:
-            await self.websocket.send_text(p.json_encoder.encode(message).decode())
+        while (first := await self.outbox.get()) is not None:
+            batch = p.take_queued(self.outbox, first)
+            closing = None in batch
+            messages = [m for m in batch if m is not None]
+            await self.websocket.send_text(p.encode_frame(messages).decode())
+            if closing:
+                return
 
 
 class WorkerHub:
@@ -126,11 +131,12 @@ class WorkerHub:
     async def _receive(self, connection: _Connection) -> None:
         while (raw := await _receive_payload(connection.websocket)) is not None:
             try:
-                message = p.worker_message_decoder.decode(raw)
+                messages = p.frame_messages(p.worker_frame_decoder.decode(raw))
             except msgspec.DecodeError as exc:
                 connection.send(p.ErrorMessage(f"unreadable message ignored: {exc}"))
                 continue
-            self._dispatch(connection, message)
+            for message in messages:
+                self._dispatch(connection, message)
 
     def _dispatch(self, connection: _Connection, message: p.WorkerMessage) -> None:
         now = time.time()

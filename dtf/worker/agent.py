@@ -42,7 +42,9 @@ from dtf.protocol import (
     Register,
     Registered,
     WorkerMessage,
+    coordinator_frame_decoder,
     coordinator_message_decoder,
+    frame_messages,
     json_encoder,
 )
 from dtf.worker.connection import Backoff, Channel, Endpoints
@@ -214,10 +216,14 @@ class WorkerAgent:
 
     def on_raw_message(self, raw: str | bytes) -> None:
         try:
-            message: CoordinatorMessage = coordinator_message_decoder.decode(raw)
+            messages = frame_messages(coordinator_frame_decoder.decode(raw))
         except msgspec.DecodeError as exc:
             logger.warning("ignoring unreadable coordinator message: %s", exc)
             return
+        for message in messages:
+            self.on_message(message)
+
+    def on_message(self, message: CoordinatorMessage) -> None:
         match message:
             case Assign():
                 self.on_assign(message)

@@ -13,7 +13,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from dtf.errors import InvalidRequest
-from dtf.protocol import WorkerMessage, json_encoder
+from dtf.protocol import WorkerMessage, encode_frame, take_queued
 
 WS_PATH = "/api/workers/ws"
 _HTTP_SCHEMES = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
@@ -78,4 +78,5 @@ class Channel:
     async def drain(self) -> None:
         with contextlib.suppress(ConnectionClosed):
             while True:
-                await self.websocket.send(json_encoder.encode(await self.outbox.get()))
+                batch = take_queued(self.outbox, await self.outbox.get())
+                await self.websocket.send(encode_frame(batch))
