@@ -7,7 +7,7 @@ contract is the one the code enforces.
 from __future__ import annotations
 
 import re
-import uuid
+import secrets
 from collections.abc import Sequence
 from typing import Annotated, Any, TypeVar
 
@@ -64,7 +64,7 @@ def new_tasks(specs: list[TaskSpec], *, path: str = "tasks") -> list[c.NewTask]:
             validate_config(spec.type, spec.config, path=where)
         except msgspec.ValidationError as exc:
             raise InvalidRequest(str(exc), field=field_of(str(exc))) from None
-        tasks.append(c.NewTask(spec.id or uuid.uuid4().hex, spec))
+        tasks.append(c.NewTask(spec.id or secrets.token_hex(16), spec))
     return tasks
 
 

@@ -22,6 +22,7 @@ Rules kept here:
 
 from __future__ import annotations
 
+import typing
 from collections import Counter
 from typing import Any
 
@@ -76,9 +77,9 @@ class State(SubmissionMixin, WorkerMixin):
 
     def check(self, command: c.Command) -> None:
         """Raise the ``DtfError`` that applying ``command`` would meet; change nothing."""
-        checker = getattr(self, f"check_{type(command).__struct_config__.tag}", None)
+        checker = _CHECKERS.get(type(command))
         if checker is not None:
-            checker(command)
+            checker(self, command)
 
     def apply(self, command: c.Command, seq: int | None = None) -> list[Event]:
         self.check(command)
@@ -87,8 +88,7 @@ class State(SubmissionMixin, WorkerMixin):
         if seq is not None:
             self.applied_seq = seq
         self.events = []
-        handler = getattr(self, f"on_{type(command).__struct_config__.tag}")
-        handler(command, now)
+        _HANDLERS[type(command)](self, command, now)
         self.schedule(now)
         events, self.events = self.events, []
         return events
@@ -275,6 +275,8 @@ class State(SubmissionMixin, WorkerMixin):
         if attempt.status is AttemptStatus.RUNNING and self.is_current_lease(
             task, command.worker_id, command.lease.fence
         ):
+            if attempt.started_at is None:
+                attempt.started_at = max(attempt.assigned_at, now - command.outcome.duration_s)
             self.count_outcome(task, command.outcome, now)
             self.acknowledge(command, counted=True)
             return
@@ -333,3 +335,14 @@ class State(SubmissionMixin, WorkerMixin):
             "tasks": {s.value: n for s, n in self.task_counts.items() if n},
             "workers": dict(Counter(w.status.value for w in self.workers.values())),
         }
+
+
+def _methods(prefix: str) -> dict[type[Any], Any]:
+    """Command type -> ``State`` method named ``<prefix><command tag>``, where one exists."""
+    kinds: tuple[type[Any], ...] = typing.get_args(c.Command)
+    found = {kind: getattr(State, f"{prefix}{kind.__struct_config__.tag}", None) for kind in kinds}
+    return {kind: method for kind, method in found.items() if method is not None}
+
+
+_CHECKERS = _methods("check_")
+_HANDLERS = _methods("on_")

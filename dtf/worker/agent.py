@@ -300,7 +300,6 @@ class WorkerAgent:
         if self.leases.finish(lease):
             self.unacked[lease] = outcome
             self.has_finished_a_task = True
-            observer.report_started()
             self.send(OutcomeReport(lease, outcome))
         self.note_if_idle()
 

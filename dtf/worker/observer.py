@@ -18,11 +18,11 @@ STARTED_DELAY_S = 0.01
 class AttemptObserver:
     """Ties an attempt's process group to the reaper, the lease table and the coordinator.
 
-    ``Started`` goes out once the process has run for ``STARTED_DELAY_S``, or
-    right before the outcome of a task that ended sooner. Each message is a
-    journaled command on the coordinator; sent together, a short task's two
-    are written in one batch instead of two. The report says how long the
-    process had been running, so the recorded start time stays exact.
+    ``Started`` goes out once the process has run for ``STARTED_DELAY_S``; a
+    task that ends sooner sends only its outcome, whose duration tells the
+    coordinator when it started. Each message is a journaled command, so a
+    short task costs one instead of two. The report says how long the process
+    had been running, so the recorded start time stays exact.
     """
 
     def __init__(
