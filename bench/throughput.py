@@ -4,7 +4,7 @@ W local worker processes run N tiny tasks, each the command ``true``. Prints
 figures (a rich table, or JSON with ``--json``); asserts nothing. See
 bench/README.md for what each figure means.
 
-    .venv/bin/python bench/throughput.py [--workers 2] [--tasks 2000] [--slots 1]
+    .venv/bin/python bench/throughput.py [--workers 2] [--tasks 2000] [--slots 4]
                                          [--skip celery,dask] [--json]
 """
 
@@ -27,6 +27,7 @@ from rich.table import Table
 SKIPPABLE = ("dtf", "celery", "dask")
 LABELS = {
     "limit": "limit: W x subprocess.run",
+    "limit_after": "limit, again after the systems",
     "dtf": "dtf",
     "dtf_big_submit": "dtf 10,000-task submit",
     "celery": "Celery + Redis",
@@ -39,7 +40,12 @@ def parse_options() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workers", type=int, default=2, help="worker processes (W)")
     parser.add_argument("--tasks", type=int, default=2000, help="tasks per run (N)")
-    parser.add_argument("--slots", type=int, default=1, help="slots per dtf worker")
+    parser.add_argument(
+        "--slots",
+        type=int,
+        default=4,
+        help="concurrent tasks per dtf worker (Celery prefetches 4 per process by default)",
+    )
     parser.add_argument("--skip", default="", help=f"comma-separated, from {','.join(SKIPPABLE)}")
     parser.add_argument("--timeout", type=float, default=600.0, help="bound on each wait, s")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
@@ -83,6 +89,8 @@ def measure_all(options: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         )
     if "dask" not in options.skip:
         systems["dask"] = attempt("dask", lambda: dask_figures(workers, tasks, timeout_s))
+    limit_after = attempt("limit_after", lambda: measure_limit(workers, tasks))
+    settle_limit(systems, limit_after)
     add_ratios(systems)
     return figures
 
@@ -97,6 +105,18 @@ def dask_figures(workers: int, tasks: int, timeout_s: float) -> dict[str, float]
     from _dask import measure_dask
 
     return {"tasks_per_s": measure_dask(workers, tasks, timeout_s)}
+
+
+def settle_limit(systems: dict[str, Any], after: Any) -> None:
+    """The limit is measured before and after the systems, since the machine's
+    speed drifts; ratios use the mean of the two."""
+    before = systems["limit"].get("tasks_per_s")
+    if before and isinstance(after, float):
+        systems["limit"] = {
+            "tasks_per_s": (before + after) / 2,
+            "before_tasks_per_s": before,
+            "after_tasks_per_s": after,
+        }
 
 
 def add_ratios(systems: dict[str, Any]) -> None:
@@ -122,6 +142,12 @@ def render(figures: dict[str, Any]) -> None:
         ratio_text = f"{ratio:.2f}" if ratio is not None else ""
         throughput.add_row(LABELS[name], f"{system['tasks_per_s']:,.0f}", ratio_text)
     console.print(throughput)
+    limit = figures["systems"]["limit"]
+    if "before_tasks_per_s" in limit:
+        console.print(
+            f"limit measured before and after the systems: {limit['before_tasks_per_s']:,.0f} "
+            f"and {limit['after_tasks_per_s']:,.0f} tasks/s; ratios use their mean"
+        )
     dtf = figures["systems"].get("dtf")
     if dtf and "error" not in dtf:
         console.print(latency_table(dtf, config["tasks"]))

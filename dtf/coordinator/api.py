@@ -1,5 +1,5 @@
-"""REST routes under ``/api``: tasks, workers, results, status, keys, and the
-HTTP side of the worker protocol (register, heartbeat, started, outcome).
+"""REST routes under ``/api``: tasks, workers, results, status, keys (the
+worker protocol's routes are in ``worker_api.py``).
 
 Handlers are thin: authenticate, decode the body, build a command, run it
 through the bus, shape the reply. All state lives in ``bus.state``.
@@ -11,13 +11,14 @@ import time
 from typing import Annotated, Any
 
 import msgspec
-from fastapi import APIRouter, Header, Query, Request, Response, WebSocket
+from fastapi import APIRouter, Header, Query, Request, Response
 
-from dtf import protocol as p
 from dtf.coordinator import auth
 from dtf.coordinator.bodies import KeyRequest, SubmitBatch, decode_body, new_tasks, request_body
+from dtf.coordinator.responses import json_response
 from dtf.coordinator.runtime import Runtime
 from dtf.coordinator.views import result_views, task_view
+from dtf.coordinator.worker_api import worker_protocol_routes
 from dtf.core import commands as c
 from dtf.core.events import TaskAccepted
 from dtf.core.model import TaskSpec
@@ -27,14 +28,11 @@ from dtf.errors import NotFound
 Authorization = Annotated[str | None, Header()]
 
 
-def json_response(content: Any, status_code: int = 200) -> Response:
-    return Response(msgspec.json.encode(content), status_code, media_type="application/json")
-
-
 def build_router(runtime: Runtime) -> APIRouter:
     router = APIRouter(prefix="/api")
     _task_routes(router, runtime)
     _worker_routes(router, runtime)
+    worker_protocol_routes(router, runtime)
     _info_routes(router, runtime)
     return router
 
@@ -126,99 +124,6 @@ def _worker_routes(router: APIRouter, rt: Runtime) -> None:
         if worker is None:
             raise NotFound(f"worker {worker_id!r} is not registered")
         return json_response(msgspec.to_builtins(worker))
-
-    @router.websocket("/workers/ws")
-    async def worker_socket(websocket: WebSocket) -> None:
-        """The worker channel: register, assignments, started, outcomes."""
-        try:
-            rt.auth.require(websocket.headers.get("authorization"), "work")
-        except Exception as exc:
-            await websocket.close(code=1008, reason=str(exc)[:120])
-            return
-        await rt.hub.serve(websocket)
-
-    @router.post(
-        "/workers/register", openapi_extra=request_body(p.Register), tags=["worker protocol"]
-    )
-    async def register(request: Request, authorization: Authorization = None) -> Response:
-        """Register over HTTP (workers that cannot hold a WebSocket)."""
-        rt.auth.require(authorization, "work")
-        body = decode_body(await request.body(), p.Register)
-        await rt.bus.execute(
-            c.RegisterWorker(
-                time.time(), body.worker_id, body.session, body.capabilities, body.slots, body.held
-            )
-        )
-        registered = p.Registered(
-            body.worker_id,
-            body.session,
-            rt.settings.lease_timeout_s,
-            rt.settings.heartbeat_interval_s,
-        )
-        return json_response(registered)
-
-    @router.post(
-        "/workers/{worker_id}/heartbeat",
-        openapi_extra=request_body(p.HeartbeatRequest),
-        tags=["worker protocol"],
-    )
-    async def heartbeat(
-        worker_id: str, request: Request, authorization: Authorization = None
-    ) -> Response:
-        """Renew the leases the worker holds; 409 means: reconnect and register."""
-        rt.auth.require(authorization, "work")
-        body = decode_body(await request.body(), p.HeartbeatRequest)
-        await rt.bus.execute(
-            c.Heartbeat(time.time(), worker_id, body.session, body.held, body.max_fence_seen)
-        )
-        renewed = [ref for ref in body.held if rt.state.is_current_lease_ref(worker_id, ref)]
-        return json_response(p.HeartbeatReply(rt.settings.lease_timeout_s, renewed))
-
-    @router.get("/workers/{worker_id}/assignments", tags=["worker protocol"])
-    async def assignments(worker_id: str, authorization: Authorization = None) -> Response:
-        """The attempts this worker currently holds, for HTTP-polling workers."""
-        rt.auth.require(authorization, "work")
-        worker = rt.state.workers.get(worker_id)
-        if worker is None:
-            raise NotFound(f"worker {worker_id!r} is not registered")
-        held = [rt.state.tasks[t] for t in worker.leases]
-        return json_response(
-            [
-                p.Assign(t.id, t.lease.attempt, t.lease.fence, t.spec, rt.settings.lease_timeout_s)
-                for t in held
-                if t.lease
-            ]
-        )
-
-    @router.post(
-        "/workers/{worker_id}/started",
-        openapi_extra=request_body(p.Started),
-        tags=["worker protocol"],
-    )
-    async def started(
-        worker_id: str, request: Request, authorization: Authorization = None
-    ) -> Response:
-        rt.auth.require(authorization, "work")
-        body = decode_body(await request.body(), p.Started)
-        await rt.bus.execute(c.TaskStarted(time.time(), worker_id, body.lease, body.ran_for_s))
-        return json_response({"ok": True})
-
-    @router.post(
-        "/workers/{worker_id}/outcome",
-        openapi_extra=request_body(p.OutcomeReport),
-        tags=["worker protocol"],
-    )
-    async def outcome(
-        worker_id: str, request: Request, authorization: Authorization = None
-    ) -> Response:
-        """Report an attempt's outcome; safe to resend until acknowledged."""
-        rt.auth.require(authorization, "work")
-        body = decode_body(await request.body(), p.OutcomeReport)
-        events = await rt.bus.execute(
-            c.ReportOutcome(time.time(), worker_id, body.lease, body.outcome)
-        )
-        counted = any(getattr(e, "counted", False) for e in events)
-        return json_response({"accepted": True, "counted": counted})
 
 
 def _info_routes(router: APIRouter, rt: Runtime) -> None:

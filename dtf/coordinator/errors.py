@@ -4,21 +4,14 @@ from __future__ import annotations
 
 import logging
 
-import msgspec
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
+from dtf.coordinator.responses import error_response
 from dtf.errors import DtfError
 
 log = logging.getLogger(__name__)
-
-
-def error_response(
-    status_code: int, message: str, *, field: str | None = None, kind: str
-) -> Response:
-    body = {"error": {"message": message, "field": field, "type": kind}}
-    return Response(msgspec.json.encode(body), status_code, media_type="application/json")
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -21,12 +21,13 @@ from fastapi.openapi.utils import get_openapi
 
 from dtf import __version__
 from dtf import protocol as p
-from dtf.coordinator.api import build_router, json_response
+from dtf.coordinator.api import build_router
 from dtf.coordinator.auth import Authenticator, load_or_create_admin_key
 from dtf.coordinator.bodies import KeyRequest, SubmitBatch, schema_components
 from dtf.coordinator.bus import CommandBus
 from dtf.coordinator.errors import install_error_handlers
 from dtf.coordinator.limits import BodySizeLimit
+from dtf.coordinator.responses import json_response
 from dtf.coordinator.runtime import Runtime
 from dtf.coordinator.settings import CoordinatorSettings
 from dtf.coordinator.worker_hub import WorkerHub

@@ -3,8 +3,8 @@
 One WebSocket carries register, assignments, cancellations, started reports,
 outcomes and their acknowledgements; threads of their own renew leases over
 HTTP and self-fence attempts whose leases lapse (see ``heartbeat.py``). Every
-task runs in its own process group, registered with the reaper sidecar so
-none outlives the agent. Tasks keep running while the connection is down;
+task runs in its own process group, marked so that the reaper sidecar
+kills it should the agent die. Tasks keep running while the connection is down;
 their outcomes are kept until acknowledged and sent again after each
 reconnect. Connection failures rotate through the coordinator URLs with
 capped exponential backoff, forever, until the agent is stopped.
