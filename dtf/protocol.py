@@ -89,8 +89,13 @@ class OutcomeAck(Struct, frozen=True, tag="outcome_ack"):
     fence: int
 
 
-class ErrorMessage(Struct, frozen=True, tag="error"):
+class ErrorMessage(Struct, frozen=True, tag="error", omit_defaults=True):
+    """``lease`` names the report the coordinator refused for good (a report
+    for an attempt it does not know or the worker does not hold): resending
+    it cannot succeed, so the worker drops it."""
+
     message: str
+    lease: LeaseRef | None = None
 
 
 WorkerMessage = Register | Started | OutcomeReport

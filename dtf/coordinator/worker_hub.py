@@ -20,6 +20,7 @@ from dtf import protocol as p
 from dtf.coordinator.bus import CommandBus
 from dtf.core import commands as c
 from dtf.core.events import AssignTask, CancelAttempt, Event, OutcomeAccepted
+from dtf.core.model import LeaseRef
 from dtf.errors import DtfError
 
 log = logging.getLogger(__name__)
@@ -152,9 +153,9 @@ class WorkerHub:
         try:
             future = self.bus.enqueue(command)
         except DtfError as exc:
-            connection.send(p.ErrorMessage(exc.message))
+            connection.send(_refusal(exc, message.lease))
             return
-        future.add_done_callback(lambda f: _report_failure(connection, f))
+        future.add_done_callback(lambda f: _report_failure(connection, message.lease, f))
 
     async def _close(self, connection: _Connection, sender: asyncio.Task[None]) -> None:
         if self._connections.get(connection.worker_id) is connection:
@@ -172,14 +173,23 @@ class WorkerHub:
         )
 
 
-def _report_failure(connection: _Connection, future: asyncio.Future[list[Event]]) -> None:
+def _report_failure(
+    connection: _Connection, lease: LeaseRef, future: asyncio.Future[list[Event]]
+) -> None:
     if future.cancelled():
         return
     exc = future.exception()
     if isinstance(exc, DtfError):
-        connection.send(p.ErrorMessage(exc.message))
+        connection.send(_refusal(exc, lease))
     elif exc is not None:
         log.error("command from %s failed", connection.worker_id, exc_info=exc)
+
+
+def _refusal(exc: DtfError, lease: LeaseRef) -> p.ErrorMessage:
+    """Name the lease when retrying cannot help (a 4xx), not when the
+    coordinator is only unavailable for now."""
+    final = exc.status_code < 500
+    return p.ErrorMessage(exc.message, lease if final else None)
 
 
 async def _receive_payload(websocket: WebSocket) -> bytes | None:

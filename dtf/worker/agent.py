@@ -231,8 +231,10 @@ class WorkerAgent:
                 self.on_cancel(LeaseRef(message.task_id, message.attempt, message.fence))
             case OutcomeAck():
                 self.on_outcome_ack(LeaseRef(message.task_id, message.attempt, message.fence))
-            case ErrorMessage():
+            case ErrorMessage(lease=None):
                 logger.error("coordinator says: %s", message.message)
+            case ErrorMessage(lease=lease) if lease is not None:
+                self.on_report_refused(lease, message.message)
             case Registered():
                 logger.debug("ignoring a repeated registered message")
 
@@ -269,6 +271,11 @@ class WorkerAgent:
         if self.unacked.pop(lease, None) is not None:
             self.leases.remove(lease)
             self.note_if_idle()
+
+    def on_report_refused(self, lease: LeaseRef, reason: str) -> None:
+        """The coordinator will never accept this report: stop resending it."""
+        logger.error("coordinator refused the report for %s: %s", lease, reason)
+        self.on_outcome_ack(lease)
 
     def on_fenced(self, fenced: FencedLease) -> None:
         task = self.running.get(fenced.lease)

@@ -212,7 +212,9 @@ def test_websocket_garbage_and_foreign_reports_get_errors(client: TestClient) ->
         assert "unreadable message" in ws.receive_json()["message"]
         foreign = {"type": "outcome", "lease": ["someone-else", 1, 99], "outcome": {}}
         ws.send_text(json.dumps(foreign))
-        assert "unknown task" in ws.receive_json()["message"]
+        refusal = ws.receive_json()
+        assert "unknown task" in refusal["message"]
+        assert refusal["lease"] == foreign["lease"]
         stale = {"type": "outcome", "lease": [task_id, 1, 99], "outcome": {}}
         ws.send_text(json.dumps(stale))
         assert "does not hold" in ws.receive_json()["message"]
