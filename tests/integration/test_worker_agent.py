@@ -284,6 +284,31 @@ def test_outcome_of_a_task_finished_while_the_coordinator_was_down_is_delivered(
     assert task["attempts"][0]["outcome"]["stdout_tail"] == "finished\n"
 
 
+def test_outcome_a_new_coordinator_refuses_is_dropped_not_resent_forever(
+    coordinator: Coordinator, tmp_path: Path
+) -> None:
+    """The coordinator comes back on an empty data dir: it knows nothing of the
+    task, refuses its outcome for good, and the burst worker, holding nothing
+    more, goes idle and exits."""
+    done_file = tmp_path / "done"
+    task_id = coordinator.submit(
+        {"type": "command", "config": {"command": f"sleep 1; touch {done_file}"}}
+    )
+    with worker(coordinator, tmp_path, burst=True, burst_idle_s=0.5) as agent:
+        wait_for(lambda: coordinator.task(task_id)["status"] == "running", "the task to run")
+        coordinator.process.kill()
+        coordinator.process.wait(timeout=10)
+        wait_for(done_file.exists, "the task to finish while the coordinator is down")
+        coordinator.process = start_coordinator(
+            tmp_path / "empty-data-dir", coordinator.port, coordinator.key
+        )
+        wait_for(lambda: agent.poll() is not None, "the burst worker to exit")
+    assert agent.returncode == 0
+    assert f"coordinator refused the report for LeaseRef(task_id='{task_id}'" in worker_log(
+        tmp_path
+    )
+
+
 def test_cancelled_task_is_killed_and_reports_nothing(
     coordinator: Coordinator, tmp_path: Path
 ) -> None:
