@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 
 from dtf.coordinator.server import create_app
 from dtf.coordinator.settings import CoordinatorSettings
+from dtf.journal.sqlite import JournalError, SqliteJournal
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
 COMMAND = {"type": "command", "config": {"command": "true"}}
@@ -239,3 +240,22 @@ def test_state_survives_a_restart_on_the_same_data_dir(tmp_path: Path) -> None:
         tasks = second.get("/api/tasks", headers=ADMIN, params={"order": "asc"}).json()["tasks"]
     assert [t["id"] for t in tasks] == ids
     assert [t["status"] for t in tasks] == ["cancelled"] + ["pending"] * 4
+
+
+def test_restart_from_a_snapshot_and_a_compacted_journal(tmp_path: Path) -> None:
+    settings = CoordinatorSettings(data_dir=tmp_path, admin_key="admin-secret", snapshot_every=5)
+    with TestClient(create_app(settings)) as first:
+        ids = [submit(first, {**COMMAND, "name": f"n{i}"}).json()["task_id"] for i in range(12)]
+        first.post(f"/api/tasks/{ids[3]}/cancel", headers=ADMIN)
+    journal = SqliteJournal(tmp_path)
+    try:
+        snapshot = journal.load_snapshot()
+        assert snapshot is not None and snapshot[0] >= 10
+        with pytest.raises(JournalError, match=r"compacted up to the snapshot"):
+            list(journal.read(0))
+    finally:
+        journal.close()
+    with TestClient(create_app(settings)) as second:
+        tasks = second.get("/api/tasks", headers=ADMIN, params={"order": "asc"}).json()["tasks"]
+    assert [t["id"] for t in tasks] == ids
+    assert [t["status"] for t in tasks].count("cancelled") == 1
