@@ -42,15 +42,21 @@ def parse_options() -> argparse.Namespace:
     parser.add_argument("--tasks", type=int, default=2000, help="tasks per run (N)")
     parser.add_argument(
         "--slots",
-        type=int,
-        default=4,
-        help="concurrent tasks per dtf worker (Celery prefetches 4 per process by default)",
+        default="4,16",
+        help="concurrent tasks per dtf worker, comma-separated to measure several "
+        "(Celery reserves 4 tasks per process by default)",
     )
     parser.add_argument("--skip", default="", help=f"comma-separated, from {','.join(SKIPPABLE)}")
     parser.add_argument("--timeout", type=float, default=600.0, help="bound on each wait, s")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     options = parser.parse_args()
     options.skip = {name.strip() for name in options.skip.split(",") if name.strip()}
+    try:
+        options.slots = [int(value) for value in options.slots.split(",") if value.strip()]
+    except ValueError:
+        parser.error(f"--slots {options.slots!r}: give whole numbers separated by commas")
+    if not options.slots or min(options.slots) < 1:
+        parser.error("--slots: give at least one number, each 1 or more")
     unknown = options.skip - set(SKIPPABLE)
     if unknown:
         parser.error(f"--skip {','.join(sorted(unknown))}: choose from {','.join(SKIPPABLE)}")
@@ -79,9 +85,13 @@ def measure_all(options: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
     if "dtf" not in options.skip:
         from _dtf import measure_big_submit, measure_dtf
 
-        systems["dtf"] = attempt(
-            "dtf", lambda: measure_dtf(workers, options.slots, tasks, work_dir, timeout_s)
-        )
+        for slots in options.slots:
+            (work_dir / f"s{slots}").mkdir()
+            name = f"dtf, {slots} slots"
+            LABELS[name] = f"dtf ({slots} slots per worker)"
+            systems[name] = attempt(
+                name, lambda s=slots: measure_dtf(workers, s, tasks, work_dir / f"s{s}", timeout_s)
+            )
         figures["dtf_big_submit"] = attempt("dtf_big_submit", lambda: measure_big_submit(work_dir))
     if "celery" not in options.skip:
         systems["celery"] = attempt(
@@ -148,9 +158,9 @@ def render(figures: dict[str, Any]) -> None:
             f"limit measured before and after the systems: {limit['before_tasks_per_s']:,.0f} "
             f"and {limit['after_tasks_per_s']:,.0f} tasks/s; ratios use their mean"
         )
-    dtf = figures["systems"].get("dtf")
-    if dtf and "error" not in dtf:
-        console.print(latency_table(dtf, config["tasks"]))
+    for name, system in figures["systems"].items():
+        if name.startswith("dtf") and "error" not in system:
+            console.print(latency_table(LABELS[name], system, config["tasks"]))
     big_submit = figures.get("dtf_big_submit")
     if big_submit and "error" not in big_submit:
         console.print(
@@ -159,8 +169,8 @@ def render(figures: dict[str, Any]) -> None:
         )
 
 
-def latency_table(dtf: dict[str, Any], tasks: int) -> Table:
-    table = Table(title="dtf latency in ms, from coordinator timestamps")
+def latency_table(label: str, dtf: dict[str, Any], tasks: int) -> Table:
+    table = Table(title=f"{label}: latency in ms, from coordinator timestamps")
     table.add_column("scenario")
     for column in ("submit→start p50", "p99", "submit→done p50", "p99"):
         table.add_column(column, justify="right")
