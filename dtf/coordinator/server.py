@@ -25,6 +25,7 @@ from dtf.coordinator.api import build_router
 from dtf.coordinator.auth import Authenticator, load_or_create_admin_key
 from dtf.coordinator.bodies import KeyRequest, SubmitBatch, schema_components
 from dtf.coordinator.bus import CommandBus
+from dtf.coordinator.datadir import DataDirLock
 from dtf.coordinator.errors import install_error_handlers
 from dtf.coordinator.limits import BodySizeLimit
 from dtf.coordinator.responses import json_response
@@ -44,6 +45,7 @@ CLOCK_MAX_SLEEP_S = 0.5
 
 def create_app(settings: CoordinatorSettings) -> FastAPI:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir_lock = DataDirLock(settings.data_dir)
     admin_key, created = load_or_create_admin_key(settings.data_dir, settings.admin_key)
     if created is not None:
         log.warning("no DTF_ADMIN_KEY set: created an admin key in %s (mode 0600)", created)
@@ -71,6 +73,7 @@ def create_app(settings: CoordinatorSettings) -> FastAPI:
             clock.cancel()
             await bus.stop()
             journal.close()
+            data_dir_lock.release()
 
     app = FastAPI(title="dtf coordinator", version=__version__, lifespan=lifespan)
     app.state.runtime = runtime

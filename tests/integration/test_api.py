@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 
 from dtf.coordinator.server import create_app
 from dtf.coordinator.settings import CoordinatorSettings
+from dtf.errors import Conflict
 from dtf.journal.sqlite import JournalError, SqliteJournal
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
@@ -259,3 +260,11 @@ def test_restart_from_a_snapshot_and_a_compacted_journal(tmp_path: Path) -> None
         tasks = second.get("/api/tasks", headers=ADMIN, params={"order": "asc"}).json()["tasks"]
     assert [t["id"] for t in tasks] == ids
     assert [t["status"] for t in tasks].count("cancelled") == 1
+
+
+def test_a_second_coordinator_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
+    settings = CoordinatorSettings(data_dir=tmp_path, admin_key="admin-secret")
+    with TestClient(create_app(settings)), pytest.raises(Conflict, match="another coordinator"):
+        create_app(settings)
+    with TestClient(create_app(settings)) as again:
+        assert again.get("/health").json()["ok"] is True
