@@ -6,6 +6,7 @@ from typing import Any
 
 import msgspec
 
+from dtf.core.effective import effective_requirements
 from dtf.core.matching import count_satisfying, explain_waiting
 from dtf.core.records import TaskRecord, TaskStatus
 from dtf.core.state import State
@@ -31,7 +32,7 @@ def waiting_view(state: State, task: TaskRecord, *, now: float) -> dict[str, Any
             "summary": f"retry scheduled in {task.not_before - now:.1f}s",
             "constraints": [],
         }
-    requirements = task.spec.requirements.stage(task.requirement_stage)
+    requirements = effective_requirements(task)
     live = [(w.id, w.capabilities) for w in state.live_workers()]
     counts = count_satisfying(requirements, live)
     summary = explain_waiting(requirements, live)

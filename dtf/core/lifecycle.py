@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
+from dtf.core.effective import effective_requirements
 from dtf.core.events import AttemptFinished, Event, RetryScheduled, TaskStatusChanged
 from dtf.core.model import FailureKind, Outcome, TestOutcome
 from dtf.core.queues import ReadyQueues
@@ -64,9 +65,7 @@ class Lifecycle:
 
     def enqueue(self, task: TaskRecord) -> None:
         requirements = task.spec.requirements
-        self.ready.add(
-            task.id, task.spec.priority, task.seq, requirements.stage(task.requirement_stage)
-        )
+        self.ready.add(task.id, task.spec.priority, task.seq, effective_requirements(task))
         if task.requirement_stage + 1 < requirements.stage_count:
             due = task.stage_started_at + requirements.fallback_after_seconds
             self.timers.push(due, TimerKind.FALLBACK, task.seq, task.id, task.requirement_stage)

@@ -10,10 +10,11 @@ Records are msgspec structs so a snapshot is one ``msgspec`` encode of them.
 from __future__ import annotations
 
 import enum
+from typing import Any
 
 from msgspec import Struct
 
-from dtf.core.model import Capabilities, FailureKind, Outcome, TaskSpec
+from dtf.core.model import Capabilities, FailureKind, HardwareClass, Outcome, TaskSpec
 from dtf.errors import InvalidTransition
 
 
@@ -96,6 +97,8 @@ class AttemptRecord(Struct):
     fence: int
     assigned_at: float
     requirement_stage: int = 0
+    params_patch: dict[str, Any] = {}
+    hardware: list[HardwareClass] | None = None
     status: AttemptStatus = AttemptStatus.RUNNING
     started_at: float | None = None
     finished_at: float | None = None
@@ -139,6 +142,8 @@ class TaskRecord(Struct):
     ready_at: float = 0.0
     not_before: float | None = None
     avoid_workers: list[str] = []
+    params_patch: dict[str, Any] = {}
+    hardware_override: list[HardwareClass] | None = None
     finished_at: float | None = None
     cancel_requested: bool = False
 

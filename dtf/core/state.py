@@ -29,6 +29,7 @@ from typing import Any
 import msgspec
 
 from dtf.core import commands as c
+from dtf.core.effective import effective_requirements, effective_spec
 from dtf.core.events import (
     AssignTask,
     CancelAttempt,
@@ -228,7 +229,7 @@ class State(SubmissionMixin, WorkerMixin):
         task = self.tasks[task_id]
         if worker_id not in task.avoid_workers:
             return True
-        requirements = task.spec.requirements.stage(task.requirement_stage)
+        requirements = effective_requirements(task)
         return not any(
             w.id != worker_id and w.id not in task.avoid_workers
             for w in self.workers_satisfying(requirements)
@@ -244,6 +245,8 @@ class State(SubmissionMixin, WorkerMixin):
             fence=fence,
             assigned_at=now,
             requirement_stage=task.requirement_stage,
+            params_patch=dict(task.params_patch),
+            hardware=task.hardware_override,
         )
         task.attempts.append(attempt)
         task.lease = Lease(worker.id, attempt.number, fence, now + self.config.lease_timeout_s)
@@ -252,7 +255,12 @@ class State(SubmissionMixin, WorkerMixin):
         self.set_status(task, TaskStatus.ASSIGNED, f"assigned to {worker.id}")
         self.events.append(
             AssignTask(
-                worker.id, task.id, attempt.number, fence, task.spec, self.config.lease_timeout_s
+                worker.id,
+                task.id,
+                attempt.number,
+                fence,
+                effective_spec(task),
+                self.config.lease_timeout_s,
             )
         )
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+import msgspec
+
 from dtf.core.matching import satisfies
 from dtf.core.records import AttemptRecord, AttemptStatus, TaskRecord, TaskStatus, WorkerRecord
 from dtf.core.state import State
@@ -56,6 +58,8 @@ def _holder_problems(state: State, task: TaskRecord, attempt: AttemptRecord) -> 
     if worker is None or task.id not in worker.leases:
         return [f"task {task.id} is leased to {attempt.worker_id}, which does not list it"]
     stage = task.spec.requirements.stage(attempt.requirement_stage)
+    if attempt.hardware is not None:
+        stage = msgspec.structs.replace(stage, hardware=list(attempt.hardware))
     if not satisfies(stage, worker.capabilities, worker.id):
         return [
             f"task {task.id} runs on {worker.id}, which does not satisfy "
