@@ -310,13 +310,25 @@ def rules_from_config(entries: list[dict[str, Any]]) -> tuple[ClassificationRule
     try:
         user_rules = msgspec.convert(entries, list[ClassificationRule])
     except msgspec.ValidationError as exc:
-        field = str(exc).rsplit(" - at ", 1)[-1].strip("`") if " - at " in str(exc) else "$"
-        raise InvalidRequest(
-            f"classification rule: {exc}; fix that entry of the configured rules", field=field
-        ) from None
+        raise invalid_config(exc, "classification rules") from None
     for index, rule in enumerate(user_rules):
         _check_pattern(rule, index)
     return (*user_rules, *DEFAULT_RULES)
+
+
+def invalid_config(exc: msgspec.ValidationError, what: str, path: str = "$") -> InvalidRequest:
+    """``InvalidRequest`` for config that failed validation, naming the field:
+    msgspec's path (under ``path``), plus the key it says is unknown or missing."""
+    message = str(exc).replace("`$", f"`{path}", 1)
+    where = message.rsplit(" - at `", 1)[-1].rstrip("`") if " - at `" in message else path
+    field = where
+    named = _NAMED_FIELD.search(message)
+    if named:
+        field = f"{field}.{named.group(1)}"
+    return InvalidRequest(f"{what}: {message}; correct it in the config file", field=field)
+
+
+_NAMED_FIELD = re.compile(r"(?:unknown|missing required) field `([^`]+)`")
 
 
 def _check_pattern(rule: ClassificationRule, index: int) -> None:

@@ -231,9 +231,9 @@ BAD_CONFIGS: list[tuple[Any, str]] = [
     # a wrong type inside a list
     ([{"name": "x", "failure_type": "timeout", "signals": ["nine"]}], "$[0].signals[0]"),
     # an unknown key (a typo) is refused, not ignored
-    ([{"name": "x", "failure_type": "timeout", "txt": "a"}], "$[0]"),
+    ([{"name": "x", "failure_type": "timeout", "txt": "a"}], "$[0].txt"),
     # the name is required
-    ([{"name": "ok", "failure_type": "timeout"}, {"failure_type": "timeout"}], "$[1]"),
+    ([{"name": "ok", "failure_type": "timeout"}, {"failure_type": "timeout"}], "$[1].name"),
     # a regular expression that does not compile
     ([{"name": "x", "failure_type": "timeout", "text": "CUDA (error"}], "$[0].text"),
     # not a list at all
