@@ -86,8 +86,8 @@ def tasks_table(tasks: list[Record], now: float | None = None) -> Table:
 
 def attempts_table(task: Record) -> Table:
     table = Table(
-        "#", "worker", "status", "failure", "reason", "exit", "duration", "retry delay",
-        title="attempts",
+        "#", "worker", "ran with", "status", "failure", "reason", "exit", "duration",
+        "retry delay", title="attempts",
     )  # fmt: skip
     for attempt in task.get("attempts", []):
         outcome = attempt.get("outcome") or {}
@@ -96,8 +96,9 @@ def attempts_table(task: Record) -> Table:
         table.add_row(
             str(attempt["number"]),
             attempt["worker_id"],
+            params_text(attempt.get("params_patch") or {}),
             styled(attempt.get("status", "running")),
-            attempt.get("failure") or outcome.get("failure") or "-",
+            attempt.get("failure_type") or attempt.get("failure") or outcome.get("failure") or "-",
             attempt.get("reason") or "-",
             f"signal {signal}"
             if signal is not None
@@ -106,6 +107,26 @@ def attempts_table(task: Record) -> Table:
             duration_text(attempt.get("retry_delay_s")),
         )
     return table
+
+
+def params_text(params: Record) -> str:
+    return ", ".join(f"{k}={v}" for k, v in params.items()) or "-"
+
+
+def recovery_lines(task: Record) -> list[str]:
+    """One line per failed attempt: what it was, the evidence, what followed and why."""
+    lines = []
+    for attempt in task.get("attempts", []):
+        if not attempt.get("failure_type"):
+            continue
+        evidence = "; ".join(attempt.get("evidence") or []) or "no evidence"
+        step = attempt.get("recovery") or "escalated"
+        why = attempt.get("recovery_reason") or task.get("status_reason") or ""
+        lines.append(
+            f"attempt {attempt['number']}: {attempt['failure_type']} "
+            f"(rule {attempt.get('classified_by', '?')}: {evidence}) -> {step}: {why}"
+        )
+    return lines
 
 
 def hardware_text(capabilities: Record) -> str:

@@ -16,6 +16,7 @@ from dtf.cli.render import (
     counts_text,
     failing_tests,
     last_attempt,
+    recovery_lines,
     styled,
     task_label,
     test_counts,
@@ -94,6 +95,9 @@ def print_task(console: Console, task: Record) -> None:
     parts: list[RenderableType] = [header_table(task)]
     if task.get("attempts"):
         parts.append(attempts_table(task))
+        history = recovery_lines(task)
+        if history:
+            parts.append(Panel(Text("\n".join(history)), title="recovery", title_align="left"))
     parts.extend(outcome_parts(task))
     console.print(Group(*parts))
 

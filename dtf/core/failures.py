@@ -146,17 +146,17 @@ DEFAULT_RULES: tuple[ClassificationRule, ...] = (
         r"|torch\.cuda\.OutOfMemoryError|HIP out of memory",
     ),
     _rule("oom-killed", _F.RESOURCE_EXHAUSTION, oom_killed=True),
-    _rule("reported-oom", _F.RESOURCE_EXHAUSTION, failure_kinds=[_K.OOM]),
-    _rule(
-        "memory-error-exception",
-        _F.RESOURCE_EXHAUSTION,
-        exception_types=["MemoryError", "OutOfMemoryError"],
-    ),
     _rule(
         "out-of-memory-text",
         _F.RESOURCE_EXHAUSTION,
         text=r"\bMemoryError\b|out of memory|Cannot allocate memory|std::bad_alloc",
     ),
+    _rule(
+        "memory-error-exception",
+        _F.RESOURCE_EXHAUSTION,
+        exception_types=["MemoryError", "OutOfMemoryError"],
+    ),
+    _rule("reported-oom", _F.RESOURCE_EXHAUSTION, failure_kinds=[_K.OOM]),
     _rule("sigkill", _F.RESOURCE_EXHAUSTION, failure_kinds=_CRASH_OR_EXIT, signals=[9]),
     _rule("exit-137", _F.RESOURCE_EXHAUSTION, failure_kinds=_CRASH_OR_EXIT, exit_codes=[137]),
     _rule(
@@ -281,9 +281,15 @@ def _exception_matches(names: list[str], exception_type: str | None) -> bool:
 
 
 def matching_line(pattern: str, evidence: FailureEvidence) -> str | None:
-    """The first line of the error, then of the stderr tail, that the pattern finds."""
-    for source, text in (("error", evidence.error), ("stderr", evidence.stderr_tail)):
-        for line in text.splitlines():
+    """The line the pattern finds: the task's own output first (the last
+    matching stderr line, where a traceback names its exception), then the
+    worker's summary in ``error``."""
+    sources = (
+        ("stderr", evidence.stderr_tail.splitlines()[::-1]),
+        ("error", evidence.error.splitlines()),
+    )
+    for source, lines in sources:
+        for line in lines:
             if re.search(pattern, line, re.IGNORECASE):
                 return f"{source}: {_shorten(line.strip())}"
     return None

@@ -9,10 +9,11 @@ task and settle its dependants.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dtf.core.effective import effective_requirements
 from dtf.core.events import AttemptFinished, Event, RetryScheduled, TaskStatusChanged
+from dtf.core.failures import DEFAULT_RULES, ClassificationRule
 from dtf.core.model import FailureKind, Outcome, TestOutcome
 from dtf.core.queues import ReadyQueues
 from dtf.core.records import (
@@ -23,7 +24,8 @@ from dtf.core.records import (
     WorkerRecord,
     WorkerStatus,
 )
-from dtf.core.retry import GiveUp, decide_retry
+from dtf.core.recovery import Escalate, RecoveryDecision, RecoveryPolicy
+from dtf.core.recovery_plan import plan_recovery
 from dtf.core.timers import TimerHeap, TimerKind
 
 
@@ -31,6 +33,8 @@ from dtf.core.timers import TimerHeap, TimerKind
 class StateConfig:
     lease_timeout_s: float = 10.0
     worker_timeout_s: float = 30.0
+    recovery: RecoveryPolicy = field(default_factory=RecoveryPolicy)
+    classification_rules: tuple[ClassificationRule, ...] = DEFAULT_RULES
 
 
 class Lifecycle:
@@ -167,33 +171,53 @@ class Lifecycle:
         status: AttemptStatus = AttemptStatus.FAILED,
         outcome: Outcome | None = None,
     ) -> None:
-        """End the current attempt as failed or lost, then retry or give up."""
+        """End the current attempt as failed or lost, classify the failure,
+        then recover as the ladder says or escalate."""
         attempt = self.end_attempt(
             task, status, now, failure=failure, reason=reason, outcome=outcome
         )
         self.note_worker_result(attempt.worker_id, succeeded=False)
-        decision = decide_retry(
-            task_id=task.id,
-            attempt=attempt.number,
+        worker = self.workers.get(attempt.worker_id)
+        plan = plan_recovery(
+            task,
+            attempt,
             failure=failure,
-            policy=task.spec.retry_policy,
-            worker_id=attempt.worker_id,
+            reason=reason,
+            outcome=outcome,
+            worker=worker.capabilities if worker else None,
+            policy=self.config.recovery,
+            rules=self.config.classification_rules,
         )
-        if isinstance(decision, GiveUp):
-            self.finish_task(task, TaskStatus.FAILED, f"{reason}; {decision.reason}", now)
+        attempt.failure_type = plan.classification.failure_type
+        attempt.evidence = plan.classification.evidence_text
+        attempt.classified_by = plan.classification.rule_name
+        if isinstance(plan.next_step, Escalate):
+            self.finish_task(task, TaskStatus.FAILED, f"{reason}; {plan.next_step.reason}", now)
             return
+        self.recover(task, attempt, plan.next_step, reason, now)
+
+    def recover(
+        self,
+        task: TaskRecord,
+        attempt: AttemptRecord,
+        decision: RecoveryDecision,
+        reason: str,
+        now: float,
+    ) -> None:
+        """Schedule the next attempt, changed as the recovery decision says."""
+        attempt.recovery, attempt.recovery_reason = decision.strategy, decision.reason
         attempt.retry_delay_s = decision.delay_s
-        if decision.avoid_worker and decision.avoid_worker not in task.avoid_workers:
-            task.avoid_workers.append(decision.avoid_worker)
+        if decision.config_patch:
+            task.params_patch = {**task.params_patch, **decision.config_patch}
+        if decision.hardware_override is not None:
+            task.hardware_override = list(decision.hardware_override)
+        if attempt.worker_id not in task.avoid_workers:
+            task.avoid_workers.append(attempt.worker_id)
         self.set_status(task, TaskStatus.PENDING, f"retry after attempt {attempt.number}: {reason}")
         task.not_before = now + decision.delay_s
         self.events.append(
             RetryScheduled(
-                task.id,
-                attempt.number + 1,
-                task.not_before,
-                decision.delay_s,
-                decision.avoid_worker,
+                task.id, attempt.number + 1, task.not_before, decision.delay_s, attempt.worker_id
             )
         )
         if decision.delay_s <= 0:

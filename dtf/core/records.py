@@ -14,7 +14,9 @@ from typing import Any
 
 from msgspec import Struct
 
+from dtf.core.failures import FailureType
 from dtf.core.model import Capabilities, FailureKind, HardwareClass, Outcome, TaskSpec
+from dtf.core.recovery import Strategy
 from dtf.errors import InvalidTransition
 
 
@@ -107,6 +109,11 @@ class AttemptRecord(Struct):
     outcome: Outcome | None = None
     superseded_outcomes: list[Outcome] = []
     retry_delay_s: float | None = None
+    failure_type: FailureType | None = None
+    evidence: list[str] = []
+    classified_by: str | None = None
+    recovery: Strategy | None = None
+    recovery_reason: str | None = None
 
     def finish(
         self,

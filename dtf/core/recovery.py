@@ -204,10 +204,12 @@ class RecoveryDecision(Struct, frozen=True, tag="recover", omit_defaults=True):
     restart_browser: bool = False
 
 
-class Escalate(Struct, frozen=True, tag="escalate"):
-    """Stop retrying: the task fails with this reason, for a human to read."""
+class Escalate(Struct, frozen=True, tag="escalate", omit_defaults=True):
+    """Stop retrying: the task fails with this reason, for a human to read.
+    ``exhausted``: every step of the ladder was tried or could not apply."""
 
     reason: str
+    exhausted: bool = False
 
 
 @dataclass(frozen=True)
@@ -290,7 +292,8 @@ def _walk(
     tried = ", ".join(sorted(used & set(ladder))) or "nothing"
     return Escalate(
         _with_skipped(f"{situation}: the {name} ladder is exhausted (tried {tried})", skipped)
-        + "; escalating"
+        + "; escalating",
+        exhausted=True,
     )
 
 

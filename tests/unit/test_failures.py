@@ -36,8 +36,8 @@ CLASSIFICATIONS = [
     ),
     # the worker saw the kernel OOM killer
     (E(K.CRASHED, signal=9, oom_killed=True), F.RESOURCE_EXHAUSTION, "oom-killed"),
-    # the worker already reported OOM
-    (E(K.OOM, exit_code=1, error="ran out of memory"), F.RESOURCE_EXHAUSTION, "reported-oom"),
+    # the worker already reported OOM, with no memory message to quote
+    (E(K.OOM, exit_code=1), F.RESOURCE_EXHAUSTION, "reported-oom"),
     # a Python MemoryError raised by the task
     (E(K.EXIT_NONZERO, 1, exception_type="MemoryError"), F.RESOURCE_EXHAUSTION, "memory-error-exception"),
     # a dotted exception name matches the short name in the rule
@@ -123,10 +123,10 @@ EVIDENCE_QUOTES = [
         ),
         ["stderr: RuntimeError: CUDA error: misaligned address"],
     ),
-    # a match in the error comes before the stderr
+    # the task's own output is quoted before the worker's summary, its last match first
     (
-        E(K.EXIT_NONZERO, 1, error="CUDA error: x", stderr_tail="CUDA error: y"),
-        ["error: CUDA error: x"],
+        E(K.EXIT_NONZERO, 1, error="CUDA error: x", stderr_tail="CUDA error: y\nCUDA error: z"),
+        ["stderr: CUDA error: z"],
     ),
     # each condition of a rule is quoted
     (E(K.CRASHED, signal=9), ["failure kind crashed", "signal 9"]),

@@ -1,4 +1,5 @@
-"""Retry decisions: which failures retry, when retries run out, and the backoff delay."""
+"""The task's retry policy: which failures retry, when retries run out, and the
+backoff it gives the recovery ladder."""
 
 from __future__ import annotations
 
@@ -7,7 +8,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dtf.core.model import FailureKind, RetryPolicy
-from dtf.core.retry import GiveUp, RetryDecision, backoff_delay_s, decide_retry
+from dtf.core.recovery import RecoveryPolicy
+from dtf.core.recovery import backoff_delay_s as recovery_backoff_delay_s
+from dtf.core.retry import recovery_policy_for, retry_refusal
+
+
+def backoff_delay_s(policy: RetryPolicy, task_id: str, attempt: int) -> float:
+    """The delay a delayed retry of this task waits."""
+    return recovery_backoff_delay_s(recovery_policy_for(RecoveryPolicy(), policy), task_id, attempt)
+
 
 NO_JITTER = RetryPolicy(jitter=0.0)
 
@@ -38,15 +47,11 @@ DECISIONS = [
 
 
 @pytest.mark.parametrize(("failure", "attempt", "policy", "retries"), DECISIONS)
-def test_decide_retry(
+def test_retry_refusal(
     failure: FailureKind, attempt: int, policy: RetryPolicy, retries: bool
 ) -> None:
-    decision = decide_retry(
-        task_id="t", attempt=attempt, failure=failure, policy=policy, worker_id="w1"
-    )
-    assert isinstance(decision, RetryDecision) is retries
-    if isinstance(decision, RetryDecision):
-        assert decision.avoid_worker == "w1"
+    refusal = retry_refusal(attempt=attempt, failure=failure, policy=policy)
+    assert (refusal is None) is retries
 
 
 GIVE_UP_REASONS = [
@@ -71,10 +76,7 @@ GIVE_UP_REASONS = [
 def test_give_up_says_why(
     failure: FailureKind, attempt: int, policy: RetryPolicy, reason: str
 ) -> None:
-    decision = decide_retry(
-        task_id="t", attempt=attempt, failure=failure, policy=policy, worker_id="w"
-    )
-    assert decision == GiveUp(reason)
+    assert retry_refusal(attempt=attempt, failure=failure, policy=policy) == reason
 
 
 DELAYS = [
@@ -134,3 +136,10 @@ def test_jitter_differs_between_tasks_and_attempts() -> None:
         backoff_delay_s(policy, f"task-{n}", attempt) for n in range(10) for attempt in (1, 2)
     }
     assert len(delays) == 20
+
+
+def test_the_task_policy_limits_and_times_the_ladder() -> None:
+    policy = recovery_policy_for(
+        RecoveryPolicy(), RetryPolicy(max_retries=5, retry_delay_seconds=3.0, jitter=0.0)
+    )
+    assert (policy.max_attempts, policy.base_delay_s, policy.jitter) == (6, 3.0, 0.0)

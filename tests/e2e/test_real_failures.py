@@ -119,3 +119,27 @@ def test_worker_cut_off_from_the_coordinator_kills_its_task_itself(
     assert task["status"] == "completed"
     assert [a["status"] for a in task["attempts"]] == ["lost", "succeeded"]
     assert task["attempts"][0]["failure"] == "worker_lost"
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def test_out_of_memory_benchmark_completes_with_a_halved_batch(cluster: LocalCluster) -> None:
+    """The issue's example: OOM above batch 8, submitted with 32, done at 8."""
+    spec = {
+        "type": "benchmark",
+        "config": {
+            "entry_point": "oom_bench:run",
+            "params": {"batch_size": 32},
+            "python_path": [str(EXAMPLES)],
+        },
+    }
+    with cluster.client() as client:
+        [task] = client.wait([client.submit(spec)], timeout_s=60)
+    assert task["status"] == "completed"
+    attempts = task["attempts"]
+    assert [a["params_patch"].get("batch_size", 32) for a in attempts] == [32, 16, 8]
+    assert [a["failure_type"] for a in attempts[:2]] == ["resource_exhaustion"] * 2
+    assert [a["recovery"] for a in attempts[:2]] == ["reduce_batch_size"] * 2
+    assert "MemoryError" in attempts[0]["evidence"][0]
+    assert attempts[-1]["outcome"]["metrics"]["batch_size"] == 8

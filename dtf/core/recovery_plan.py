@@ -1,0 +1,109 @@
+"""From a failed attempt to what happens next.
+
+The failure is classified (the rules are data; the evidence that matched is
+kept), the task's own retry policy says whether it may be retried at all,
+and the recovery ladder for its failure type and hardware class says how:
+after a delay, elsewhere, with a smaller batch or lower precision, on other
+hardware, or not at all (escalate, with the whole story as the reason).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from dtf.core.effective import effective_requirements, effective_spec
+from dtf.core.failures import Classification, ClassificationRule, FailureEvidence, classify
+from dtf.core.model import Capabilities, FailureKind, HardwareClass, Outcome, TaskType
+from dtf.core.records import AttemptRecord, TaskRecord
+from dtf.core.recovery import (
+    Escalate,
+    PastRecovery,
+    RecoveryDecision,
+    RecoveryPolicy,
+    Strategy,
+    backoff_delay_s,
+    decide,
+)
+from dtf.core.retry import recovery_policy_for, retry_refusal
+
+
+@dataclass(frozen=True)
+class RecoveryPlan:
+    classification: Classification
+    next_step: RecoveryDecision | Escalate
+
+
+def plan_recovery(
+    task: TaskRecord,
+    attempt: AttemptRecord,
+    *,
+    failure: FailureKind,
+    reason: str,
+    outcome: Outcome | None,
+    worker: Capabilities | None,
+    policy: RecoveryPolicy,
+    rules: tuple[ClassificationRule, ...],
+) -> RecoveryPlan:
+    hardware = hardware_class_of(task, worker)
+    evidence = FailureEvidence.from_outcome(
+        outcome or Outcome(failure=failure, error=reason),
+        task_type=task.spec.type.value,
+        hardware_class=hardware,
+    )
+    classification = classify(evidence, rules)
+    refusal = retry_refusal(attempt=attempt.number, failure=failure, policy=task.spec.retry_policy)
+    if refusal is not None:
+        return RecoveryPlan(classification, Escalate(refusal))
+    task_policy = recovery_policy_for(policy, task.spec.retry_policy)
+    decision = decide(
+        task_policy,
+        task_id=task.id,
+        attempt_number=attempt.number,
+        failure_type=classification.failure_type,
+        hardware_class=hardware,
+        history=past_recoveries(task),
+        config=current_params(task),
+        required_hardware=effective_requirements(task).hardware,
+    )
+    if isinstance(decision, Escalate) and decision.exhausted:
+        return RecoveryPlan(classification, _retry_anyway(task_policy, task, attempt, decision))
+    return RecoveryPlan(classification, decision)
+
+
+def _retry_anyway(
+    policy: RecoveryPolicy, task: TaskRecord, attempt: AttemptRecord, exhausted: Escalate
+) -> RecoveryDecision:
+    """A ladder that has run out does not cut short the retries the task asked for."""
+    delay_s = backoff_delay_s(policy, task.id, attempt.number)
+    allowed = task.spec.retry_policy.max_retries
+    reason = (
+        f"{exhausted.reason.removesuffix('; escalating')}; retrying after {delay_s:.1f}s "
+        f"as the task's retry policy allows (retry {attempt.number} of {allowed})"
+    )
+    return RecoveryDecision(Strategy.DELAYED_RETRY, reason, "retry policy", 0, delay_s=delay_s)
+
+
+def hardware_class_of(task: TaskRecord, worker: Capabilities | None) -> HardwareClass:
+    """The class the attempt ran on: the first required one the worker has, else CPU."""
+    offered = worker.hardware if worker is not None else [HardwareClass.CPU]
+    for wanted in effective_requirements(task).hardware:
+        if wanted in offered:
+            return wanted
+    return HardwareClass.CPU
+
+
+def past_recoveries(task: TaskRecord) -> list[PastRecovery]:
+    return [
+        PastRecovery(a.number, a.failure_type, a.recovery)
+        for a in task.attempts
+        if a.failure_type is not None and a.recovery is not None
+    ]
+
+
+def current_params(task: TaskRecord) -> dict[str, Any]:
+    """The parameters recovery may reduce: a benchmark's params as it runs now."""
+    spec = effective_spec(task)
+    if spec.type is TaskType.BENCHMARK:
+        return dict(spec.config.get("params", {}))
+    return dict(task.params_patch)

@@ -1,0 +1,72 @@
+"""Recovery through the state machine: each failure classified with its
+evidence, the ladder's step recorded, and the next attempt changed visibly."""
+
+from __future__ import annotations
+
+from dtf.core.events import AssignTask
+from dtf.core.failures import FailureType
+from dtf.core.model import FailureKind, Outcome
+from dtf.core.recovery import Strategy
+from dtf.testing.factories import StateDriver, events_of, task_spec
+
+OOM_STDERR = "Traceback (most recent call last):\n  ...\nMemoryError: out of memory at batch 32\n"
+NO_DELAY = {"retry_delay_seconds": 0.0, "jitter": 0.0}
+
+
+def oom(batch_size: int) -> Outcome:
+    return Outcome(
+        failure=FailureKind.OOM,
+        exit_code=1,
+        stderr_tail=OOM_STDERR.replace("32", str(batch_size)),
+    )
+
+
+def benchmark(batch_size: int, **fields: object) -> object:
+    config = {"entry_point": "examples.oom_bench:run", "params": {"batch_size": batch_size}}
+    return task_spec(type="benchmark", config=config, retry_policy=NO_DELAY, **fields)
+
+
+def test_out_of_memory_halves_the_batch_until_it_fits() -> None:
+    driver = StateDriver()
+    driver.register("w1")
+    events = driver.submit(("bench", benchmark(32)))
+    sizes = [events_of(events, AssignTask)[0].spec.config["params"]["batch_size"]]
+    for at in (1.0, 2.0):
+        assigned = events_of(driver.report("bench", oom(sizes[-1]), at=at), AssignTask)
+        sizes.append(assigned[0].spec.config["params"]["batch_size"])
+    driver.succeed("bench", at=3.0)
+    task = driver.state.tasks["bench"]
+    assert sizes == [32, 16, 8]
+    assert driver.status("bench") == "completed"
+    assert [a.params_patch for a in task.attempts] == [{}, {"batch_size": 16}, {"batch_size": 8}]
+    failed = task.attempts[:2]
+    assert [a.failure_type for a in failed] == [FailureType.RESOURCE_EXHAUSTION] * 2
+    assert [a.recovery for a in failed] == [Strategy.REDUCE_BATCH_SIZE] * 2
+    assert "batch_size 32 -> 16" in (failed[0].recovery_reason or "")
+    assert any("MemoryError" in quote for quote in failed[0].evidence)
+    assert task.spec.config["params"] == {"batch_size": 32}
+
+
+def test_a_lost_worker_is_classified_as_a_worker_crash_and_retried() -> None:
+    driver = StateDriver()
+    driver.register("w1")
+    driver.register("w2")
+    driver.submit(("t", task_spec(retry_policy=NO_DELAY)))
+    driver.register("w1" if driver.worker_of("t") == "w1" else "w2", held=[], at=1.0)
+    attempt = driver.state.tasks["t"].attempts[0]
+    assert attempt.failure_type is FailureType.WORKER_CRASH
+    assert attempt.recovery is not None
+    assert driver.status("t") in ("pending", "assigned")
+
+
+def test_a_spent_ladder_still_retries_as_the_task_policy_allows_then_fails() -> None:
+    driver = StateDriver()
+    driver.register("w1")
+    driver.submit(("t", task_spec(retry_policy={"max_retries": 3, **NO_DELAY})))
+    for at in (1.0, 2.0, 3.0, 4.0):
+        driver.fail("t", FailureKind.CRASHED, at=at)
+    task = driver.state.tasks["t"]
+    assert len(task.attempts) == 4
+    assert driver.status("t") == "failed"
+    assert "retries exhausted" in (task.status_reason or "")
+    assert all(a.failure_type is not None for a in task.attempts)
