@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from dtf.core import commands as c
 from dtf.core.events import Event
-from dtf.core.state import State, StateConfig
+from dtf.core.state import State
 from dtf.errors import CoordinatorUnavailable, DtfError
 from dtf.journal.base import Journal
 
@@ -47,10 +47,10 @@ class CommandBus:
         self._closed = False
 
     @classmethod
-    def recover(cls, journal: Journal, config: StateConfig, *, snapshot_every: int) -> CommandBus:
+    def recover(cls, journal: Journal, *, snapshot_every: int) -> CommandBus:
         """Rebuild the state from the newest snapshot plus the journal tail."""
         snapshot = journal.load_snapshot()
-        state = State.restore(snapshot[1], config) if snapshot else State(config)
+        state = State.restore(snapshot[1]) if snapshot else State()
         replayed = 0
         for seq, entry in journal.read(state.applied_seq):
             try:

@@ -51,7 +51,7 @@ def create_app(settings: CoordinatorSettings) -> FastAPI:
         log.warning("no DTF_ADMIN_KEY set: created an admin key in %s (mode 0600)", created)
     journal = SqliteJournal(settings.data_dir)
     config = StateConfig(settings.lease_timeout_s, settings.worker_timeout_s)
-    bus = CommandBus.recover(journal, config, snapshot_every=settings.snapshot_every)
+    bus = CommandBus.recover(journal, snapshot_every=settings.snapshot_every)
     hub = WorkerHub(
         bus,
         lease_timeout_s=settings.lease_timeout_s,
@@ -64,6 +64,8 @@ def create_app(settings: CoordinatorSettings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         bus.start()
+        if bus.state.config != config:
+            await bus.execute(c.Configure(time.time(), config))
         await bus.execute(c.CoordinatorStarted(time.time()))
         clock = asyncio.create_task(run_clock(bus), name="dtf-clock")
         log.info("coordinator serving on http://%s:%d", settings.host, settings.port)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import msgspec
 from msgspec import Struct
 
+from dtf.core.lifecycle import StateConfig
 from dtf.core.model import Capabilities, LeaseRef, Outcome, TaskSpec
 from dtf.core.records import Role
 
@@ -91,6 +92,13 @@ class CoordinatorStarted(Struct, frozen=True, tag="coordinator_started"):
     at: float
 
 
+class Configure(Struct, frozen=True, tag="configure"):
+    """New settings take effect from this point of the journal on."""
+
+    at: float
+    config: StateConfig
+
+
 class CreateApiKey(Struct, frozen=True, tag="create_api_key"):
     at: float
     key_id: str
@@ -110,6 +118,7 @@ Command = (
     | Tick
     | CoordinatorStarted
     | CreateApiKey
+    | Configure
 )
 
 _encoder = msgspec.msgpack.Encoder()

@@ -9,7 +9,8 @@ task and settle its dependants.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+
+import msgspec
 
 from dtf.core.effective import effective_requirements
 from dtf.core.events import AttemptFinished, Event, RetryScheduled, TaskStatusChanged
@@ -29,11 +30,14 @@ from dtf.core.recovery_plan import plan_recovery
 from dtf.core.timers import TimerHeap, TimerKind
 
 
-@dataclass(frozen=True)
-class StateConfig:
+class StateConfig(msgspec.Struct, frozen=True):
+    """Settings that change what commands do. They are state too: journaled
+    by ``Configure`` and kept in snapshots, so a replay decides as the live
+    coordinator did whatever flags a later start is given."""
+
     lease_timeout_s: float = 10.0
     worker_timeout_s: float = 30.0
-    recovery: RecoveryPolicy = field(default_factory=RecoveryPolicy)
+    recovery: RecoveryPolicy = msgspec.field(default_factory=RecoveryPolicy)
     classification_rules: tuple[ClassificationRule, ...] = DEFAULT_RULES
 
 

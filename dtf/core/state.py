@@ -54,6 +54,7 @@ from dtf.core.workers import WorkerMixin
 
 
 class Snapshot(msgspec.Struct):
+    config: StateConfig
     applied_seq: int
     clock: float
     next_seq: int
@@ -102,6 +103,9 @@ class State(SubmissionMixin, WorkerMixin):
         self.api_keys[command.key_id] = ApiKeyRecord(
             command.key_id, command.role, command.key_hash, now, command.name
         )
+
+    def on_configure(self, command: c.Configure, now: float) -> None:
+        self.config = command.config
 
     def on_coordinator_started(self, command: c.CoordinatorStarted, now: float) -> None:
         fresh_until = now + self.config.lease_timeout_s
@@ -314,6 +318,7 @@ class State(SubmissionMixin, WorkerMixin):
     def snapshot(self) -> bytes:
         return msgspec.msgpack.encode(
             Snapshot(
+                config=self.config,
                 applied_seq=self.applied_seq,
                 clock=self.clock,
                 next_seq=self.next_seq,
@@ -326,9 +331,10 @@ class State(SubmissionMixin, WorkerMixin):
         )
 
     @classmethod
-    def restore(cls, data: bytes, config: StateConfig | None = None) -> State:
+    def restore(cls, data: bytes) -> State:
+        """The state a snapshot holds, settings included."""
         snap = msgspec.msgpack.decode(data, type=Snapshot)
-        state = cls(config)
+        state = cls(snap.config)
         state.applied_seq, state.clock = snap.applied_seq, snap.clock
         state.next_seq, state.next_fence = snap.next_seq, snap.next_fence
         state.tasks = {t.id: t for t in snap.tasks}

@@ -61,7 +61,7 @@ class SimCoordinator:
         self.route(self.execute(command) or [])
 
     def restart(self, now: float) -> None:
-        rebuilt = State.restore(self.snapshot, self.config)
+        rebuilt = State.restore(self.snapshot)
         for seq, data in enumerate(self.journal[self.snapshot_at :], start=self.snapshot_at + 1):
             rebuilt.apply(c.decode(data), seq=seq)
         if rebuilt.snapshot() != self.state.snapshot():

@@ -221,7 +221,7 @@ class Interpreter:
 
     def make_restart(self, step: float) -> c.Command:
         """The coordinator restarts from a snapshot of what it had."""
-        self.driver.state = State.restore(self.state.snapshot(), CONFIG)
+        self.driver.state = State.restore(self.state.snapshot())
         check_invariants(self.state)
         self.driver.now += step
         return c.CoordinatorStarted(self.driver.now)
@@ -256,7 +256,7 @@ def test_restored_state_behaves_like_the_original(
 ) -> None:
     interpreter = Interpreter()
     interpreter.run(before)
-    restored = State.restore(interpreter.state.snapshot(), CONFIG)
+    restored = State.restore(interpreter.state.snapshot())
     mark = len(interpreter.driver.journal)
     interpreter.run(after)
     journal, events = interpreter.driver.journal[mark:], interpreter.events[mark:]

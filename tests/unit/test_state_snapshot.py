@@ -65,12 +65,12 @@ def run(state: State, commands: list[c.Command]) -> list[list[Event]]:
 
 def test_snapshot_round_trips_byte_for_byte() -> None:
     state = busy_state().state
-    assert State.restore(state.snapshot(), CONFIG).snapshot() == state.snapshot()
+    assert State.restore(state.snapshot()).snapshot() == state.snapshot()
 
 
 def test_restored_state_behaves_identically() -> None:
     driver = busy_state()
-    restored = State.restore(driver.state.snapshot(), CONFIG)
+    restored = State.restore(driver.state.snapshot())
     check_invariants(restored)
     commands = further_commands(driver)
     assert run(restored, commands) == run(driver.state, commands)
@@ -80,7 +80,7 @@ def test_restored_state_behaves_identically() -> None:
 
 def test_restored_state_keeps_counts_and_ready_order() -> None:
     driver = busy_state()
-    restored = State.restore(driver.state.snapshot(), CONFIG)
+    restored = State.restore(driver.state.snapshot())
     assert restored.status_counts() == driver.state.status_counts()
     assert restored.applied_seq == driver.state.applied_seq
 
@@ -90,7 +90,7 @@ def test_snapshot_plus_journal_tail_rebuilds_the_state() -> None:
     snapshot, mark = driver.state.snapshot(), len(driver.journal)
     for command in further_commands(driver)[:5]:
         driver.apply(command)
-    rebuilt = State.restore(snapshot, CONFIG)
+    rebuilt = State.restore(snapshot)
     for data in driver.journal[mark:]:
         rebuilt.apply(c.decode(data))
     assert rebuilt.snapshot() == driver.state.snapshot()
@@ -114,13 +114,13 @@ def test_restored_state_fires_simultaneous_timers_in_the_same_order() -> None:
     driver = StateDriver(CONFIG)
     driver.submit(("a", task_spec(priority=5)), ("b", task_spec(priority=1)), at=0.0)
     driver.register("w", slots=2, at=1.0)
-    restored = State.restore(driver.state.snapshot(), CONFIG)
+    restored = State.restore(driver.state.snapshot())
     assert restored.apply(c.Tick(11.0)) == driver.state.apply(c.Tick(11.0))
 
 
 def test_lease_refs_in_snapshot_survive() -> None:
     driver = busy_state()
-    restored = State.restore(driver.state.snapshot(), CONFIG)
+    restored = State.restore(driver.state.snapshot())
     assert restored.is_current_lease_ref("gpu", driver.lease("gpu-job"))
     assert not restored.is_current_lease_ref("gpu", LeaseRef("gpu-job", 1, 999))
 
@@ -128,7 +128,7 @@ def test_lease_refs_in_snapshot_survive() -> None:
 def test_restored_state_fails_a_twice_listed_dependency_once() -> None:
     driver = StateDriver(CONFIG)
     driver.submit(("a", task_spec()), ("b", task_spec(dependencies=["a", "a"])), at=0.0)
-    restored = State.restore(driver.state.snapshot(), CONFIG)
+    restored = State.restore(driver.state.snapshot())
     check_invariants(restored)
     command = c.CancelTask(1.0, "a")
     assert restored.apply(command) == driver.state.apply(command)
@@ -140,5 +140,5 @@ def test_restored_state_expires_renewed_leases_in_the_same_order() -> None:
     driver.submit(("a", task_spec()), at=0.0)
     driver.submit(("b", task_spec()), at=1.0)
     driver.heartbeat("w", [driver.lease("a")], max_fence_seen=1, at=2.0)  # a now ends at 12
-    restored = State.restore(driver.state.snapshot(), driver.state.config)
+    restored = State.restore(driver.state.snapshot())
     assert restored.apply(c.Tick(20.0)) == driver.state.apply(c.Tick(20.0))
