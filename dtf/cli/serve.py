@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 from pathlib import Path
@@ -37,6 +38,12 @@ def configure_logging(level: str) -> None:
 @click.option("--worker-timeout", "worker_timeout_s", default=30.0, show_default=True, type=float)
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(LOG_LEVELS))
 @click.option(
+    "--recovery-config",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="YAML file of recovery ladders, mode and classification rules "
+    "(see examples/recovery.yaml).",
+)
+@click.option(
     "--admin-key",
     envvar="DTF_ADMIN_KEY",
     help="Admin API key [env: DTF_ADMIN_KEY]; without it one is created in DATA_DIR/admin.key.",
@@ -48,13 +55,16 @@ def coordinator(
     lease_timeout_s: float,
     worker_timeout_s: float,
     log_level: str,
+    recovery_config: Path | None,
     admin_key: str | None,
 ) -> None:
     """Run the coordinator until SIGINT or SIGTERM."""
+    from dtf.coordinator.recovery_config import load_recovery_config
     from dtf.coordinator.server import run_coordinator
     from dtf.coordinator.settings import CoordinatorSettings
 
     configure_logging(log_level)
+    recovery = load_recovery_config(recovery_config) if recovery_config else None
     settings = CoordinatorSettings(
         data_dir=data_dir.resolve(),
         host=host,
@@ -64,6 +74,10 @@ def coordinator(
         worker_timeout_s=worker_timeout_s,
         log_level=log_level,
     )
+    if recovery is not None:
+        settings = dataclasses.replace(
+            settings, recovery=recovery[0], classification_rules=recovery[1]
+        )
     click.get_current_context().exit(run_coordinator(settings))
 
 

@@ -50,7 +50,12 @@ def create_app(settings: CoordinatorSettings) -> FastAPI:
     if created is not None:
         log.warning("no DTF_ADMIN_KEY set: created an admin key in %s (mode 0600)", created)
     journal = SqliteJournal(settings.data_dir)
-    config = StateConfig(settings.lease_timeout_s, settings.worker_timeout_s)
+    config = StateConfig(
+        settings.lease_timeout_s,
+        settings.worker_timeout_s,
+        settings.recovery,
+        settings.classification_rules,
+    )
     bus = CommandBus.recover(journal, snapshot_every=settings.snapshot_every)
     hub = WorkerHub(
         bus,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from dtf.core.failures import DEFAULT_RULES, ClassificationRule
+from dtf.core.recovery import RecoveryPolicy
 
 
 @dataclass(frozen=True)
@@ -17,6 +20,8 @@ class CoordinatorSettings:
     snapshot_every: int = 10_000
     max_body_bytes: int = 32 * 1024 * 1024
     log_level: str = "info"
+    recovery: RecoveryPolicy = field(default_factory=RecoveryPolicy)
+    classification_rules: tuple[ClassificationRule, ...] = DEFAULT_RULES
 
     @property
     def heartbeat_interval_s(self) -> float:
