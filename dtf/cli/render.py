@@ -147,6 +147,13 @@ def gpus_text(capabilities: Record) -> str:
     return "; ".join(parts) or "-"
 
 
+def status_with_breaker(worker: Record) -> str:
+    """The worker's status, and its circuit breaker when that is not closed."""
+    text = styled(worker.get("status", "online"))
+    state = (worker.get("breaker") or {}).get("state", "closed")
+    return text if state == "closed" else f"{text} [bold red](breaker {state})[/bold red]"
+
+
 def workers_table(workers: list[Record], now: float | None = None) -> Table:
     table = Table(
         "id", "status", "hardware", "slots", "cpu/mem", "gpus", "done/failed", "last seen"
@@ -155,7 +162,7 @@ def workers_table(workers: list[Record], now: float | None = None) -> Table:
         caps = worker.get("capabilities", {})
         table.add_row(
             worker["id"],
-            styled(worker.get("status", "online")),
+            status_with_breaker(worker),
             hardware_text(caps),
             f"{len(worker.get('leases', []))}/{worker.get('slots', 0)}",
             f"{caps.get('cpu_count', 1)} cpu, {caps.get('memory_gb', 0.0):.1f} GB",

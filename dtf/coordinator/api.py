@@ -10,14 +10,13 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-import msgspec
 from fastapi import APIRouter, Header, Query, Request, Response
 
 from dtf.coordinator import auth
 from dtf.coordinator.bodies import KeyRequest, SubmitBatch, decode_body, new_tasks, request_body
 from dtf.coordinator.responses import json_response
 from dtf.coordinator.runtime import Runtime
-from dtf.coordinator.views import result_views, task_view
+from dtf.coordinator.views import result_views, task_view, worker_view
 from dtf.coordinator.worker_api import worker_protocol_routes
 from dtf.core import commands as c
 from dtf.core.events import TaskAccepted
@@ -114,7 +113,7 @@ def _worker_routes(router: APIRouter, rt: Runtime) -> None:
         """Every worker seen, with capabilities (declared ones marked) and status."""
         rt.auth.require(authorization, "read")
         return json_response(
-            {"workers": [msgspec.to_builtins(w) for w in rt.state.workers.values()]}
+            {"workers": [worker_view(rt.state, w) for w in rt.state.workers.values()]}
         )
 
     @router.get("/workers/{worker_id}", tags=["workers"])
@@ -123,7 +122,7 @@ def _worker_routes(router: APIRouter, rt: Runtime) -> None:
         worker = rt.state.workers.get(worker_id)
         if worker is None:
             raise NotFound(f"worker {worker_id!r} is not registered")
-        return json_response(msgspec.to_builtins(worker))
+        return json_response(worker_view(rt.state, worker))
 
 
 def _info_routes(router: APIRouter, rt: Runtime) -> None:

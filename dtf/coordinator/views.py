@@ -6,9 +6,10 @@ from typing import Any
 
 import msgspec
 
+from dtf.core.breakers import BreakerState, CircuitBreaker
 from dtf.core.effective import effective_requirements
 from dtf.core.matching import count_satisfying, explain_waiting
-from dtf.core.records import TaskRecord, TaskStatus
+from dtf.core.records import TaskRecord, TaskStatus, WorkerRecord
 from dtf.core.state import State
 
 
@@ -70,3 +71,25 @@ def result_views(
         if attempt.finished_at is not None
     ]
     return results[offset : offset + limit]
+
+
+def worker_view(state: State, worker: WorkerRecord) -> dict[str, Any]:
+    """A worker with its circuit breaker (closed when it never failed)."""
+    view: dict[str, Any] = msgspec.to_builtins(worker)
+    breaker = state.breakers.workers.get(worker.id)
+    view["breaker"] = breaker_view(breaker) if breaker else {"state": "closed"}
+    return view
+
+
+def breaker_view(breaker: CircuitBreaker) -> dict[str, Any]:
+    return {
+        "name": breaker.name,
+        "state": breaker.state.value,
+        "consecutive_failures": breaker.consecutive_failures,
+        "next_probe_at": breaker.next_probe_at,
+    }
+
+
+def open_breakers(state: State) -> list[dict[str, Any]]:
+    breakers = [*state.breakers.workers.values(), *state.breakers.hardware.values()]
+    return [breaker_view(b) for b in breakers if b.state is not BreakerState.CLOSED]

@@ -24,11 +24,29 @@ from collections.abc import Callable
 
 from msgspec import Struct
 
+from dtf.core.failures import FailureType
 from dtf.core.model import HardwareClass
 from dtf.errors import InvalidTransition
 
 DEFAULT_THRESHOLD = 3
 DEFAULT_RESET_TIME_S = 300.0
+
+# Which failures count against the worker and against its hardware class. A
+# task's own errors (software error, running out of memory at its batch size)
+# blame neither; a timeout is the task's until patterns say otherwise.
+WORKER_FAULTS = frozenset(
+    {
+        FailureType.WORKER_CRASH,
+        FailureType.HARDWARE_ERROR,
+        FailureType.CUDA_ERROR,
+        FailureType.BROWSER_CRASH,
+        FailureType.WEBGPU_CONTEXT_LOST,
+        FailureType.COMMUNICATION_ERROR,
+    }
+)
+HARDWARE_FAULTS = frozenset(
+    {FailureType.HARDWARE_ERROR, FailureType.CUDA_ERROR, FailureType.WEBGPU_CONTEXT_LOST}
+)
 
 
 class BreakerState(enum.StrEnum):
@@ -60,6 +78,7 @@ class CircuitBreaker(Struct):
     reset_time_s: float = DEFAULT_RESET_TIME_S
     state: BreakerState = BreakerState.CLOSED
     consecutive_failures: int = 0
+    failing_sources: list[str] = []
     last_failure_at: float | None = None
     changed_at: float | None = None
 
@@ -86,12 +105,19 @@ class CircuitBreaker(Struct):
         waited = now - (self.last_failure_at or 0.0)
         return self.move_to(BreakerState.HALF_OPEN, now, f"probe sent after {waited:g}s open")
 
-    def on_failure(self, now: float) -> BreakerChange | None:
+    def on_failure(self, now: float, source: str | None = None) -> BreakerChange | None:
+        """Count a failure. With ``source`` (a worker, for a hardware class's
+        breaker) only failures from distinct sources count, so one bad machine
+        cannot open its whole class."""
         self.last_failure_at = now
         if self.state is BreakerState.HALF_OPEN:
             return self.move_to(BreakerState.OPEN, now, "a failure while half-open")
         if self.state is BreakerState.OPEN:
             return None
+        if source is not None:
+            if source in self.failing_sources:
+                return None
+            self.failing_sources.append(source)
         self.consecutive_failures += 1
         if self.consecutive_failures < self.threshold:
             return None
@@ -107,6 +133,7 @@ class CircuitBreaker(Struct):
         if self.state is BreakerState.OPEN:
             return None
         self.consecutive_failures = 0
+        self.failing_sources = []
         if self.state is BreakerState.CLOSED:
             return None
         return self.move_to(BreakerState.CLOSED, now, "the probe succeeded")
@@ -121,6 +148,7 @@ class CircuitBreaker(Struct):
         self.changed_at = now
         if state is BreakerState.CLOSED:
             self.consecutive_failures = 0
+            self.failing_sources = []
         return change
 
 
@@ -153,15 +181,21 @@ class Breakers(Struct):
         return self._apply(self._existing(worker_id, hardware_class), lambda b: b.on_dispatch(now))
 
     def on_failure(
-        self, now: float, *, worker_id: str | None, hardware_class: HardwareClass | None
+        self,
+        now: float,
+        *,
+        worker_id: str | None,
+        hardware_class: HardwareClass | None,
+        source: str | None = None,
     ) -> list[BreakerChange]:
-        """Count a failure against the worker and/or the hardware class (None: not blamed)."""
-        breakers = []
+        """Count a failure against the worker and/or the hardware class (None: not
+        blamed). The class counts distinct workers (``source``), given a worker."""
+        changes = []
         if worker_id is not None:
-            breakers.append(self.for_worker(worker_id))
+            changes.append(self.for_worker(worker_id).on_failure(now))
         if hardware_class is not None:
-            breakers.append(self.for_hardware(hardware_class))
-        return self._apply(breakers, lambda b: b.on_failure(now))
+            changes.append(self.for_hardware(hardware_class).on_failure(now, source))
+        return [change for change in changes if change is not None]
 
     def on_success(
         self, now: float, *, worker_id: str, hardware_class: HardwareClass

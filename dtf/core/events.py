@@ -78,6 +78,13 @@ class WorkerStatusChanged(Struct, frozen=True, tag="worker_status_changed"):
     reason: str | None = None
 
 
+class BreakerChanged(Struct, frozen=True, tag="breaker_changed"):
+    breaker: str
+    old: str
+    new: str
+    reason: str
+
+
 class RequirementStageAdvanced(Struct, frozen=True, tag="requirement_stage_advanced"):
     task_id: str
     stage: int
@@ -93,4 +100,5 @@ Event = (
     | OutcomeAccepted
     | WorkerStatusChanged
     | RequirementStageAdvanced
+    | BreakerChanged
 )

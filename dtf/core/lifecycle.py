@@ -12,10 +12,24 @@ from collections import Counter
 
 import msgspec
 
+from dtf.core.breakers import (
+    DEFAULT_RESET_TIME_S,
+    DEFAULT_THRESHOLD,
+    HARDWARE_FAULTS,
+    WORKER_FAULTS,
+    BreakerChange,
+    Breakers,
+)
 from dtf.core.effective import effective_requirements
-from dtf.core.events import AttemptFinished, Event, RetryScheduled, TaskStatusChanged
-from dtf.core.failures import DEFAULT_RULES, ClassificationRule
-from dtf.core.model import FailureKind, Outcome, TestOutcome
+from dtf.core.events import (
+    AttemptFinished,
+    BreakerChanged,
+    Event,
+    RetryScheduled,
+    TaskStatusChanged,
+)
+from dtf.core.failures import DEFAULT_RULES, ClassificationRule, FailureType
+from dtf.core.model import FailureKind, HardwareClass, Outcome, TestOutcome
 from dtf.core.queues import ReadyQueues
 from dtf.core.records import (
     AttemptRecord,
@@ -26,7 +40,7 @@ from dtf.core.records import (
     WorkerStatus,
 )
 from dtf.core.recovery import Escalate, RecoveryDecision, RecoveryPolicy
-from dtf.core.recovery_plan import plan_recovery
+from dtf.core.recovery_plan import hardware_class_of, plan_recovery
 from dtf.core.timers import TimerHeap, TimerKind
 
 
@@ -39,6 +53,8 @@ class StateConfig(msgspec.Struct, frozen=True):
     worker_timeout_s: float = 30.0
     recovery: RecoveryPolicy = msgspec.field(default_factory=RecoveryPolicy)
     classification_rules: tuple[ClassificationRule, ...] = DEFAULT_RULES
+    circuit_breaker_threshold: int = DEFAULT_THRESHOLD
+    circuit_breaker_reset_s: float = DEFAULT_RESET_TIME_S
 
 
 class Lifecycle:
@@ -55,6 +71,9 @@ class Lifecycle:
         self.task_counts: Counter[TaskStatus] = Counter()
         self.dependants: dict[str, list[str]] = {}
         self.unmet: dict[str, int] = {}
+        self.breakers = Breakers(
+            self.config.circuit_breaker_threshold, self.config.circuit_breaker_reset_s
+        )
 
     # -- statuses ----------------------------------------------------------
 
@@ -159,6 +178,10 @@ class Lifecycle:
         if outcome.failure is None:
             attempt = self.end_attempt(task, AttemptStatus.SUCCEEDED, now, outcome=outcome)
             self.note_worker_result(attempt.worker_id, succeeded=True)
+            changes = self.breakers.on_success(
+                now, worker_id=attempt.worker_id, hardware_class=self.hardware_of(task, attempt)
+            )
+            self.note_breaker_changes(changes)
             self.finish_task(task, TaskStatus.COMPLETED, completion_reason(outcome), now)
             return
         self.fail_attempt(
@@ -195,6 +218,7 @@ class Lifecycle:
         attempt.failure_type = plan.classification.failure_type
         attempt.evidence = plan.classification.evidence_text
         attempt.classified_by = plan.classification.rule_name
+        self.blame(task, attempt, plan.classification.failure_type, now)
         if isinstance(plan.next_step, Escalate):
             self.finish_task(task, TaskStatus.FAILED, f"{reason}; {plan.next_step.reason}", now)
             return
@@ -228,6 +252,29 @@ class Lifecycle:
             self.make_ready(task, now)
         else:
             self.timers.push(task.not_before, TimerKind.RETRY, task.seq, task.id, attempt.number)
+
+    def blame(
+        self, task: TaskRecord, attempt: AttemptRecord, failure_type: FailureType, now: float
+    ) -> None:
+        """Count the failure against the worker and its hardware class, where it is theirs."""
+        changes = self.breakers.on_failure(
+            now,
+            worker_id=attempt.worker_id if failure_type in WORKER_FAULTS else None,
+            hardware_class=self.hardware_of(task, attempt)
+            if failure_type in HARDWARE_FAULTS
+            else None,
+            source=attempt.worker_id,
+        )
+        self.note_breaker_changes(changes)
+
+    def hardware_of(self, task: TaskRecord, attempt: AttemptRecord) -> HardwareClass:
+        worker = self.workers.get(attempt.worker_id)
+        return hardware_class_of(task, worker.capabilities if worker else None)
+
+    def note_breaker_changes(self, changes: list[BreakerChange]) -> None:
+        self.events.extend(
+            BreakerChanged(c.breaker, c.old.value, c.new.value, c.reason) for c in changes
+        )
 
     def note_worker_result(self, worker_id: str, *, succeeded: bool) -> None:
         worker = self.workers.get(worker_id)

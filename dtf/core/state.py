@@ -29,6 +29,7 @@ from typing import Any
 import msgspec
 
 from dtf.core import commands as c
+from dtf.core.breakers import Breakers
 from dtf.core.effective import effective_requirements, effective_spec
 from dtf.core.events import (
     AssignTask,
@@ -48,6 +49,7 @@ from dtf.core.records import (
     WorkerRecord,
     WorkerStatus,
 )
+from dtf.core.recovery_plan import hardware_class_of
 from dtf.core.submission import SubmissionMixin
 from dtf.core.timers import Timer, TimerKind
 from dtf.core.workers import WorkerMixin
@@ -55,6 +57,7 @@ from dtf.core.workers import WorkerMixin
 
 class Snapshot(msgspec.Struct):
     config: StateConfig
+    breakers: Breakers
     applied_seq: int
     clock: float
     next_seq: int
@@ -106,6 +109,8 @@ class State(SubmissionMixin, WorkerMixin):
 
     def on_configure(self, command: c.Configure, now: float) -> None:
         self.config = command.config
+        self.breakers.threshold = command.config.circuit_breaker_threshold
+        self.breakers.reset_time_s = command.config.circuit_breaker_reset_s
 
     def on_coordinator_started(self, command: c.CoordinatorStarted, now: float) -> None:
         fresh_until = now + self.config.lease_timeout_s
@@ -165,12 +170,18 @@ class State(SubmissionMixin, WorkerMixin):
         while (timer := self.timers.peek()) is not None and self.is_moot(timer):
             self.timers.discard_top()
         deadlines = [timer.due] if timer is not None else []
+        deadlines.extend(probe for probe in self.breaker_probes() if probe > self.clock)
         deadlines.extend(
             w.last_seen_at + self.config.worker_timeout_s
             for w in self.workers.values()
             if w.status is not WorkerStatus.OFFLINE
         )
         return min(deadlines, default=None)
+
+    def breaker_probes(self) -> list[float]:
+        """When open breakers admit their probes (work may then be assigned)."""
+        breakers = [*self.breakers.workers.values(), *self.breakers.hardware.values()]
+        return [p for p in (b.next_probe_at for b in breakers) if p is not None]
 
     def is_moot(self, timer: Timer) -> bool:
         task = self.tasks[timer.task_id]
@@ -216,11 +227,11 @@ class State(SubmissionMixin, WorkerMixin):
         if not len(self.ready):
             return
         for worker in self.assignable_workers():
-            while worker.free_slots > 0:
+            while worker.free_slots > 0 and self.breaker_allows(worker.id, now):
                 task_id = self.ready.pick(
                     worker.id,
                     worker.capabilities,
-                    lambda tid, w=worker.id: self.is_acceptable_on(tid, w),  # type: ignore[misc]
+                    lambda tid, w=worker: self.is_acceptable_on(tid, w, now),  # type: ignore[misc]
                 )
                 if task_id is None:
                     break
@@ -228,9 +239,19 @@ class State(SubmissionMixin, WorkerMixin):
             if not len(self.ready):
                 return
 
-    def is_acceptable_on(self, task_id: str, worker_id: str) -> bool:
-        """A task avoids a worker it failed on while another live worker could run it."""
+    def breaker_allows(self, worker_id: str, now: float) -> bool:
+        """A worker whose breaker is open gets nothing; half-open, one probe."""
+        breaker = self.breakers.workers.get(worker_id)
+        return breaker is None or breaker.allows(now)
+
+    def is_acceptable_on(self, task_id: str, worker: WorkerRecord, now: float) -> bool:
+        """Not while the breaker of the hardware class it would run on is open; and
+        a task avoids a worker it failed on while another live worker could run it."""
         task = self.tasks[task_id]
+        hardware = self.breakers.hardware.get(hardware_class_of(task, worker.capabilities))
+        if hardware is not None and not hardware.allows(now):
+            return False
+        worker_id = worker.id
         if worker_id not in task.avoid_workers:
             return True
         requirements = effective_requirements(task)
@@ -255,6 +276,10 @@ class State(SubmissionMixin, WorkerMixin):
         task.attempts.append(attempt)
         task.lease = Lease(worker.id, attempt.number, fence, now + self.config.lease_timeout_s)
         worker.leases.append(task.id)
+        hardware = hardware_class_of(task, worker.capabilities)
+        self.note_breaker_changes(
+            self.breakers.on_dispatch(now, worker_id=worker.id, hardware_class=hardware)
+        )
         self.timers.push(task.lease.expires_at, TimerKind.LEASE, task.seq, task.id, fence)
         self.set_status(task, TaskStatus.ASSIGNED, f"assigned to {worker.id}")
         self.events.append(
@@ -319,6 +344,7 @@ class State(SubmissionMixin, WorkerMixin):
         return msgspec.msgpack.encode(
             Snapshot(
                 config=self.config,
+                breakers=self.breakers,
                 applied_seq=self.applied_seq,
                 clock=self.clock,
                 next_seq=self.next_seq,
@@ -335,6 +361,7 @@ class State(SubmissionMixin, WorkerMixin):
         """The state a snapshot holds, settings included."""
         snap = msgspec.msgpack.decode(data, type=Snapshot)
         state = cls(snap.config)
+        state.breakers = snap.breakers
         state.applied_seq, state.clock = snap.applied_seq, snap.clock
         state.next_seq, state.next_fence = snap.next_seq, snap.next_fence
         state.tasks = {t.id: t for t in snap.tasks}
