@@ -38,6 +38,21 @@ def configure_logging(level: str) -> None:
 @click.option("--worker-timeout", "worker_timeout_s", default=30.0, show_default=True, type=float)
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(LOG_LEVELS))
 @click.option(
+    "--circuit-breaker-threshold",
+    default=3,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Consecutive worker (or, from distinct workers, hardware) faults that open a breaker.",
+)
+@click.option(
+    "--circuit-breaker-reset-time",
+    "circuit_breaker_reset_s",
+    default=300.0,
+    show_default=True,
+    type=click.FloatRange(0, min_open=True),
+    help="Seconds an open breaker waits before letting one probe through.",
+)
+@click.option(
     "--recovery-config",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     help="YAML file of recovery ladders, mode and classification rules "
@@ -55,6 +70,8 @@ def coordinator(
     lease_timeout_s: float,
     worker_timeout_s: float,
     log_level: str,
+    circuit_breaker_threshold: int,
+    circuit_breaker_reset_s: float,
     recovery_config: Path | None,
     admin_key: str | None,
 ) -> None:
@@ -73,6 +90,8 @@ def coordinator(
         lease_timeout_s=lease_timeout_s,
         worker_timeout_s=worker_timeout_s,
         log_level=log_level,
+        circuit_breaker_threshold=circuit_breaker_threshold,
+        circuit_breaker_reset_s=circuit_breaker_reset_s,
     )
     if recovery is not None:
         settings = dataclasses.replace(

@@ -55,6 +55,8 @@ def create_app(settings: CoordinatorSettings) -> FastAPI:
         settings.worker_timeout_s,
         settings.recovery,
         settings.classification_rules,
+        settings.circuit_breaker_threshold,
+        settings.circuit_breaker_reset_s,
     )
     bus = CommandBus.recover(journal, snapshot_every=settings.snapshot_every)
     hub = WorkerHub(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dtf.core.breakers import DEFAULT_RESET_TIME_S, DEFAULT_THRESHOLD
 from dtf.core.failures import DEFAULT_RULES, ClassificationRule
 from dtf.core.recovery import RecoveryPolicy
 
@@ -20,6 +21,8 @@ class CoordinatorSettings:
     snapshot_every: int = 10_000
     max_body_bytes: int = 32 * 1024 * 1024
     log_level: str = "info"
+    circuit_breaker_threshold: int = DEFAULT_THRESHOLD
+    circuit_breaker_reset_s: float = DEFAULT_RESET_TIME_S
     recovery: RecoveryPolicy = field(default_factory=RecoveryPolicy)
     classification_rules: tuple[ClassificationRule, ...] = DEFAULT_RULES
 

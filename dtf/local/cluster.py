@@ -51,6 +51,7 @@ class ClusterSettings:
     stop_timeout_s: float = 10.0
     python: str = sys.executable
     base_env: Mapping[str, str] | None = None  # None: inherit this process's environment
+    coordinator_args: tuple[str, ...] = ()  # more `dtf coordinator` flags
 
 
 class LocalCluster:
@@ -117,6 +118,7 @@ class LocalCluster:
             *("--data-dir", str(self.data_dir)),
             *("--lease-timeout", str(self.settings.lease_timeout_s)),
             *("--log-level", self.settings.log_level),
+            *self.settings.coordinator_args,
         ]
         env = self._child_env(DTF_ADMIN_KEY=self.settings.admin_key)
         log_path = self.logs_dir / "coordinator.log"

@@ -143,3 +143,35 @@ def test_out_of_memory_benchmark_completes_with_a_halved_batch(cluster: LocalClu
     assert [a["recovery"] for a in attempts[:2]] == ["reduce_batch_size"] * 2
     assert "MemoryError" in attempts[0]["evidence"][0]
     assert attempts[-1]["outcome"]["metrics"]["batch_size"] == 8
+
+
+def test_a_breaker_opens_on_a_faulty_worker_and_a_probe_closes_it(tmp_path: Path) -> None:
+    settings = ClusterSettings(
+        tmp_path / "data",
+        workers=2,
+        slots=1,
+        coordinator_args=("--circuit-breaker-threshold", "2", "--circuit-breaker-reset-time", "3"),
+    )
+    faulty = {
+        "type": "command",
+        "config": {"command": 'echo "Xid 79: GPU has fallen off the bus" >&2; kill -SEGV $$'},
+        "requirements": {"worker_ids": ["local-1"]},
+        "retry_policy": {"max_retries": 0},
+    }
+    with LocalCluster(settings) as running, running.client() as client:
+        client.wait([client.submit(faulty), client.submit(faulty)], timeout_s=60)
+        [worker] = [w for w in client.workers() if w["id"] == "local-1"]
+        assert worker["breaker"]["state"] == "open"
+        opened_until = worker["breaker"]["next_probe_at"]
+        probe_id = client.submit(
+            {
+                "type": "command",
+                "config": {"command": "true"},
+                "requirements": faulty["requirements"],
+            }
+        )
+        [probe] = client.wait([probe_id], timeout_s=60)
+        [worker] = [w for w in client.workers() if w["id"] == "local-1"]
+    assert probe["status"] == "completed"
+    assert probe["attempts"][0]["assigned_at"] >= opened_until
+    assert worker["breaker"]["state"] == "closed"
