@@ -14,6 +14,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 
 from dtf.coordinator import auth
 from dtf.coordinator.bodies import KeyRequest, SubmitBatch, decode_body, new_tasks, request_body
+from dtf.coordinator.patterns_api import pattern_routes
 from dtf.coordinator.responses import json_response
 from dtf.coordinator.runtime import Runtime
 from dtf.coordinator.views import result_views, task_view, worker_view
@@ -33,6 +34,7 @@ def build_router(runtime: Runtime) -> APIRouter:
     _worker_routes(router, runtime)
     worker_protocol_routes(router, runtime)
     _info_routes(router, runtime)
+    pattern_routes(router, runtime)
     return router
 
 

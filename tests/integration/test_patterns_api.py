@@ -1,0 +1,124 @@
+"""``GET /api/failure-patterns`` on the real app: a worker that crashes every
+task it gets, while another runs the same tasks fine, is named for quarantine."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from starlette.testclient import WebSocketTestSession
+
+from dtf.coordinator.server import create_app
+from dtf.coordinator.settings import CoordinatorSettings
+
+ADMIN = {"Authorization": "Bearer admin-secret"}
+TASK_IDS = ["a", "b", "c"]
+MAX_FRAMES = 20
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    settings = CoordinatorSettings(data_dir=tmp_path, admin_key="admin-secret")
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+def register(ws: WebSocketTestSession, worker_id: str) -> list[dict[str, Any]]:
+    """Register with three slots; the messages that came with the reply."""
+    message = {
+        "type": "register",
+        "worker_id": worker_id,
+        "session": f"{worker_id}-session",
+        "capabilities": {"cpu_count": 2, "memory_gb": 4},
+        "slots": 3,
+    }
+    ws.send_text(json.dumps(message))
+    first = receive(ws)
+    assert first[0]["type"] == "registered"
+    return first[1:]
+
+
+def receive(ws: WebSocketTestSession) -> list[dict[str, Any]]:
+    frame = ws.receive_json()
+    return frame if isinstance(frame, list) else [frame]
+
+
+def collect(
+    ws: WebSocketTestSession, kind: str, count: int, pending: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """Messages of type ``kind`` until there are ``count``, reading at most ``MAX_FRAMES`` frames."""
+    found = [m for m in pending or [] if m["type"] == kind]
+    for _ in range(MAX_FRAMES):
+        if len(found) >= count:
+            return found
+        found.extend(m for m in receive(ws) if m["type"] == kind)
+    raise AssertionError(f"only {len(found)} of {count} {kind} messages arrived")
+
+
+def report(
+    ws: WebSocketTestSession, assignments: list[dict[str, Any]], outcome: dict[str, Any]
+) -> None:
+    for assign in assignments:
+        lease = [assign["task_id"], assign["attempt"], assign["fence"]]
+        ws.send_text(json.dumps({"type": "outcome", "lease": lease, "outcome": outcome}))
+    collect(ws, "outcome_ack", len(assignments))
+
+
+def test_a_worker_crashing_tasks_that_run_elsewhere_is_named(client: TestClient) -> None:
+    retry_once = {"max_retries": 1, "retry_delay_seconds": 0}
+    batch = {
+        "tasks": [
+            {
+                "id": task_id,
+                "type": "command",
+                "config": {"command": "true"},
+                "retry_policy": retry_once,
+            }
+            for task_id in TASK_IDS
+        ]
+    }
+    assert client.post("/api/tasks/batch", json=batch, headers=ADMIN).status_code == 201
+    with (
+        client.websocket_connect("/api/workers/ws", headers=ADMIN) as bad,
+        client.websocket_connect("/api/workers/ws", headers=ADMIN) as good,
+    ):
+        first_tries = collect(bad, "assign", 3, register(bad, "w-bad"))
+        assert register(good, "w-good") == []
+        report(
+            bad,
+            first_tries,
+            {"failure": "crashed", "signal": 11, "stderr_tail": "Segmentation fault"},
+        )
+        retries = collect(good, "assign", 3)
+        report(good, retries, {"exit_code": 0})
+
+    reply = client.get("/api/failure-patterns", headers=ADMIN).json()
+    assert reply["failures_considered"] == 3
+    assert reply["window_s"] == 3600
+    worker = next(p for p in reply["patterns"] if p["kind"] == "worker")
+    assert worker["key"] == "w-bad"
+    assert (worker["count"], worker["tasks"], worker["corroborating"]) == (3, 3, 3)
+    assert worker["action"] == (
+        "Quarantine worker w-bad: it failed 3 different tasks, 3 of which succeeded on other workers."
+    )
+    assert reply["patterns"][0] == worker
+    assert not [p for p in reply["patterns"] if p["kind"] == "task"]
+
+    confident = client.get(
+        "/api/failure-patterns", headers=ADMIN, params={"min_confidence": 0.7}
+    ).json()
+    assert [p["key"] for p in confident["patterns"]] == ["w-bad"]
+
+
+def test_bad_parameters_and_missing_key_are_refused(client: TestClient) -> None:
+    assert client.get("/api/failure-patterns").status_code == 401
+    for params in ({"window_s": 0}, {"min_confidence": 1.5}, {"window_s": "soon"}):
+        response = client.get("/api/failure-patterns", headers=ADMIN, params=params)
+        assert response.status_code == 422, params
+        assert "error" in response.json()
+    empty = client.get("/api/failure-patterns", headers=ADMIN).json()
+    assert empty == {"patterns": [], "failures_considered": 0, "window_s": 3600.0}
