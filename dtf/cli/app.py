@@ -11,7 +11,7 @@ import logging
 import click
 
 from dtf import __version__
-from dtf.cli import inspect, local, serve, submit
+from dtf.cli import failures, inspect, local, serve, submit
 from dtf.errors import DtfError, Forbidden, Unauthorized
 
 
@@ -56,6 +56,7 @@ for command in (
     inspect.status,
     inspect.results,
     inspect.keys,
+    failures.failures,
 ):
     cli.add_command(command)
 

@@ -9,11 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from starlette.testclient import WebSocketTestSession
 
+from dtf.cli import cli
 from dtf.coordinator.server import create_app
 from dtf.coordinator.settings import CoordinatorSettings
+from dtf.local import ClusterSettings, LocalCluster
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
 TASK_IDS = ["a", "b", "c"]
@@ -122,3 +125,29 @@ def test_bad_parameters_and_missing_key_are_refused(client: TestClient) -> None:
         assert "error" in response.json()
     empty = client.get("/api/failure-patterns", headers=ADMIN).json()
     assert empty == {"patterns": [], "failures_considered": 0, "window_s": 3600.0}
+
+
+@pytest.mark.integration
+def test_dtf_failures_prints_what_a_real_cluster_saw(tmp_path: Path) -> None:
+    failing = {
+        "type": "command",
+        "config": {"command": "exit 3"},
+        "retry_policy": {"max_retries": 0},
+    }
+    with LocalCluster(ClusterSettings(tmp_path, workers=1, slots=3)) as cluster:
+        with cluster.client() as api:
+            api.wait(api.submit_many([failing] * 3), timeout_s=60)
+        connection = ["--coordinator", cluster.url, "--api-key", cluster.admin_key]
+        as_json = CliRunner().invoke(
+            cli, ["failures", "--min-confidence", "0", "--json", *connection]
+        )
+        as_table = CliRunner().invoke(cli, ["failures", "--min-confidence", "0", *connection])
+    assert as_json.exit_code == 0, as_json.output
+    reply = json.loads(as_json.output)
+    assert reply["failures_considered"] == 3
+    kinds = {(p["kind"], p["count"]) for p in reply["patterns"]}
+    assert ("worker", 3) in kinds
+    assert ("failure_type", 3) in kinds
+    assert as_table.exit_code == 0, as_table.output
+    assert "Quarantine" in as_table.output, as_table.output
+    assert "among 3 failures in the last 60m" in as_table.output
