@@ -265,6 +265,16 @@ class Client:
         status: dict[str, Any] = self.request("GET", "/api/status", idempotent=True)
         return status
 
+    def failure_patterns(
+        self, *, window_s: float = 3600.0, min_confidence: float = 0.0
+    ) -> dict[str, Any]:
+        """Recurring failures by worker, hardware class, failure type and task."""
+        params = {"window_s": window_s, "min_confidence": min_confidence}
+        reply: dict[str, Any] = self.request(
+            "GET", "/api/failure-patterns", idempotent=True, params=params
+        )
+        return reply
+
     def create_key(self, role: str, name: str = "") -> dict[str, Any]:
         """A new API key; the reply holds ``key`` (shown only now), ``key_id`` and ``role``."""
         body = {"role": role, "name": name}

@@ -38,8 +38,7 @@ KIND_LABELS = {"failure_type": "failure type"}
 def failures(client: Client, window_s: float, min_confidence: float, as_json: bool) -> None:
     """Show recurring failures: by worker, hardware class, failure type and
     task, and bursts; each with a count, a confidence and a recommended action."""
-    params = {"window_s": window_s, "min_confidence": min_confidence}
-    reply = client.request("GET", "/api/failure-patterns", idempotent=True, params=params)
+    reply = client.failure_patterns(window_s=window_s, min_confidence=min_confidence)
     if as_json:
         print_json(reply)
     else:

@@ -26,6 +26,7 @@ COMMANDS = [
     ["workers"],
     ["status"],
     ["results"],
+    ["failures"],
     ["keys"],
     ["keys", "create"],
 ]
@@ -46,6 +47,7 @@ def test_every_command_has_help(command: list[str]) -> None:
         ["workers"],
         ["status"],
         ["results"],
+        ["failures"],
         ["submit"],
         ["keys", "create"],
     ],
