@@ -50,14 +50,6 @@ def create_app(settings: CoordinatorSettings) -> FastAPI:
     if created is not None:
         log.warning("no DTF_ADMIN_KEY set: created an admin key in %s (mode 0600)", created)
     journal = SqliteJournal(settings.data_dir)
-    config = StateConfig(
-        settings.lease_timeout_s,
-        settings.worker_timeout_s,
-        settings.recovery,
-        settings.classification_rules,
-        settings.circuit_breaker_threshold,
-        settings.circuit_breaker_reset_s,
-    )
     bus = CommandBus.recover(journal, snapshot_every=settings.snapshot_every)
     hub = WorkerHub(
         bus,
@@ -70,12 +62,7 @@ def create_app(settings: CoordinatorSettings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        bus.start()
-        if bus.state.config != config:
-            await bus.execute(c.Configure(time.time(), config))
-        await bus.execute(c.CoordinatorStarted(time.time()))
-        clock = asyncio.create_task(run_clock(bus), name="dtf-clock")
-        log.info("coordinator serving on http://%s:%d", settings.host, settings.port)
+        clock = await start_serving(runtime)
         try:
             yield
         finally:
@@ -97,6 +84,29 @@ def create_app(settings: CoordinatorSettings) -> FastAPI:
 
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+async def start_serving(runtime: Runtime) -> asyncio.Task[None]:
+    """Start the journal writer, journal changed settings and the restart, start the clock."""
+    bus, settings = runtime.bus, runtime.settings
+    bus.start()
+    config = state_config(settings)
+    if bus.state.config != config:
+        await bus.execute(c.Configure(time.time(), config))
+    await bus.execute(c.CoordinatorStarted(time.time()))
+    log.info("coordinator serving on http://%s:%d", settings.host, settings.port)
+    return asyncio.create_task(run_clock(bus), name="dtf-clock")
+
+
+def state_config(settings: CoordinatorSettings) -> StateConfig:
+    return StateConfig(
+        settings.lease_timeout_s,
+        settings.worker_timeout_s,
+        settings.recovery,
+        settings.classification_rules,
+        settings.circuit_breaker_threshold,
+        settings.circuit_breaker_reset_s,
+    )
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:

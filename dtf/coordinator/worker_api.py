@@ -19,6 +19,11 @@ Authorization = Annotated[str | None, Header()]
 
 
 def worker_protocol_routes(router: APIRouter, rt: Runtime) -> None:
+    _session_routes(router, rt)
+    _report_routes(router, rt)
+
+
+def _session_routes(router: APIRouter, rt: Runtime) -> None:
     @router.websocket("/workers/ws")
     async def worker_socket(websocket: WebSocket) -> None:
         """The worker channel: register, assignments, started, outcomes."""
@@ -66,6 +71,8 @@ def worker_protocol_routes(router: APIRouter, rt: Runtime) -> None:
         renewed = [ref for ref in body.held if rt.state.is_current_lease_ref(worker_id, ref)]
         return json_response(p.HeartbeatReply(rt.settings.lease_timeout_s, renewed))
 
+
+def _report_routes(router: APIRouter, rt: Runtime) -> None:
     @router.get("/workers/{worker_id}/assignments", tags=["worker protocol"])
     async def assignments(worker_id: str, authorization: Authorization = None) -> Response:
         """The attempts this worker currently holds, for HTTP-polling workers."""
