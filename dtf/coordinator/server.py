@@ -106,6 +106,7 @@ def state_config(settings: CoordinatorSettings) -> StateConfig:
         settings.classification_rules,
         settings.circuit_breaker_threshold,
         settings.circuit_breaker_reset_s,
+        settings.poison_after_worker_crashes,
     )
 
 

@@ -23,6 +23,7 @@ class CoordinatorSettings:
     log_level: str = "info"
     circuit_breaker_threshold: int = DEFAULT_THRESHOLD
     circuit_breaker_reset_s: float = DEFAULT_RESET_TIME_S
+    poison_after_worker_crashes: int = 2
     recovery: RecoveryPolicy = field(default_factory=RecoveryPolicy)
     classification_rules: tuple[ClassificationRule, ...] = DEFAULT_RULES
 

@@ -55,6 +55,7 @@ class StateConfig(msgspec.Struct, frozen=True):
     classification_rules: tuple[ClassificationRule, ...] = DEFAULT_RULES
     circuit_breaker_threshold: int = DEFAULT_THRESHOLD
     circuit_breaker_reset_s: float = DEFAULT_RESET_TIME_S
+    poison_after_worker_crashes: int = 2
 
 
 class Lifecycle:
@@ -214,11 +215,13 @@ class Lifecycle:
             worker=worker.capabilities if worker else None,
             policy=self.config.recovery,
             rules=self.config.classification_rules,
+            poison_after=self.config.poison_after_worker_crashes,
         )
         attempt.failure_type = plan.classification.failure_type
         attempt.evidence = plan.classification.evidence_text
         attempt.classified_by = plan.classification.rule_name
-        self.blame(task, attempt, plan.classification.failure_type, now)
+        if not plan.is_poison:
+            self.blame(task, attempt, plan.classification.failure_type, now)
         if isinstance(plan.next_step, Escalate):
             self.finish_task(task, TaskStatus.FAILED, f"{reason}; {plan.next_step.reason}", now)
             return

@@ -13,7 +13,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from dtf.core.effective import effective_requirements, effective_spec
-from dtf.core.failures import Classification, ClassificationRule, FailureEvidence, classify
+from dtf.core.failures import (
+    Classification,
+    ClassificationRule,
+    FailureEvidence,
+    FailureType,
+    classify,
+)
 from dtf.core.model import Capabilities, FailureKind, HardwareClass, Outcome, TaskType
 from dtf.core.records import AttemptRecord, TaskRecord
 from dtf.core.recovery import (
@@ -32,6 +38,7 @@ from dtf.core.retry import recovery_policy_for, retry_refusal
 class RecoveryPlan:
     classification: Classification
     next_step: RecoveryDecision | Escalate
+    is_poison: bool = False
 
 
 def plan_recovery(
@@ -44,6 +51,7 @@ def plan_recovery(
     worker: Capabilities | None,
     policy: RecoveryPolicy,
     rules: tuple[ClassificationRule, ...],
+    poison_after: int = 0,
 ) -> RecoveryPlan:
     hardware = hardware_class_of(task, worker)
     evidence = FailureEvidence.from_outcome(
@@ -52,6 +60,9 @@ def plan_recovery(
         hardware_class=hardware,
     )
     classification = classify(evidence, rules)
+    poison = poison_reason(task, attempt, classification.failure_type, poison_after)
+    if poison is not None:
+        return RecoveryPlan(classification, Escalate(poison), is_poison=True)
     refusal = retry_refusal(attempt=attempt.number, failure=failure, policy=task.spec.retry_policy)
     if refusal is not None:
         return RecoveryPlan(classification, Escalate(refusal))
@@ -82,6 +93,26 @@ def _retry_anyway(
         f"as the task's retry policy allows (retry {attempt.number} of {allowed})"
     )
     return RecoveryDecision(Strategy.DELAYED_RETRY, reason, "retry policy", 0, delay_s=delay_s)
+
+
+def poison_reason(
+    task: TaskRecord, attempt: AttemptRecord, failure_type: FailureType, poison_after: int
+) -> str | None:
+    """A task whose runs took down ``poison_after`` different workers is the
+    problem, not the workers: it is quarantined instead of retried."""
+    if poison_after < 1 or failure_type is not FailureType.WORKER_CRASH:
+        return None
+    crashed = dict.fromkeys(
+        a.worker_id
+        for a in [*task.attempts[:-1], attempt]
+        if a is attempt or a.failure_type is FailureType.WORKER_CRASH
+    )
+    if len(crashed) < poison_after:
+        return None
+    return (
+        f"quarantined as a poison task: its runs took down {len(crashed)} different workers "
+        f"({', '.join(crashed)}); the workers are not blamed"
+    )
 
 
 def hardware_class_of(task: TaskRecord, worker: Capabilities | None) -> HardwareClass:

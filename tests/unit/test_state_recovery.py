@@ -7,6 +7,7 @@ from dtf.core.events import AssignTask
 from dtf.core.failures import FailureType
 from dtf.core.model import FailureKind, Outcome
 from dtf.core.recovery import Strategy
+from dtf.core.state import StateConfig
 from dtf.testing.factories import StateDriver, events_of, task_spec
 
 OOM_STDERR = "Traceback (most recent call last):\n  ...\nMemoryError: out of memory at batch 32\n"
@@ -70,3 +71,36 @@ def test_a_spent_ladder_still_retries_as_the_task_policy_allows_then_fails() -> 
     assert driver.status("t") == "failed"
     assert "retries exhausted" in (task.status_reason or "")
     assert all(a.failure_type is not None for a in task.attempts)
+
+
+def lose_on_current_worker(driver: StateDriver, task_id: str, at: float) -> str:
+    """The worker running the task comes back without it (its machine went down)."""
+    worker_id = driver.worker_of(task_id)
+    driver.register(worker_id, held=[], session=f"s-{at}", at=at)
+    return worker_id
+
+
+def test_a_task_that_takes_down_two_workers_is_quarantined_not_retried() -> None:
+    driver = StateDriver()
+    driver.register("w1")
+    driver.register("w2")
+    driver.submit(("poison", task_spec(retry_policy=NO_DELAY)))
+    first = lose_on_current_worker(driver, "poison", at=1.0)
+    driver.tick(at=1.5)
+    second = lose_on_current_worker(driver, "poison", at=2.0)
+    task = driver.state.tasks["poison"]
+    assert first != second
+    assert driver.status("poison") == "failed"
+    assert "quarantined as a poison task" in (task.status_reason or "")
+    assert second not in driver.state.breakers.workers
+
+
+def test_poison_detection_can_be_turned_off() -> None:
+    driver = StateDriver(StateConfig(poison_after_worker_crashes=0))
+    driver.register("w1")
+    driver.register("w2")
+    driver.submit(("t", task_spec(retry_policy=NO_DELAY)))
+    lose_on_current_worker(driver, "t", at=1.0)
+    driver.tick(at=1.5)
+    lose_on_current_worker(driver, "t", at=2.0)
+    assert driver.status("t") in ("pending", "assigned")
