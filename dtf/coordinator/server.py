@@ -107,6 +107,8 @@ def state_config(settings: CoordinatorSettings) -> StateConfig:
         settings.circuit_breaker_threshold,
         settings.circuit_breaker_reset_s,
         settings.poison_after_worker_crashes,
+        settings.retry_budget_share,
+        settings.retry_budget_min_tasks,
     )
 
 

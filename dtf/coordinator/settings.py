@@ -24,6 +24,8 @@ class CoordinatorSettings:
     circuit_breaker_threshold: int = DEFAULT_THRESHOLD
     circuit_breaker_reset_s: float = DEFAULT_RESET_TIME_S
     poison_after_worker_crashes: int = 2
+    retry_budget_share: float = 0.5
+    retry_budget_min_tasks: int = 10
     recovery: RecoveryPolicy = field(default_factory=RecoveryPolicy)
     classification_rules: tuple[ClassificationRule, ...] = DEFAULT_RULES
 

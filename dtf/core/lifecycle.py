@@ -20,6 +20,7 @@ from dtf.core.breakers import (
     BreakerChange,
     Breakers,
 )
+from dtf.core.budget import RetryBudgets
 from dtf.core.effective import effective_requirements
 from dtf.core.events import (
     AttemptFinished,
@@ -56,6 +57,8 @@ class StateConfig(msgspec.Struct, frozen=True):
     circuit_breaker_threshold: int = DEFAULT_THRESHOLD
     circuit_breaker_reset_s: float = DEFAULT_RESET_TIME_S
     poison_after_worker_crashes: int = 2
+    retry_budget_share: float = 0.5
+    retry_budget_min_tasks: int = 10
 
 
 class Lifecycle:
@@ -72,6 +75,7 @@ class Lifecycle:
         self.task_counts: Counter[TaskStatus] = Counter()
         self.dependants: dict[str, list[str]] = {}
         self.unmet: dict[str, int] = {}
+        self.budgets = RetryBudgets()
         self.breakers = Breakers(
             self.config.circuit_breaker_threshold, self.config.circuit_breaker_reset_s
         )
@@ -105,6 +109,7 @@ class Lifecycle:
             current, new_status, why = settled.pop()
             if current.status.is_terminal:
                 continue
+            self.budgets.end(current)
             self.ready.remove(current.id)
             self.unmet.pop(current.id, None)
             self.set_status(current, new_status, why)
@@ -222,9 +227,16 @@ class Lifecycle:
         attempt.classified_by = plan.classification.rule_name
         if not plan.is_poison:
             self.blame(task, attempt, plan.classification.failure_type, now)
-        if isinstance(plan.next_step, Escalate):
-            self.finish_task(task, TaskStatus.FAILED, f"{reason}; {plan.next_step.reason}", now)
+        over_budget = self.budgets.refusal(
+            task,
+            share=self.config.retry_budget_share,
+            min_tasks=self.config.retry_budget_min_tasks,
+        )
+        if isinstance(plan.next_step, Escalate) or over_budget is not None:
+            why = over_budget if over_budget is not None else plan.next_step.reason
+            self.finish_task(task, TaskStatus.FAILED, f"{reason}; {why}", now)
             return
+        self.budgets.start_retry(task)
         self.recover(task, attempt, plan.next_step, reason, now)
 
     def recover(

@@ -201,7 +201,8 @@ class State(SubmissionMixin, WorkerMixin):
         )
 
     def rebuild_indexes(self) -> None:
-        """Derive ready queues, timers and dependency counts from the records."""
+        """Derive ready queues, timers, dependency counts and retry budgets from the records."""
+        self.budgets.rebuild(self.tasks.values())
         for task in self.tasks.values():
             self.task_counts[task.status] += 1
             if task.lease is not None:

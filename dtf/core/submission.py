@@ -122,6 +122,7 @@ class SubmissionMixin(Lifecycle):
         task = TaskRecord(new.task_id, new.spec, self.next_seq, now, TaskStatus.BLOCKED)
         self.next_seq += 1
         self.tasks[task.id] = task
+        self.budgets.add_task(task)
         self.task_counts[TaskStatus.BLOCKED] += 1
         if new.spec.idempotency_key is not None:
             self.idempotency[new.spec.idempotency_key] = task.id

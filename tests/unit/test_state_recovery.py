@@ -104,3 +104,33 @@ def test_poison_detection_can_be_turned_off() -> None:
     driver.tick(at=1.5)
     lose_on_current_worker(driver, "t", at=2.0)
     assert driver.status("t") in ("pending", "assigned")
+
+
+def test_retries_stop_when_most_of_a_run_is_already_retrying() -> None:
+    driver = StateDriver(StateConfig(retry_budget_share=0.5, retry_budget_min_tasks=4))
+    driver.register("w1", slots=4)
+    slow_retry = {"retry_delay_seconds": 60.0, "jitter": 0.0}
+    tasks = [
+        (f"t{n}", task_spec(retry_policy=slow_retry, labels={"run_id": "r1"})) for n in range(4)
+    ]
+    driver.submit(*tasks, at=0.0)
+    for n in range(4):
+        driver.fail(f"t{n}", FailureKind.CRASHED, at=1.0 + n)
+    statuses = [driver.status(f"t{n}") for n in range(4)]
+    assert statuses == ["pending", "pending", "failed", "failed"]
+    reason = driver.state.tasks["t2"].status_reason or ""
+    assert "retry budget of run 'r1' spent: 2 of its 4 tasks are already retrying" in reason
+
+
+def test_the_budget_is_per_run() -> None:
+    driver = StateDriver(StateConfig(retry_budget_share=0.5, retry_budget_min_tasks=2))
+    driver.register("w1", slots=2)
+    slow_retry = {"retry_delay_seconds": 60.0, "jitter": 0.0}
+    driver.submit(
+        ("a", task_spec(retry_policy=slow_retry, labels={"run_id": "r1"})),
+        ("b", task_spec(retry_policy=slow_retry, labels={"run_id": "r2"})),
+        at=0.0,
+    )
+    driver.fail("a", FailureKind.CRASHED, at=1.0)
+    driver.fail("b", FailureKind.CRASHED, at=2.0)
+    assert driver.status("a") == driver.status("b") == "pending"
