@@ -8,7 +8,7 @@ import msgspec
 
 from dtf.core.breakers import BreakerState, CircuitBreaker
 from dtf.core.effective import effective_requirements
-from dtf.core.matching import count_satisfying, explain_waiting
+from dtf.core.matching import count_satisfying
 from dtf.core.records import TaskRecord, TaskStatus, WorkerRecord
 from dtf.core.state import State
 
@@ -24,9 +24,7 @@ def task_view(state: State, task: TaskRecord, *, now: float) -> dict[str, Any]:
 def waiting_view(state: State, task: TaskRecord, *, now: float) -> dict[str, Any]:
     """Why a task is not running yet, per constraint where that is the reason."""
     if task.status is TaskStatus.BLOCKED:
-        unfinished = [
-            d for d in task.spec.dependencies if state.tasks[d].status.is_terminal is False
-        ]
+        unfinished = [d for d in task.spec.dependencies if not state.tasks[d].status.is_terminal]
         return {"summary": f"waiting for dependencies: {', '.join(unfinished)}", "constraints": []}
     if task.not_before is not None and task.not_before > now:
         return {
@@ -36,7 +34,7 @@ def waiting_view(state: State, task: TaskRecord, *, now: float) -> dict[str, Any
     requirements = effective_requirements(task)
     live = [(w.id, w.capabilities) for w in state.live_workers()]
     counts = count_satisfying(requirements, live)
-    summary = explain_waiting(requirements, live)
+    summary = state.explain(requirements)
     if task.spec.requirements.stage_count > 1:
         summary = f"requirement set {task.requirement_stage + 1} of {task.spec.requirements.stage_count}: {summary}"
     return {
@@ -48,9 +46,10 @@ def waiting_view(state: State, task: TaskRecord, *, now: float) -> dict[str, Any
 def result_views(
     state: State, *, task_id: str | None, limit: int, offset: int
 ) -> list[dict[str, Any]]:
-    tasks = [state.tasks[task_id]] if task_id in state.tasks else []
     if task_id is None:
         tasks = list(state.tasks.values())
+    else:
+        tasks = [state.tasks[task_id]] if task_id in state.tasks else []
     results = [
         {
             "task_id": task.id,

@@ -249,9 +249,10 @@ class State(SubmissionMixin, WorkerMixin):
         """Not while the breaker of the hardware class it would run on is open; and
         a task avoids a worker it failed on while another live worker could run it."""
         task = self.tasks[task_id]
-        hardware = self.breakers.hardware.get(hardware_class_of(task, worker.capabilities))
-        if hardware is not None and not hardware.allows(now):
-            return False
+        if self.breakers.hardware:
+            hardware = self.breakers.hardware.get(hardware_class_of(task, worker.capabilities))
+            if hardware is not None and not hardware.allows(now):
+                return False
         worker_id = worker.id
         if worker_id not in task.avoid_workers:
             return True

@@ -16,7 +16,7 @@ from dtf.core.events import WorkerStatusChanged
 from dtf.core.lifecycle import Lifecycle
 from dtf.core.matching import satisfies
 from dtf.core.model import FailureKind, LeaseRef, RequirementSet
-from dtf.core.records import AttemptStatus, TaskStatus, WorkerRecord, WorkerStatus
+from dtf.core.records import AttemptStatus, WorkerRecord, WorkerStatus
 from dtf.errors import Conflict, InvalidRequest, NotFound
 
 
@@ -181,6 +181,3 @@ class WorkerMixin(Lifecycle):
     def is_current_lease_ref(self, worker_id: str, ref: LeaseRef) -> bool:
         task = self.tasks.get(ref.task_id)
         return task is not None and self.is_current_lease(task, worker_id, ref.fence)
-
-    def running_count(self) -> int:
-        return self.task_counts[TaskStatus.RUNNING] + self.task_counts[TaskStatus.ASSIGNED]
