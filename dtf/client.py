@@ -252,6 +252,16 @@ class Client:
         worker: dict[str, Any] = self.request("GET", f"/api/workers/{worker_id}", idempotent=True)
         return worker
 
+    def set_worker_enabled(
+        self, worker_id: str, *, enabled: bool, reason: str = ""
+    ) -> dict[str, Any]:
+        """End a worker's quarantine, or quarantine it by hand (admin key)."""
+        action = "enable" if enabled else "disable"
+        worker: dict[str, Any] = self.request(
+            "POST", f"/api/workers/{worker_id}/{action}", idempotent=True, json={"reason": reason}
+        )
+        return worker
+
     def results(
         self, task_id: str | None = None, *, limit: int = 100, offset: int = 0
     ) -> builtins.list[dict[str, Any]]:

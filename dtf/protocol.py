@@ -30,6 +30,8 @@ class Register(Struct, frozen=True, tag="register", forbid_unknown_fields=True):
     capabilities: Capabilities
     slots: int
     held: list[LeaseRef] = []
+    incarnation: str = ""
+    health_check: str | None = None
 
 
 class Started(Struct, frozen=True, tag="started", forbid_unknown_fields=True):
@@ -43,6 +45,12 @@ class Started(Struct, frozen=True, tag="started", forbid_unknown_fields=True):
 class OutcomeReport(Struct, frozen=True, tag="outcome", forbid_unknown_fields=True):
     lease: LeaseRef
     outcome: Outcome
+
+
+class HealthCheckReport(Struct, frozen=True, tag="health_check", forbid_unknown_fields=True):
+    passed: bool
+    detail: str = ""
+    duration_s: float = 0.0
 
 
 class HeartbeatRequest(Struct, frozen=True, forbid_unknown_fields=True):
@@ -65,12 +73,23 @@ class Registered(Struct, frozen=True, tag="registered"):
     heartbeat_interval_s: float
 
 
+class CheckpointGrant(Struct, frozen=True):
+    """What an attempt's process needs to save and load checkpoints: the
+    coordinator URL the worker reached it at, a token good for this attempt's
+    lease only, and the digest of the checkpoint the attempt resumes from."""
+
+    url: str
+    token: str
+    resumed_from: str | None = None
+
+
 class Assign(Struct, frozen=True, tag="assign"):
     task_id: str
     attempt: int
     fence: int
     spec: TaskSpec
     lease_timeout_s: float
+    checkpoint: CheckpointGrant | None = None
 
     @property
     def lease(self) -> LeaseRef:
@@ -89,6 +108,12 @@ class OutcomeAck(Struct, frozen=True, tag="outcome_ack"):
     fence: int
 
 
+class RunHealthCheck(Struct, frozen=True, tag="run_health_check"):
+    """Run the health check now and report it; no work comes until it passes."""
+
+    reason: str
+
+
 class ErrorMessage(Struct, frozen=True, tag="error", omit_defaults=True):
     """``lease`` names the report the coordinator refused for good (a report
     for an attempt it does not know or the worker does not hold): resending
@@ -98,8 +123,8 @@ class ErrorMessage(Struct, frozen=True, tag="error", omit_defaults=True):
     lease: LeaseRef | None = None
 
 
-WorkerMessage = Register | Started | OutcomeReport
-CoordinatorMessage = Registered | Assign | Cancel | OutcomeAck | ErrorMessage
+WorkerMessage = Register | Started | OutcomeReport | HealthCheckReport
+CoordinatorMessage = Registered | Assign | Cancel | OutcomeAck | RunHealthCheck | ErrorMessage
 
 worker_message_decoder = msgspec.json.Decoder(WorkerMessage)
 coordinator_message_decoder = msgspec.json.Decoder(CoordinatorMessage)

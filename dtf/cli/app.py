@@ -11,7 +11,7 @@ import logging
 import click
 
 from dtf import __version__
-from dtf.cli import failures, inspect, local, serve, submit
+from dtf.cli import failures, inspect, local, serve, submit, workers
 from dtf.errors import DtfError, Forbidden, Unauthorized
 
 
@@ -52,7 +52,7 @@ for command in (
     submit.submit,
     inspect.tasks,
     inspect.task,
-    inspect.workers,
+    workers.workers,
     inspect.status,
     inspect.results,
     inspect.keys,

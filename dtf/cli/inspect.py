@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from dtf.cli.output import console, json_option, print_json, with_client
-from dtf.cli.render import results_table, status_table, tasks_table, workers_table
+from dtf.cli.render import results_table, status_table, tasks_table
 from dtf.cli.task_view import print_task
 from dtf.client import Client
 
@@ -59,18 +59,6 @@ def task_cancel(client: Client, task_id: str, as_json: bool) -> None:
         print_json(record)
     else:
         click.echo(f"{record['id']} {record['status']}")
-
-
-@click.command()
-@json_option
-@with_client
-def workers(client: Client, as_json: bool) -> None:
-    """List workers with their hardware and load."""
-    found = client.workers()
-    if as_json:
-        print_json({"workers": found})
-    else:
-        console.print(workers_table(found))
 
 
 @click.command()

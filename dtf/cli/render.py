@@ -154,15 +154,43 @@ def status_with_breaker(worker: Record) -> str:
     return text if state == "closed" else f"{text} [bold red](breaker {state})[/bold red]"
 
 
+def health_text(worker: Record) -> str:
+    """'97', or '62 quarantined' / '100 check failed' in red when the worker takes no work."""
+    health = worker.get("health") or {}
+    level = f"{health.get('score', 100.0):.0f}"
+    if health.get("quarantined"):
+        return f"[bold red]{level} quarantined[/bold red]"
+    check = health.get("check", "none")
+    if check in ("pending", "failed"):
+        style = "yellow" if check == "pending" else "bold red"
+        return f"[{style}]{level} check {check}[/{style}]"
+    return f"[green]{level}[/green]" if float(level) >= health.get("threshold", 70) else level
+
+
+def health_reason(worker: Record) -> str | None:
+    """Why a worker takes no new work, or what weighs on its health; None when nothing does."""
+    health = worker.get("health") or {}
+    if health.get("quarantined"):
+        return str(health.get("quarantine_reason") or "quarantined")
+    if health.get("check") == "failed":
+        return f"health check failed: {health.get('check_detail') or '?'}"
+    if health.get("check") == "pending":
+        return f"running its health check: {health.get('check_command')}"
+    summary = health.get("summary")
+    return str(summary) if summary and summary != "no recent results" else None
+
+
 def workers_table(workers: list[Record], now: float | None = None) -> Table:
     table = Table(
-        "id", "status", "hardware", "slots", "cpu/mem", "gpus", "done/failed", "last seen"
-    )
+        "id", "status", "health", "hardware", "slots", "cpu/mem", "gpus", "done/failed",
+        "last seen",
+    )  # fmt: skip
     for worker in workers:
         caps = worker.get("capabilities", {})
         table.add_row(
             worker["id"],
             status_with_breaker(worker),
+            health_text(worker),
             hardware_text(caps),
             f"{len(worker.get('leases', []))}/{worker.get('slots', 0)}",
             f"{caps.get('cpu_count', 1)} cpu, {caps.get('memory_gb', 0.0):.1f} GB",

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import click
 
+from dtf.cli.fault_options import fault_options
 from dtf.cli.output import parse_pairs
 from dtf.client import DEFAULT_COORDINATOR, parse_coordinators
 from dtf.core.model import HardwareClass
+from dtf.worker.faults import FaultSettings
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -53,6 +55,21 @@ def configure_logging(level: str) -> None:
     help="Seconds an open breaker waits before letting one probe through.",
 )
 @click.option(
+    "--health-threshold",
+    default=70.0,
+    show_default=True,
+    type=click.FloatRange(0, 100),
+    help="Health score (0-100) below which a worker is quarantined: it gets no new work.",
+)
+@click.option(
+    "--health-half-life",
+    "health_half_life_s",
+    default=600.0,
+    show_default=True,
+    type=click.FloatRange(0, min_open=True),
+    help="Seconds after which a result counts half as much in a worker's health score.",
+)
+@click.option(
     "--recovery-config",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     help="YAML file of recovery ladders, mode and classification rules "
@@ -72,6 +89,8 @@ def coordinator(
     log_level: str,
     circuit_breaker_threshold: int,
     circuit_breaker_reset_s: float,
+    health_threshold: float,
+    health_half_life_s: float,
     recovery_config: Path | None,
     admin_key: str | None,
 ) -> None:
@@ -92,6 +111,8 @@ def coordinator(
         log_level=log_level,
         circuit_breaker_threshold=circuit_breaker_threshold,
         circuit_breaker_reset_s=circuit_breaker_reset_s,
+        health_threshold=health_threshold,
+        health_half_life_s=health_half_life_s,
     )
     if recovery is not None:
         settings = dataclasses.replace(
@@ -139,7 +160,22 @@ def parse_hardware(values: tuple[str, ...]) -> list[HardwareClass]:
     help="Where tasks run [default: a temporary directory removed at exit].",
 )
 @click.option("--burst", is_flag=True, help="Exit once the queue has nothing more for this worker.")
+@click.option(
+    "--health-check",
+    metavar="COMMAND",
+    help="Shell command that must exit 0 before this worker gets work, and again "
+    "to leave quarantine (e.g. 'nvidia-smi' or a tiny smoke test).",
+)
+@click.option(
+    "--health-check-timeout",
+    "health_check_timeout_s",
+    default=300.0,
+    show_default=True,
+    type=click.FloatRange(0, min_open=True),
+    help="Seconds before a running health check is killed and counted as failed.",
+)
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(LOG_LEVELS))
+@fault_options(with_log=True)
 def worker(
     coordinator: str,
     api_key: str,
@@ -150,7 +186,10 @@ def worker(
     declare_gpu: tuple[str, ...],
     work_dir: Path | None,
     burst: bool,
+    health_check: str | None,
+    health_check_timeout_s: float,
     log_level: str,
+    faults: FaultSettings | None,
 ) -> None:
     """Run a worker agent: detect hardware, take matching tasks, report outcomes."""
     from dtf.worker.hardware import parse_declared_gpu
@@ -166,7 +205,10 @@ def worker(
         declared_gpus=[parse_declared_gpu(value) for value in declare_gpu],
         work_dir=work_dir.resolve() if work_dir else None,
         burst=burst,
+        health_check=health_check,
+        health_check_timeout_s=health_check_timeout_s,
         worker_id=worker_id or socket.gethostname(),
+        faults=faults,
     )
     from dtf.worker.agent import run_worker
 

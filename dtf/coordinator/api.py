@@ -17,8 +17,9 @@ from dtf.coordinator.bodies import KeyRequest, SubmitBatch, decode_body, new_tas
 from dtf.coordinator.patterns_api import pattern_routes
 from dtf.coordinator.responses import json_response
 from dtf.coordinator.runtime import Runtime
-from dtf.coordinator.views import result_views, task_view, worker_view
+from dtf.coordinator.views import result_views, task_view
 from dtf.coordinator.worker_api import worker_protocol_routes
+from dtf.coordinator.workers_api import worker_routes
 from dtf.core import commands as c
 from dtf.core.events import TaskAccepted
 from dtf.core.model import TaskSpec
@@ -31,7 +32,7 @@ Authorization = Annotated[str | None, Header()]
 def build_router(runtime: Runtime) -> APIRouter:
     router = APIRouter(prefix="/api")
     _task_routes(router, runtime)
-    _worker_routes(router, runtime)
+    worker_routes(router, runtime)
     worker_protocol_routes(router, runtime)
     _info_routes(router, runtime)
     pattern_routes(router, runtime)
@@ -107,24 +108,6 @@ def _task(rt: Runtime, task_id: str) -> Any:
     if task is None:
         raise NotFound(f"task {task_id!r} does not exist; list tasks with `dtf tasks`")
     return task
-
-
-def _worker_routes(router: APIRouter, rt: Runtime) -> None:
-    @router.get("/workers", tags=["workers"])
-    async def list_workers(authorization: Authorization = None) -> Response:
-        """Every worker seen, with capabilities (declared ones marked) and status."""
-        rt.auth.require(authorization, "read")
-        return json_response(
-            {"workers": [worker_view(rt.state, w) for w in rt.state.workers.values()]}
-        )
-
-    @router.get("/workers/{worker_id}", tags=["workers"])
-    async def get_worker(worker_id: str, authorization: Authorization = None) -> Response:
-        rt.auth.require(authorization, "read")
-        worker = rt.state.workers.get(worker_id)
-        if worker is None:
-            raise NotFound(f"worker {worker_id!r} is not registered")
-        return json_response(worker_view(rt.state, worker))
 
 
 def _info_routes(router: APIRouter, rt: Runtime) -> None:

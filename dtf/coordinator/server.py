@@ -25,6 +25,9 @@ from dtf.coordinator.api import build_router
 from dtf.coordinator.auth import Authenticator, load_or_create_admin_key
 from dtf.coordinator.bodies import KeyRequest, SubmitBatch, schema_components
 from dtf.coordinator.bus import CommandBus
+from dtf.coordinator.checkpoint_grants import GrantIssuer
+from dtf.coordinator.checkpoint_store import CheckpointStore
+from dtf.coordinator.checkpoints_api import checkpoint_router
 from dtf.coordinator.datadir import DataDirLock
 from dtf.coordinator.errors import install_error_handlers
 from dtf.coordinator.limits import BodySizeLimit
@@ -51,10 +54,12 @@ def create_app(settings: CoordinatorSettings) -> FastAPI:
         log.warning("no DTF_ADMIN_KEY set: created an admin key in %s (mode 0600)", created)
     journal = SqliteJournal(settings.data_dir)
     bus = CommandBus.recover(journal, snapshot_every=settings.snapshot_every)
+    grants = GrantIssuer(admin_key)
     hub = WorkerHub(
         bus,
         lease_timeout_s=settings.lease_timeout_s,
         heartbeat_interval_s=settings.heartbeat_interval_s,
+        grants=grants,
     )
     runtime = Runtime(
         settings, bus, hub, Authenticator(admin_key, bus.state.api_keys), str(journal.path)
@@ -74,6 +79,10 @@ def create_app(settings: CoordinatorSettings) -> FastAPI:
     app = FastAPI(title="dtf coordinator", version=__version__, lifespan=lifespan)
     app.state.runtime = runtime
     app.include_router(build_router(runtime))
+    checkpoints = CheckpointStore(
+        settings.data_dir / "checkpoints", max_bytes=settings.max_body_bytes
+    )
+    app.include_router(checkpoint_router(runtime, checkpoints, grants))
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
 
@@ -109,6 +118,8 @@ def state_config(settings: CoordinatorSettings) -> StateConfig:
         settings.poison_after_worker_crashes,
         settings.retry_budget_share,
         settings.retry_budget_min_tasks,
+        settings.health_threshold,
+        settings.health_half_life_s,
     )
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from dtf.core.breakers import DEFAULT_RESET_TIME_S, DEFAULT_THRESHOLD
 from dtf.core.failures import DEFAULT_RULES, ClassificationRule
+from dtf.core.health import DEFAULT_HALF_LIFE_S
+from dtf.core.health import DEFAULT_THRESHOLD as DEFAULT_HEALTH_THRESHOLD
 from dtf.core.recovery import RecoveryPolicy
 
 
@@ -26,6 +28,8 @@ class CoordinatorSettings:
     poison_after_worker_crashes: int = 2
     retry_budget_share: float = 0.5
     retry_budget_min_tasks: int = 10
+    health_threshold: float = DEFAULT_HEALTH_THRESHOLD
+    health_half_life_s: float = DEFAULT_HALF_LIFE_S
     recovery: RecoveryPolicy = field(default_factory=RecoveryPolicy)
     classification_rules: tuple[ClassificationRule, ...] = DEFAULT_RULES
 

@@ -8,6 +8,7 @@ import msgspec
 
 from dtf.core.breakers import BreakerState, CircuitBreaker
 from dtf.core.effective import effective_requirements
+from dtf.core.health import explain, score
 from dtf.core.matching import count_satisfying
 from dtf.core.records import TaskRecord, TaskStatus, WorkerRecord
 from dtf.core.state import State
@@ -72,11 +73,25 @@ def result_views(
     return results[offset : offset + limit]
 
 
-def worker_view(state: State, worker: WorkerRecord) -> dict[str, Any]:
-    """A worker with its circuit breaker (closed when it never failed)."""
+def worker_view(state: State, worker: WorkerRecord, *, now: float) -> dict[str, Any]:
+    """A worker with its health score and circuit breaker (closed when it never failed)."""
     view: dict[str, Any] = msgspec.to_builtins(worker)
     breaker = state.breakers.workers.get(worker.id)
     view["breaker"] = breaker_view(breaker) if breaker else {"state": "closed"}
+    view["health"] = health_view(state, worker, now=now)
+    view["takes_work"] = state.takes_work(worker)
+    return view
+
+
+def health_view(state: State, worker: WorkerRecord, *, now: float) -> dict[str, Any]:
+    """The score and what weighs on it, quarantine and health check; raw samples omitted."""
+    health = worker.health
+    half_life = state.config.health_half_life_s
+    view: dict[str, Any] = msgspec.to_builtins(health)
+    del view["samples"]
+    view["score"] = round(score(health.samples, now, half_life), 1)
+    view["summary"] = explain(health.samples, now, half_life)
+    view["threshold"] = state.config.health_threshold
     return view
 
 

@@ -18,14 +18,17 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from dtf import protocol as p
 from dtf.coordinator.bus import CommandBus
+from dtf.coordinator.checkpoint_grants import GrantIssuer
 from dtf.core import commands as c
-from dtf.core.events import AssignTask, CancelAttempt, Event, OutcomeAccepted
+from dtf.core.events import AssignTask, CancelAttempt, Event, OutcomeAccepted, RunHealthCheck
 from dtf.core.model import LeaseRef
 from dtf.errors import DtfError
 
 log = logging.getLogger(__name__)
 
-OutboundMessage = p.Assign | p.Cancel | p.OutcomeAck | p.Registered | p.ErrorMessage
+OutboundMessage = (
+    p.Assign | p.Cancel | p.OutcomeAck | p.Registered | p.RunHealthCheck | p.ErrorMessage
+)
 
 
 class _Connection:
@@ -33,6 +36,8 @@ class _Connection:
         self.websocket = websocket
         self.worker_id = worker_id
         self.session = session
+        # The URL the worker reached us at, as http(s) ("ws" -> "http", "wss" -> "https").
+        self.base_url = str(websocket.base_url).replace("ws", "http", 1).rstrip("/")
         self.outbox: asyncio.Queue[OutboundMessage | None] = asyncio.Queue()
 
     def send(self, message: OutboundMessage) -> None:
@@ -50,9 +55,15 @@ class _Connection:
 
 class WorkerHub:
     def __init__(
-        self, bus: CommandBus, *, lease_timeout_s: float, heartbeat_interval_s: float
+        self,
+        bus: CommandBus,
+        *,
+        lease_timeout_s: float,
+        heartbeat_interval_s: float,
+        grants: GrantIssuer | None = None,
     ) -> None:
         self.bus = bus
+        self.grants = grants
         self.lease_timeout_s = lease_timeout_s
         self.heartbeat_interval_s = heartbeat_interval_s
         self._connections: dict[str, _Connection] = {}
@@ -61,16 +72,28 @@ class WorkerHub:
     def on_events(self, events: list[Event]) -> None:
         for event in events:
             if isinstance(event, AssignTask):
-                self._send(
-                    event.worker_id,
-                    p.Assign(
-                        event.task_id, event.attempt, event.fence, event.spec, event.lease_timeout_s
-                    ),
-                )
+                self._send_assign(event)
             elif isinstance(event, CancelAttempt):
                 self._send(event.worker_id, p.Cancel(event.task_id, event.attempt, event.fence))
             elif isinstance(event, OutcomeAccepted):
                 self._send(event.worker_id, p.OutcomeAck(event.task_id, event.attempt, event.fence))
+            elif isinstance(event, RunHealthCheck):
+                self._send(event.worker_id, p.RunHealthCheck(event.reason))
+
+    def _send_assign(self, event: AssignTask) -> None:
+        """An assignment, with the checkpoint grant for its process when there are grants."""
+        connection = self._connections.get(event.worker_id)
+        if connection is None:
+            return
+        lease = LeaseRef(event.task_id, event.attempt, event.fence)
+        grant = (
+            self.grants.grant(self.bus.state, lease, connection.base_url) if self.grants else None
+        )
+        connection.send(
+            p.Assign(
+                lease.task_id, lease.attempt, lease.fence, event.spec, event.lease_timeout_s, grant
+            )
+        )
 
     def _send(self, worker_id: str, message: OutboundMessage) -> None:
         connection = self._connections.get(worker_id)
@@ -109,6 +132,8 @@ class WorkerHub:
             message.capabilities,
             message.slots,
             message.held,
+            message.incarnation,
+            message.health_check,
         )
         try:
             self.bus.state.check(command)
@@ -147,6 +172,9 @@ class WorkerHub:
             )
         elif isinstance(message, p.OutcomeReport):
             command = c.ReportOutcome(now, connection.worker_id, message.lease, message.outcome)
+        elif isinstance(message, p.HealthCheckReport):
+            self._report_health_check(connection, message)
+            return
         else:
             connection.send(p.ErrorMessage("already registered on this connection"))
             return
@@ -156,6 +184,22 @@ class WorkerHub:
             connection.send(_refusal(exc, message.lease))
             return
         future.add_done_callback(lambda f: _report_failure(connection, message.lease, f))
+
+    def _report_health_check(self, connection: _Connection, report: p.HealthCheckReport) -> None:
+        command = c.ReportHealthCheck(
+            time.time(),
+            connection.worker_id,
+            connection.session,
+            report.passed,
+            report.detail,
+            report.duration_s,
+        )
+        try:
+            future = self.bus.enqueue(command)
+        except DtfError as exc:
+            connection.send(p.ErrorMessage(exc.message))
+            return
+        future.add_done_callback(lambda f: _report_failure(connection, None, f))
 
     async def _close(self, connection: _Connection, sender: asyncio.Task[None]) -> None:
         if self._connections.get(connection.worker_id) is connection:
@@ -174,7 +218,7 @@ class WorkerHub:
 
 
 def _report_failure(
-    connection: _Connection, lease: LeaseRef, future: asyncio.Future[list[Event]]
+    connection: _Connection, lease: LeaseRef | None, future: asyncio.Future[list[Event]]
 ) -> None:
     if future.cancelled():
         return
@@ -185,7 +229,7 @@ def _report_failure(
         log.error("command from %s failed", connection.worker_id, exc_info=exc)
 
 
-def _refusal(exc: DtfError, lease: LeaseRef) -> p.ErrorMessage:
+def _refusal(exc: DtfError, lease: LeaseRef | None) -> p.ErrorMessage:
     """Name the lease when retrying cannot help (a 4xx), not when the
     coordinator is only unavailable for now."""
     final = exc.status_code < 500

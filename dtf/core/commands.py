@@ -13,7 +13,7 @@ from msgspec import Struct
 
 from dtf.core.lifecycle import StateConfig
 from dtf.core.model import Capabilities, LeaseRef, Outcome, TaskSpec
-from dtf.core.records import Role
+from dtf.core.records import CheckpointKind, Role
 
 
 class NewTask(Struct, frozen=True, array_like=True):
@@ -44,6 +44,8 @@ class RegisterWorker(Struct, frozen=True, tag="register_worker"):
     capabilities: Capabilities
     slots: int
     held: list[LeaseRef] = []
+    incarnation: str = ""
+    health_check: str | None = None
 
 
 class WorkerDisconnected(Struct, frozen=True, tag="worker_disconnected"):
@@ -78,6 +80,20 @@ class ReportOutcome(Struct, frozen=True, tag="report_outcome"):
     outcome: Outcome
 
 
+class RecordCheckpoint(Struct, frozen=True, tag="record_checkpoint"):
+    """A task saved a checkpoint whose blob (``digest``) is already stored.
+    Accepted only under the task's current lease, so a fenced attempt can
+    never replace the checkpoint of the attempt that superseded it."""
+
+    at: float
+    worker_id: str
+    lease: LeaseRef
+    digest: str
+    size: int
+    kind: CheckpointKind
+    step: int | None = None
+
+
 class Tick(Struct, frozen=True, tag="tick"):
     """The clock: expires leases and workers, releases delayed retries,
     advances fallback requirements. Submitted only when something is due."""
@@ -99,6 +115,26 @@ class Configure(Struct, frozen=True, tag="configure"):
     config: StateConfig
 
 
+class ReportHealthCheck(Struct, frozen=True, tag="report_health_check"):
+    """A worker ran its health check: before real work, or to leave quarantine."""
+
+    at: float
+    worker_id: str
+    session: str
+    passed: bool
+    detail: str = ""
+    duration_s: float = 0.0
+
+
+class SetWorkerEnabled(Struct, frozen=True, tag="set_worker_enabled"):
+    """An admin takes a worker out of service, or puts it back (ending any quarantine)."""
+
+    at: float
+    worker_id: str
+    enabled: bool
+    reason: str = ""
+
+
 class CreateApiKey(Struct, frozen=True, tag="create_api_key"):
     at: float
     key_id: str
@@ -115,10 +151,13 @@ Command = (
     | Heartbeat
     | TaskStarted
     | ReportOutcome
+    | RecordCheckpoint
     | Tick
     | CoordinatorStarted
     | CreateApiKey
     | Configure
+    | ReportHealthCheck
+    | SetWorkerEnabled
 )
 
 _encoder = msgspec.msgpack.Encoder()

@@ -85,6 +85,21 @@ class BreakerChanged(Struct, frozen=True, tag="breaker_changed"):
     reason: str
 
 
+class WorkerHealthChanged(Struct, frozen=True, tag="worker_health_changed"):
+    """A worker was quarantined (no new work) or returned to service."""
+
+    worker_id: str
+    quarantined: bool
+    reason: str
+
+
+class RunHealthCheck(Struct, frozen=True, tag="run_health_check"):
+    """The worker must run its health check before it gets (more) work."""
+
+    worker_id: str
+    reason: str
+
+
 class RequirementStageAdvanced(Struct, frozen=True, tag="requirement_stage_advanced"):
     task_id: str
     stage: int
@@ -101,4 +116,6 @@ Event = (
     | WorkerStatusChanged
     | RequirementStageAdvanced
     | BreakerChanged
+    | WorkerHealthChanged
+    | RunHealthCheck
 )

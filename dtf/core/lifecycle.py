@@ -28,8 +28,18 @@ from dtf.core.events import (
     Event,
     RetryScheduled,
     TaskStatusChanged,
+    WorkerHealthChanged,
 )
 from dtf.core.failures import DEFAULT_RULES, ClassificationRule, FailureType
+from dtf.core.health import (
+    DEFAULT_HALF_LIFE_S,
+    HealthSample,
+    describe,
+    fault,
+    score,
+    success,
+)
+from dtf.core.health import DEFAULT_THRESHOLD as DEFAULT_HEALTH_THRESHOLD
 from dtf.core.model import FailureKind, HardwareClass, Outcome, TestOutcome
 from dtf.core.queues import ReadyQueues
 from dtf.core.records import (
@@ -59,6 +69,13 @@ class StateConfig(msgspec.Struct, frozen=True):
     poison_after_worker_crashes: int = 2
     retry_budget_share: float = 0.5
     retry_budget_min_tasks: int = 10
+    health_threshold: float = DEFAULT_HEALTH_THRESHOLD
+    health_half_life_s: float = DEFAULT_HALF_LIFE_S
+
+    @property
+    def health_recheck_s(self) -> float:
+        """How often a quarantined worker is looked at again (or asked for a health check)."""
+        return self.health_half_life_s / 4
 
 
 class Lifecycle:
@@ -184,6 +201,7 @@ class Lifecycle:
         if outcome.failure is None:
             attempt = self.end_attempt(task, AttemptStatus.SUCCEEDED, now, outcome=outcome)
             self.note_worker_result(attempt.worker_id, succeeded=True)
+            self.note_health(attempt.worker_id, success(now), now)
             changes = self.breakers.on_success(
                 now, worker_id=attempt.worker_id, hardware_class=self.hardware_of(task, attempt)
             )
@@ -227,6 +245,10 @@ class Lifecycle:
         attempt.classified_by = plan.classification.rule_name
         if not plan.is_poison:
             self.blame(task, attempt, plan.classification.failure_type, now)
+        if not plan.is_poison and status is not AttemptStatus.LOST:
+            failure_type = plan.classification.failure_type
+            if failure_type in WORKER_FAULTS:
+                self.note_health(attempt.worker_id, fault(now, failure_type.value), now)
         over_budget = self.budgets.refusal(
             task,
             share=self.config.retry_budget_share,
@@ -299,6 +321,31 @@ class Lifecycle:
             worker.tasks_completed += 1
         else:
             worker.tasks_failed += 1
+
+    def note_health(self, worker_id: str, sample: HealthSample, now: float) -> None:
+        """Add to the worker's health record; quarantine it when its score drops below the threshold.
+
+        A lost lease is not a sample of its own: the dropped connection or the
+        silence that lost it is, once for the worker however many tasks it held.
+        """
+        worker = self.workers.get(worker_id)
+        if worker is None:
+            return
+        health = worker.health
+        health.add(sample)
+        half_life, threshold = self.config.health_half_life_s, self.config.health_threshold
+        if not health.quarantined and score(health.samples, now, half_life) < threshold:
+            why = f"{describe(health.samples, now, half_life)} is below {threshold:.0f}"
+            self.quarantine(worker, why, now)
+
+    def quarantine(
+        self, worker: WorkerRecord, reason: str, now: float, *, by_admin: bool = False
+    ) -> None:
+        health = worker.health
+        health.quarantined, health.quarantine_reason = True, reason
+        health.quarantined_at, health.held_by_admin = now, by_admin
+        health.recheck_at = None if by_admin else now + self.config.health_recheck_s
+        self.events.append(WorkerHealthChanged(worker.id, True, reason))
 
 
 def completion_reason(outcome: Outcome) -> str:

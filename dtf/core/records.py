@@ -12,9 +12,11 @@ from __future__ import annotations
 import enum
 from typing import Any
 
+import msgspec
 from msgspec import Struct
 
 from dtf.core.failures import FailureType
+from dtf.core.health import WorkerHealth
 from dtf.core.model import Capabilities, FailureKind, HardwareClass, Outcome, TaskSpec
 from dtf.core.recovery import Strategy
 from dtf.errors import InvalidTransition
@@ -93,6 +95,23 @@ class Lease(Struct, array_like=True):
     expires_at: float
 
 
+class CheckpointKind(enum.StrEnum):
+    BYTES = "bytes"
+    JSON = "json"
+
+
+class CheckpointRef(Struct, frozen=True):
+    """A checkpoint a task saved: its blob's SHA-256 (the blob is a file in the
+    coordinator's data dir, never in the journal) and who saved it when."""
+
+    digest: str
+    size: int
+    kind: CheckpointKind
+    attempt: int
+    saved_at: float
+    step: int | None = None
+
+
 class AttemptRecord(Struct):
     number: int
     worker_id: str
@@ -114,6 +133,9 @@ class AttemptRecord(Struct):
     classified_by: str | None = None
     recovery: Strategy | None = None
     recovery_reason: str | None = None
+    resumed_from: CheckpointRef | None = None
+    checkpoints_saved: int = 0
+    last_checkpoint: CheckpointRef | None = None
 
     def finish(
         self,
@@ -153,6 +175,7 @@ class TaskRecord(Struct):
     hardware_override: list[HardwareClass] | None = None
     finished_at: float | None = None
     cancel_requested: bool = False
+    checkpoint: CheckpointRef | None = None
 
     def move_to(self, status: TaskStatus, reason: str | None = None) -> None:
         if status not in TASK_TRANSITIONS[self.status]:
@@ -179,6 +202,8 @@ class WorkerRecord(Struct):
     leases: list[str] = []
     tasks_completed: int = 0
     tasks_failed: int = 0
+    incarnation: str = ""
+    health: WorkerHealth = msgspec.field(default_factory=WorkerHealth)
 
     @property
     def free_slots(self) -> int:

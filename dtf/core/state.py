@@ -9,8 +9,8 @@ on any machine yields the same state and the same events.
 
 After every command the scheduler fills free worker slots; assignments are
 therefore part of the deterministic replay, not separate commands. Timers
-(lease expiry, delayed retries, requirement fallbacks, worker liveness) fire
-only on ``Tick``; ``next_deadline`` tells the shell when one is due.
+(lease expiry, delayed retries, requirement fallbacks, worker liveness,
+quarantine reviews) fire only on ``Tick``; ``next_deadline`` tells the shell when one is due.
 
 Rules kept here:
 - a task has at most one live lease; every lease has a fence number that only grows;
@@ -30,6 +30,7 @@ import msgspec
 
 from dtf.core import commands as c
 from dtf.core.breakers import Breakers
+from dtf.core.checkpoints import CheckpointMixin
 from dtf.core.effective import effective_requirements, effective_spec
 from dtf.core.events import (
     AssignTask,
@@ -39,6 +40,7 @@ from dtf.core.events import (
     RequirementStageAdvanced,
 )
 from dtf.core.lifecycle import StateConfig
+from dtf.core.quarantine import HealthMixin
 from dtf.core.records import (
     ApiKeyRecord,
     AttemptRecord,
@@ -52,7 +54,6 @@ from dtf.core.records import (
 from dtf.core.recovery_plan import hardware_class_of
 from dtf.core.submission import SubmissionMixin
 from dtf.core.timers import Timer, TimerKind
-from dtf.core.workers import WorkerMixin
 
 
 class Snapshot(msgspec.Struct):
@@ -71,7 +72,7 @@ class Snapshot(msgspec.Struct):
 __all__ = ["Snapshot", "State", "StateConfig"]
 
 
-class State(SubmissionMixin, WorkerMixin):
+class State(SubmissionMixin, CheckpointMixin, HealthMixin):
     def __init__(self, config: StateConfig | None = None) -> None:
         super().__init__(config)
         self.applied_seq = 0
@@ -101,6 +102,7 @@ class State(SubmissionMixin, WorkerMixin):
     def on_tick(self, command: c.Tick, now: float) -> None:
         self.fire_timers(now)
         self.expire_silent_workers(now)
+        self.fire_health_rechecks(now)
 
     def on_create_api_key(self, command: c.CreateApiKey, now: float) -> None:
         self.api_keys[command.key_id] = ApiKeyRecord(
@@ -171,6 +173,7 @@ class State(SubmissionMixin, WorkerMixin):
             self.timers.discard_top()
         deadlines = [timer.due] if timer is not None else []
         deadlines.extend(probe for probe in self.breaker_probes() if probe > self.clock)
+        deadlines.extend(self.health_deadlines())
         deadlines.extend(
             w.last_seen_at + self.config.worker_timeout_s
             for w in self.workers.values()
@@ -274,6 +277,7 @@ class State(SubmissionMixin, WorkerMixin):
             requirement_stage=task.requirement_stage,
             params_patch=dict(task.params_patch),
             hardware=task.hardware_override,
+            resumed_from=task.checkpoint,
         )
         task.attempts.append(attempt)
         task.lease = Lease(worker.id, attempt.number, fence, now + self.config.lease_timeout_s)

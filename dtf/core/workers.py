@@ -13,6 +13,7 @@ from collections.abc import Iterable
 
 from dtf.core import commands as c
 from dtf.core.events import WorkerStatusChanged
+from dtf.core.health import connection_dropped, went_silent
 from dtf.core.lifecycle import Lifecycle
 from dtf.core.matching import satisfies
 from dtf.core.model import FailureKind, LeaseRef, RequirementSet
@@ -94,6 +95,7 @@ class WorkerMixin(Lifecycle):
             return
         if worker.status is WorkerStatus.ONLINE:
             self.set_worker_status(worker, WorkerStatus.SUSPECT, "connection dropped")
+            self.note_health(worker.id, connection_dropped(now), now)
 
     def reconcile_leases(
         self, worker: WorkerRecord, held: list[LeaseRef], max_fence_seen: int | None, now: float
@@ -129,6 +131,7 @@ class WorkerMixin(Lifecycle):
                 self.set_worker_status(
                     worker, WorkerStatus.OFFLINE, f"no heartbeat for {silent_for:.0f}s"
                 )
+                self.note_health(worker.id, went_silent(now), now)
 
     def expire_lease(self, task_id: str, fence: int, now: float) -> bool:
         """End an expired lease as lost. False when it was renewed (re-armed) or is moot."""
@@ -167,15 +170,17 @@ class WorkerMixin(Lifecycle):
     # -- queries -----------------------------------------------------------
 
     def assignable_workers(self) -> Iterable[WorkerRecord]:
-        return (
-            w for w in self.workers.values() if w.status is WorkerStatus.ONLINE and w.free_slots > 0
-        )
+        return (w for w in self.workers.values() if w.free_slots > 0 and self.takes_work(w))
+
+    def takes_work(self, worker: WorkerRecord) -> bool:
+        """Connected, not quarantined, and past its health check if it has one."""
+        return worker.status is WorkerStatus.ONLINE and worker.health.admits_work
 
     def workers_satisfying(self, requirements: RequirementSet) -> list[WorkerRecord]:
         return [
             w
             for w in self.workers.values()
-            if w.status is WorkerStatus.ONLINE and satisfies(requirements, w.capabilities, w.id)
+            if self.takes_work(w) and satisfies(requirements, w.capabilities, w.id)
         ]
 
     def is_current_lease_ref(self, worker_id: str, ref: LeaseRef) -> bool:

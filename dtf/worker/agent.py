@@ -37,10 +37,12 @@ from dtf.protocol import (
     Cancel,
     CoordinatorMessage,
     ErrorMessage,
+    HealthCheckReport,
     OutcomeAck,
     OutcomeReport,
     Register,
     Registered,
+    RunHealthCheck,
     WorkerMessage,
     coordinator_frame_decoder,
     coordinator_message_decoder,
@@ -49,7 +51,9 @@ from dtf.protocol import (
 )
 from dtf.worker.connection import Backoff, Channel, Endpoints
 from dtf.worker.executors import execute
+from dtf.worker.fault_actions import FaultInjector
 from dtf.worker.hardware import declare, detect
+from dtf.worker.health_check import run_health_check
 from dtf.worker.heartbeat import HeartbeatThread, Target, Watchdog
 from dtf.worker.leases import FencedLease, LeaseTable
 from dtf.worker.observer import AttemptObserver
@@ -83,6 +87,11 @@ class WorkerAgent:
         self.has_finished_a_task = False
         self.idle_timer: asyncio.TimerHandle | None = None
         self.background: set[asyncio.Task[None]] = set()
+        self.faults = (
+            FaultInjector(settings.faults, settings.worker_id, self) if settings.faults else None
+        )
+        self.incarnation = uuid.uuid4().hex
+        self.checking_health = False
         loop = asyncio.get_running_loop()
 
         def on_fenced(fenced: FencedLease) -> None:
@@ -175,9 +184,16 @@ class WorkerAgent:
         held, _ = self.leases.held()
         session = uuid.uuid4().hex
         worker_id, slots = self.settings.worker_id, self.settings.slots
-        await websocket.send(
-            json_encoder.encode(Register(worker_id, session, self.capabilities, slots, held))
+        register = Register(
+            worker_id,
+            session,
+            self.capabilities,
+            slots,
+            held,
+            self.incarnation,
+            self.settings.health_check,
         )
+        await websocket.send(json_encoder.encode(register))
         reply = coordinator_message_decoder.decode(
             await asyncio.wait_for(websocket.recv(), REGISTER_TIMEOUT_S)
         )
@@ -235,8 +251,30 @@ class WorkerAgent:
                 logger.error("coordinator says: %s", message.message)
             case ErrorMessage(lease=lease) if lease is not None:
                 self.on_report_refused(lease, message.message)
+            case RunHealthCheck():
+                self.on_run_health_check(message.reason)
             case Registered():
                 logger.debug("ignoring a repeated registered message")
+
+    def on_run_health_check(self, reason: str) -> None:
+        command = self.settings.health_check
+        if command is None:
+            detail = "asked for a health check but none is configured; restart with --health-check"
+            self.send(HealthCheckReport(False, detail))
+        elif not self.checking_health:
+            self.checking_health = True
+            self.in_background(self.check_health(command, reason))
+
+    async def check_health(self, command: str, reason: str) -> None:
+        logger.info("running the health check (%s): %s", reason, command)
+        try:
+            timeout_s = self.settings.health_check_timeout_s
+            report = await run_health_check(command, timeout_s, self.workdir)
+        finally:
+            self.checking_health = False
+        verdict = "passed" if report.passed else "FAILED"
+        logger.info("health check %s in %.1fs: %s", verdict, report.duration_s, report.detail)
+        self.send(report)
 
     def on_assign(self, assign: Assign) -> None:
         lease = assign.lease
@@ -282,6 +320,12 @@ class WorkerAgent:
         if task is not None:
             task.cancel()
 
+    def drop_connection(self, reason: str) -> None:
+        """Cut the WebSocket with no closing handshake, as a network fault would."""
+        if self.channel is not None:
+            logger.warning("cutting the connection to the coordinator: %s", reason)
+            self.channel.websocket.transport.abort()
+
     def on_session_rejected(self, session: str) -> None:
         channel = self.channel
         if channel is not None and channel.session == session:
@@ -294,8 +338,9 @@ class WorkerAgent:
         attempt was cancelled or fenced) kills the attempt and reports nothing."""
         lease = assign.lease
         observer = AttemptObserver(lease, self.reaper, self.leases, self.send)
+        faults = self.faults.watch(assign, observer) if self.faults else None
         try:
-            outcome = await execute(assign, workdir=self.workdir, observer=observer)
+            outcome = await execute(assign, workdir=self.workdir, observer=faults or observer)
         except Exception as exc:  # a bug in an executor ends this attempt, not the agent
             logger.exception("executor failed on task %s attempt %d", lease.task_id, lease.attempt)
             outcome = Outcome(
@@ -303,6 +348,10 @@ class WorkerAgent:
             )
         finally:
             observer.close()
+            if faults is not None:
+                faults.close()
+        if faults is not None:
+            outcome = faults.label(outcome)
         self.running.pop(lease, None)
         if self.leases.finish(lease):
             self.unacked[lease] = outcome

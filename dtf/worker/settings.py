@@ -9,13 +9,15 @@ from pathlib import Path
 from dtf.core.model import GpuInfo, HardwareClass
 from dtf.errors import InvalidRequest
 from dtf.worker.connection import Endpoints
+from dtf.worker.faults import FaultSettings
 
 
 @dataclass(frozen=True)
 class WorkerSettings:
     """``burst``: exit once idle, after at least one task ran and its outcome was
     acknowledged, when no assignment arrived for ``burst_idle_s``.
-    ``work_dir`` None means a fresh temporary directory, removed at exit."""
+    ``work_dir`` None means a fresh temporary directory, removed at exit.
+    ``faults``: inject real faults into this worker's attempts (see ``faults.py``)."""
 
     coordinator_urls: list[str]
     api_key: str
@@ -29,6 +31,9 @@ class WorkerSettings:
     reconnect_max_delay_s: float = 30.0
     burst: bool = False
     burst_idle_s: float = 2.0
+    faults: FaultSettings | None = None
+    health_check: str | None = None
+    health_check_timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
         if not self.coordinator_urls:
