@@ -53,6 +53,15 @@ class HealthCheckReport(Struct, frozen=True, tag="health_check", forbid_unknown_
     duration_s: float = 0.0
 
 
+class HealthCheckRequest(Struct, frozen=True, forbid_unknown_fields=True):
+    """Body of ``POST /api/workers/{id}/health-check`` for workers that poll over HTTP."""
+
+    session: str
+    passed: bool
+    detail: str = ""
+    duration_s: float = 0.0
+
+
 class HeartbeatRequest(Struct, frozen=True, forbid_unknown_fields=True):
     """Body of ``POST /api/workers/{id}/heartbeat``."""
 

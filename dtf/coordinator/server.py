@@ -132,6 +132,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             KeyRequest,
             p.Register,
             p.HeartbeatRequest,
+            p.HealthCheckRequest,
             p.Started,
             p.OutcomeReport,
         ]

@@ -13,6 +13,7 @@ from dtf.coordinator.bodies import decode_body, request_body
 from dtf.coordinator.responses import json_response
 from dtf.coordinator.runtime import Runtime
 from dtf.core import commands as c
+from dtf.core.effective import effective_spec
 from dtf.errors import NotFound
 
 Authorization = Annotated[str | None, Header()]
@@ -43,7 +44,14 @@ def _session_routes(router: APIRouter, rt: Runtime) -> None:
         body = decode_body(await request.body(), p.Register)
         await rt.bus.execute(
             c.RegisterWorker(
-                time.time(), body.worker_id, body.session, body.capabilities, body.slots, body.held
+                time.time(),
+                body.worker_id,
+                body.session,
+                body.capabilities,
+                body.slots,
+                body.held,
+                body.incarnation,
+                body.health_check,
             )
         )
         registered = p.Registered(
@@ -83,11 +91,35 @@ def _report_routes(router: APIRouter, rt: Runtime) -> None:
         held = [rt.state.tasks[t] for t in worker.leases]
         return json_response(
             [
-                p.Assign(t.id, t.lease.attempt, t.lease.fence, t.spec, rt.settings.lease_timeout_s)
+                p.Assign(
+                    t.id,
+                    t.lease.attempt,
+                    t.lease.fence,
+                    effective_spec(t),
+                    rt.settings.lease_timeout_s,
+                )
                 for t in held
                 if t.lease
             ]
         )
+
+    @router.post(
+        "/workers/{worker_id}/health-check",
+        openapi_extra=request_body(p.HealthCheckRequest),
+        tags=["worker protocol"],
+    )
+    async def health_check(
+        worker_id: str, request: Request, authorization: Authorization = None
+    ) -> Response:
+        """Report the health check an HTTP worker ran because its record says ``pending``."""
+        rt.auth.require(authorization, "work")
+        body = decode_body(await request.body(), p.HealthCheckRequest)
+        await rt.bus.execute(
+            c.ReportHealthCheck(
+                time.time(), worker_id, body.session, body.passed, body.detail, body.duration_s
+            )
+        )
+        return json_response({"ok": True})
 
     @router.post(
         "/workers/{worker_id}/started",

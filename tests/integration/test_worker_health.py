@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from dtf.client import Client
@@ -151,3 +152,26 @@ def test_a_worker_gets_work_only_after_its_health_check_passes(cluster: LocalClu
 
 def worker_known(client: Client, worker_id: str) -> bool:
     return any(w["id"] == worker_id for w in client.workers())
+
+
+def test_an_http_worker_reports_its_health_check_over_rest(cluster: LocalCluster) -> None:
+    headers = {"Authorization": f"Bearer {cluster.worker_key}"}
+    register = {
+        "type": "register",
+        "worker_id": "poller",
+        "session": "p1",
+        "capabilities": {},
+        "slots": 1,
+        "incarnation": "boot-1",
+        "health_check": "true",
+    }
+    with httpx.Client(base_url=cluster.url, headers=headers, timeout=10.0) as http:
+        assert http.post("/api/workers/register", json=register).status_code == 200
+        assert http.get("/api/workers/poller").json()["health"]["check"] == "pending"
+        stale = {"session": "old", "passed": True}
+        refused = http.post("/api/workers/poller/health-check", json=stale)
+        assert refused.status_code == 409, refused.text
+        report = {"session": "p1", "passed": True, "detail": "ok", "duration_s": 0.2}
+        assert http.post("/api/workers/poller/health-check", json=report).status_code == 200
+        worker = http.get("/api/workers/poller").json()
+    assert (worker["health"]["check"], worker["takes_work"]) == ("passed", True)
