@@ -91,6 +91,30 @@ def outcome_parts(task: Record) -> list[RenderableType]:
     return parts
 
 
+def checkpoint_text(checkpoint: Record) -> str:
+    """``"step 7 (json, 120 B, 3f2a9c01d4e5)"``."""
+    step = checkpoint.get("step")
+    where = f"step {step}" if step is not None else "a checkpoint"
+    return f"{where} ({checkpoint['kind']}, {checkpoint['size']} B, {checkpoint['digest'][:12]})"
+
+
+def checkpoint_lines(task: Record) -> list[str]:
+    """Per attempt: what it resumed from and what it saved."""
+    lines = []
+    for attempt in task.get("attempts", []):
+        number = attempt["number"]
+        if attempt.get("resumed_from"):
+            resumed = attempt["resumed_from"]
+            lines.append(
+                f"attempt {number} resumed from {checkpoint_text(resumed)} "
+                f"saved by attempt {resumed['attempt']}"
+            )
+        if attempt.get("checkpoints_saved"):
+            last = checkpoint_text(attempt["last_checkpoint"])
+            lines.append(f"attempt {number} saved {attempt['checkpoints_saved']}, last {last}")
+    return lines
+
+
 def print_task(console: Console, task: Record) -> None:
     parts: list[RenderableType] = [header_table(task)]
     if task.get("attempts"):
@@ -98,6 +122,9 @@ def print_task(console: Console, task: Record) -> None:
         history = recovery_lines(task)
         if history:
             parts.append(Panel(Text("\n".join(history)), title="recovery", title_align="left"))
+        saved = checkpoint_lines(task)
+        if saved:
+            parts.append(Panel(Text("\n".join(saved)), title="checkpoints", title_align="left"))
     parts.extend(outcome_parts(task))
     console.print(Group(*parts))
 

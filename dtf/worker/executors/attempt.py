@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dtf.protocol import Assign
+from dtf.worker.checkpoint import RESUMED_FROM_ENV, TOKEN_ENV, URL_ENV
 from dtf.worker.executors.process import ProcessObserver, ProcessResult, run_process
 
 
@@ -54,9 +55,21 @@ class Attempt:
             **config_env,
             "DTF_TASK_ID": self.assign.task_id,
             "DTF_ATTEMPT": str(self.assign.attempt),
+            "DTF_FENCE": str(self.assign.fence),
             "DTF_RESULT_FILE": str(self.result_file),
+            **self.checkpoint_env(),
             **extra,
         }
+
+    def checkpoint_env(self) -> dict[str, str]:
+        """Where the task's ``dtf.worker.checkpoint`` calls go, with this attempt's token."""
+        grant = self.assign.checkpoint
+        if grant is None:
+            return {}
+        env = {URL_ENV: grant.url, TOKEN_ENV: grant.token}
+        if grant.resumed_from is not None:
+            env[RESUMED_FROM_ENV] = grant.resumed_from
+        return env
 
     async def run(
         self, argv: Sequence[str], *, env: Mapping[str, str], cwd: str | Path | None
