@@ -231,4 +231,10 @@ def status_table(status: Record) -> Table:
     table.add_row("journal seq", str(status.get("journal_seq", "?")))
     table.add_row("tasks", counts_text(status.get("tasks", {})))
     table.add_row("workers", counts_text(status.get("workers", {})))
+    for breaker in status.get("breakers", []):
+        table.add_row("breaker", f"[bold red]{breaker['name']} {breaker['state']}[/bold red]")
+    for worker in status.get("out_of_service", []):
+        table.add_row(
+            "no new work", f"[bold red]{worker['worker_id']}[/bold red]: {worker['reason']}"
+        )
     return table

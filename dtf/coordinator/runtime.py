@@ -10,7 +10,7 @@ from dtf import __version__
 from dtf.coordinator.auth import Authenticator
 from dtf.coordinator.bus import CommandBus
 from dtf.coordinator.settings import CoordinatorSettings
-from dtf.coordinator.views import open_breakers
+from dtf.coordinator.views import open_breakers, out_of_service
 from dtf.coordinator.worker_hub import WorkerHub
 from dtf.core.state import State
 
@@ -33,6 +33,7 @@ class Runtime:
         return {
             **counts,
             "breakers": open_breakers(self.state),
+            "out_of_service": out_of_service(self.state),
             "journal_seq": self.state.applied_seq,
             "uptime_s": round(time.time() - self.started_at, 3),
             "version": __version__,

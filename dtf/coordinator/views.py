@@ -107,3 +107,18 @@ def breaker_view(breaker: CircuitBreaker) -> dict[str, Any]:
 def open_breakers(state: State) -> list[dict[str, Any]]:
     breakers = [*state.breakers.workers.values(), *state.breakers.hardware.values()]
     return [breaker_view(b) for b in breakers if b.state is not BreakerState.CLOSED]
+
+
+def out_of_service(state: State) -> list[dict[str, Any]]:
+    """Workers that are connected but take no new work: quarantined, or failing their check."""
+    found = []
+    for worker in state.workers.values():
+        health = worker.health
+        if health.quarantined:
+            found.append({"worker_id": worker.id, "reason": health.quarantine_reason})
+        elif not health.admits_work:
+            detail = health.check_detail or health.check_command
+            found.append(
+                {"worker_id": worker.id, "reason": f"health check {health.check}: {detail}"}
+            )
+    return found

@@ -111,6 +111,9 @@ def test_an_admin_disables_a_worker_with_the_cli_and_its_reason_is_shown(
     assert '"quarantine_reason": "disabled by an admin: fan replacement"' in disabled.stdout
     listing = dtf(cluster, "workers")
     assert "local-1: disabled by an admin: fan replacement" in listing.stdout
+    status = dtf(cluster, "status")
+    assert "no new work" in status.stdout
+    assert "local-1: disabled by an admin: fan replacement" in status.stdout
 
 
 def test_a_worker_gets_work_only_after_its_health_check_passes(cluster: LocalCluster) -> None:
