@@ -281,7 +281,8 @@ def _worker_patterns(history: _History, limits: PatternThresholds) -> Iterator[F
         action = f"Quarantine worker {worker_id}: it failed {_n(len(tasks), 'different task')}"
         if cleared:
             action += f", {len(cleared)} of which succeeded on other workers"
-        yield _pattern(PatternKind.WORKER, worker_id, failed, confidence, action + ".", cleared)
+        action += f": `dtf workers disable {worker_id}`."
+        yield _pattern(PatternKind.WORKER, worker_id, failed, confidence, action, cleared)
 
 
 def _hardware_patterns(history: _History, limits: PatternThresholds) -> Iterator[FailurePattern]:

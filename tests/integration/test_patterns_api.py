@@ -106,7 +106,7 @@ def test_a_worker_crashing_tasks_that_run_elsewhere_is_named(client: TestClient)
     assert worker["key"] == "w-bad"
     assert (worker["count"], worker["tasks"], worker["corroborating"]) == (3, 3, 3)
     assert worker["action"] == (
-        "Quarantine worker w-bad: it failed 3 different tasks, 3 of which succeeded on other workers."
+        "Quarantine worker w-bad: it failed 3 different tasks, 3 of which succeeded on other workers: `dtf workers disable w-bad`."
     )
     assert reply["patterns"][0] == worker
     assert not [p for p in reply["patterns"] if p["kind"] == "task"]

@@ -263,7 +263,7 @@ def test_actions_name_what_to_do() -> None:
         p.key: p.action for p in detect_patterns(failures, successes=[ok("a", "w3", 990)], now=NOW)
     }
     assert actions["w1"] == (
-        "Quarantine worker w1: it failed 3 different tasks, 1 of which succeeded on other workers."
+        "Quarantine worker w1: it failed 3 different tasks, 1 of which succeeded on other workers: `dtf workers disable w1`."
     )
     assert actions["communication_error"].startswith(
         "Infrastructure problem: 3 tasks lost their connections on 2 workers"
