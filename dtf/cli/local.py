@@ -1,4 +1,8 @@
-"""``dtf up`` and ``dtf demo``: a coordinator and local workers in one process tree."""
+"""``dtf up`` and ``dtf demo``: a coordinator and local workers in one process tree.
+
+``dtf up`` restarts a worker that dies (after a short backoff, printed) and,
+with ``--fault-injection``, prints each fault its workers inject as it happens.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,11 @@ from types import FrameType
 
 import click
 
+from dtf.cli.fault_options import fault_options
 from dtf.cli.output import console
 from dtf.cli.serve import LOG_LEVELS
 from dtf.local import ClusterSettings, LocalCluster
+from dtf.worker.faults import FaultSettings
 
 DATA_DIR_TYPE = click.Path(file_okay=False, path_type=Path)
 
@@ -33,20 +39,26 @@ def stop_event_on_signals() -> threading.Event:
 
 
 def serve_until_stopped(cluster: LocalCluster, stop: threading.Event) -> int:
-    """Watch the children until a signal arrives; 1 if the coordinator died first."""
-    reported: set[str] = set()
+    """Watch the coordinator until a signal arrives (the supervisor restarts
+    workers); print injected faults as they come. 1 if the coordinator died."""
+    faults_shown = 0
     while not stop.wait(1.0):
-        for process in cluster.dead_processes():
-            if process.name in reported:
-                continue
-            reported.add(process.name)
+        injected = cluster.injected_faults()
+        for fault in injected[faults_shown:]:
+            console.print(f"[magenta]{fault.describe()}[/magenta]", highlight=False, soft_wrap=True)
+        faults_shown = len(injected)
+        coordinator = cluster.coordinator
+        if coordinator is not None and not coordinator.is_running:
             console.print(
-                f"[red]{process.name} exited with code {process.exit_code}[/red]; "
-                f"see {process.log_path}"
+                f"[red]the coordinator exited with code {coordinator.exit_code}[/red]; "
+                f"see {coordinator.log_path}"
             )
-            if process is cluster.coordinator:
-                return 1
+            return 1
     return 0
+
+
+def print_worker_event(line: str) -> None:
+    console.print(f"[yellow]{line}[/yellow]", highlight=False, soft_wrap=True)
 
 
 @click.command()
@@ -57,6 +69,7 @@ def serve_until_stopped(cluster: LocalCluster, stop: threading.Event) -> int:
 @click.option("--lease-timeout", "lease_timeout_s", default=10.0, show_default=True, type=float)
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(LOG_LEVELS))
 @click.option("--admin-key", envvar="DTF_ADMIN_KEY", help="Admin key [env: DTF_ADMIN_KEY].")
+@fault_options(with_log=False)
 def up(
     workers: int,
     port: int,
@@ -65,8 +78,12 @@ def up(
     lease_timeout_s: float,
     log_level: str,
     admin_key: str | None,
+    faults: FaultSettings | None,
 ) -> None:
-    """Start a coordinator and local workers; Ctrl-C stops them all."""
+    """Start a coordinator and local workers; Ctrl-C stops them all.
+
+    A worker that dies is restarted. With --fault-injection the workers inject
+    real faults into their attempts (see README, "Fault injection")."""
     settings = ClusterSettings(
         data_dir=data_dir,
         workers=workers,
@@ -75,9 +92,11 @@ def up(
         lease_timeout_s=lease_timeout_s,
         admin_key=admin_key,
         log_level=log_level,
+        restart_workers=True,
+        faults=faults,
     )
     stop = stop_event_on_signals()
-    cluster = LocalCluster(settings)
+    cluster = LocalCluster(settings, report=print_worker_event)
     try:
         with console.status(f"starting a coordinator and {workers} workers..."):
             cluster.start()

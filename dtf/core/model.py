@@ -232,6 +232,9 @@ class Outcome(Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=Tru
 
     ``failure`` is None when the task ran to completion; a ``test`` task whose
     tests fail has still completed, its failing cases are in ``test_cases``.
+    ``injected_fault`` names the fault dtf's fault injection put into this
+    attempt (``dtf worker --fault-injection``), so it is never taken for a
+    real one.
     """
 
     failure: FailureKind | None = None
@@ -243,6 +246,7 @@ class Outcome(Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=Tru
     stderr_tail: str = ""
     metrics: dict[str, Any] = {}
     test_cases: list[TestCaseResult] = []
+    injected_fault: str | None = None
 
 
 class LeaseRef(Struct, frozen=True, array_like=True):

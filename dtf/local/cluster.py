@@ -4,13 +4,18 @@
 share: start the coordinator, wait (bounded) for ``/health``, read the admin
 key it created, create a worker key through the API, start the workers and
 wait until they are online; on exit stop workers first, then the coordinator.
+With ``restart_workers`` a supervisor thread starts dead workers again (see
+``supervisor.py``); with ``faults`` every worker injects faults and appends
+each to ``logs/faults.jsonl``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -26,6 +31,8 @@ from dtf.local.processes import (
     start_process,
     stop_all,
 )
+from dtf.local.supervisor import WorkerSupervisor
+from dtf.worker.faults import FaultKind, FaultSettings, InjectedFault, read_log
 
 logger = logging.getLogger(__name__)
 
@@ -52,12 +59,17 @@ class ClusterSettings:
     python: str = sys.executable
     base_env: Mapping[str, str] | None = None  # None: inherit this process's environment
     coordinator_args: tuple[str, ...] = ()  # more `dtf coordinator` flags
+    restart_workers: bool = False
+    faults: FaultSettings | None = None
 
 
 class LocalCluster:
     """``with LocalCluster(ClusterSettings(tmp, workers=3)) as cluster: cluster.client()...``"""
 
-    def __init__(self, settings: ClusterSettings) -> None:
+    def __init__(
+        self, settings: ClusterSettings, report: Callable[[str], None] | None = None
+    ) -> None:
+        """``report`` is told of worker deaths and restarts (default: the log)."""
         self.settings = settings
         self.data_dir = settings.data_dir.resolve()
         self.port = settings.port or find_free_port(LOOPBACK)
@@ -66,6 +78,12 @@ class LocalCluster:
         self.workers: dict[str, ManagedProcess] = {}
         self.admin_key = settings.admin_key or ""
         self.worker_key = ""
+        self.lock = threading.Lock()
+        self.supervisor = (
+            WorkerSupervisor(self.worker_processes, self.restart_worker, report or logger.warning)
+            if settings.restart_workers
+            else None
+        )
 
     @property
     def logs_dir(self) -> Path:
@@ -78,6 +96,17 @@ class LocalCluster:
     @property
     def worker_key_path(self) -> Path:
         return self.data_dir / "worker.key"
+
+    @property
+    def fault_log_path(self) -> Path | None:
+        faults = self.settings.faults
+        if faults is None:
+            return None
+        return faults.log_path or self.logs_dir / "faults.jsonl"
+
+    def injected_faults(self) -> list[InjectedFault]:
+        """Every fault the workers injected so far, from the fault log."""
+        return read_log(self.fault_log_path) if self.fault_log_path else []
 
     def __enter__(self) -> LocalCluster:
         try:
@@ -105,6 +134,8 @@ class LocalCluster:
         for number in range(1, self.settings.workers + 1):
             self.start_worker(f"local-{number}")
         self.wait_for_workers(list(self.workers))
+        if self.supervisor is not None:
+            self.supervisor.start()
 
     def start_coordinator(self) -> None:
         if not is_port_free(LOOPBACK, self.port):
@@ -142,11 +173,23 @@ class LocalCluster:
             *("--coordinator", self.url, "--worker-id", worker_id),
             *("--slots", str(self.settings.slots), "--work-dir", str(work_dir)),
         ]
+        if self.settings.faults is not None:
+            faults = dataclasses.replace(self.settings.faults, log_path=self.fault_log_path)
+            argv += faults.worker_args()
         env = self._child_env(DTF_API_KEY=self.worker_key)
         log_path = self.logs_dir / f"worker-{worker_id}.log"
         process = start_process(f"worker {worker_id}", argv, log_path, env)
-        self.workers[worker_id] = process
+        with self.lock:
+            self.workers[worker_id] = process
         return process
+
+    def restart_worker(self, worker_id: str) -> ManagedProcess:
+        """Start a worker that died again, under the same id and work directory."""
+        return self.start_worker(worker_id)
+
+    def worker_processes(self) -> dict[str, ManagedProcess]:
+        with self.lock:
+            return dict(self.workers)
 
     def wait_for_workers(self, worker_ids: list[str]) -> None:
         with self.client() as client:
@@ -168,7 +211,9 @@ class LocalCluster:
 
     def stop(self) -> None:
         """Stop workers, then the coordinator: SIGTERM, bounded wait, SIGKILL."""
-        stop_all(list(self.workers.values()), self.settings.stop_timeout_s)
+        if self.supervisor is not None:
+            self.supervisor.stop()
+        stop_all(list(self.worker_processes().values()), self.settings.stop_timeout_s)
         if self.coordinator is not None:
             self.coordinator.stop(self.settings.stop_timeout_s)
 
@@ -181,6 +226,7 @@ class LocalCluster:
             f"admin key    {self.admin_key_path or 'from DTF_ADMIN_KEY'}",
             f"worker key   {self.worker_key_path}",
             f"logs         {self.logs_dir}",
+            *self.fault_lines(),
             "",
             "In another terminal:",
             f"  export DTF_COORDINATOR={self.url}",
@@ -191,11 +237,22 @@ class LocalCluster:
             "   # one more worker",
         ]
 
+    def fault_lines(self) -> list[str]:
+        faults = self.settings.faults
+        if faults is None:
+            return []
+        kinds = "all" if set(faults.kinds) == set(FaultKind) else ",".join(faults.kinds)
+        return [
+            f"faults       rate {faults.rate:g}, seed {faults.seed}, kinds {kinds}; "
+            f"each one logged to {self.fault_log_path}"
+        ]
+
     def running_workers(self) -> list[str]:
-        return [worker_id for worker_id, process in self.workers.items() if process.is_running]
+        workers = self.worker_processes().items()
+        return [worker_id for worker_id, process in workers if process.is_running]
 
     def dead_processes(self) -> list[ManagedProcess]:
-        processes = [self.coordinator, *self.workers.values()]
+        processes = [self.coordinator, *self.worker_processes().values()]
         return [p for p in processes if p is not None and not p.is_running]
 
     def _dtf_argv(self, command: str) -> list[str]:

@@ -320,11 +320,14 @@ class WorkerAgent:
         if task is not None:
             task.cancel()
 
-    def drop_connection(self, reason: str) -> None:
-        """Cut the WebSocket with no closing handshake, as a network fault would."""
-        if self.channel is not None:
-            logger.warning("cutting the connection to the coordinator: %s", reason)
-            self.channel.websocket.transport.abort()
+    def drop_connection(self, reason: str) -> bool:
+        """Cut the WebSocket with no closing handshake, as a network fault would;
+        False when there was no connection to cut."""
+        if self.channel is None:
+            return False
+        logger.warning("cutting the connection to the coordinator: %s", reason)
+        self.channel.websocket.transport.abort()
+        return True
 
     def on_session_rejected(self, session: str) -> None:
         channel = self.channel
