@@ -2,6 +2,7 @@
 
 Like the real one it stamps each message with its own clock on arrival,
 journals every command (in the journal's byte format) before acting on it,
+checks the retry budget's bound after it and counts the breakers it opened,
 pushes assignments, cancels and acks down the worker's connection, answers
 heartbeats with the leases it renewed, and ticks when ``next_deadline`` is due.
 A restart rebuilds the state from the last snapshot plus the journal tail,
@@ -14,10 +15,12 @@ from collections import Counter
 
 from dtf import protocol as p
 from dtf.core import commands as c
-from dtf.core.events import AssignTask, CancelAttempt, Event, OutcomeAccepted
+from dtf.core.breakers import BreakerState
+from dtf.core.events import AssignTask, BreakerChanged, CancelAttempt, Event, OutcomeAccepted
 from dtf.core.state import State, StateConfig
 from dtf.errors import DtfError
 from dtf.testing.simnet import Envelope, Network, ToWorker
+from dtf.testing.simrecovery import check_budget_bound
 
 
 class SimCoordinator:
@@ -39,6 +42,7 @@ class SimCoordinator:
         self.pending_disconnects: list[tuple[float, str, str]] = []
         self.has_changed = False
         self.restarts = 0
+        self.breakers_opened: Counter[str] = Counter()
 
     # -- the journal ---------------------------------------------------------
 
@@ -52,6 +56,12 @@ class SimCoordinator:
             return None
         events = self.state.apply(decoded, seq=len(self.journal) + 1)
         self.journal.append(data)
+        check_budget_bound(self.state, events)
+        self.breakers_opened.update(
+            e.breaker
+            for e in events
+            if isinstance(e, BreakerChanged) and e.new == BreakerState.OPEN
+        )
         self.has_changed = True
         if len(self.journal) - self.snapshot_at >= self.snapshot_every:
             self.snapshot, self.snapshot_at = self.state.snapshot(), len(self.journal)

@@ -12,8 +12,13 @@ from the last snapshot plus the journal tail and applies ``CoordinatorStarted``.
 Faults (worker crashes, agent restarts, network partitions, coordinator
 restarts, late, reordered and duplicated messages) happen only during
 ``fault_window_s``; then the fleet heals and the run must end with every task
-terminal. ``check_invariants`` runs after every step that changed the state;
-``SimulationChecks`` verifies the end state.
+terminal. The tasks fail as real ones do (``simfaults``): software errors,
+OOM until recovery halves the batch enough, CUDA errors, browser crashes,
+lost WebGPU contexts, timeouts, poison tasks that take their worker down,
+``bad_workers`` that fail everything with hardware errors, and an outage of
+a shared service for ``outage_s`` within the fault window.
+``check_invariants`` runs after every step that changed the state;
+``simchecks`` and ``simrecovery`` verify the end state.
 
 Usage: ``run_simulation(SimulationConfig(seed=7)) -> SimulationReport``.
 """
@@ -26,12 +31,15 @@ from dataclasses import dataclass, field
 
 from dtf.core import commands as c
 from dtf.core.records import AttemptStatus
+from dtf.core.recovery import RecoveryPolicy
 from dtf.core.state import State, StateConfig
 from dtf.testing.invariants import check_invariants
 from dtf.testing.simchecks import check_end_state, check_replay
 from dtf.testing.simcoordinator import SimCoordinator
+from dtf.testing.simfaults import FaultModel
 from dtf.testing.simfleet import FleetMember, build_fleet, plan_client
 from dtf.testing.simnet import Network
+from dtf.testing.simrecovery import RecoveryTally, check_recovery
 from dtf.testing.simworker import ExecutionLog, SimWorker, WorkerTimings
 
 
@@ -56,6 +64,12 @@ class SimulationConfig:
     partition_rate: float = 0.001
     coordinator_restart_rate: float = 0.002
     snapshot_every: int = 150
+    bad_workers: int = 1
+    outage_s: float = 30.0
+    breaker_reset_s: float = 60.0
+    run_sizes: tuple[int, int] = (12, 30)
+    recovery: RecoveryPolicy = field(default_factory=RecoveryPolicy)
+    poison_after_worker_crashes: int = 2
 
 
 @dataclass
@@ -75,6 +89,10 @@ class SimulationReport:
     partitions: int = 0
     coordinator_restarts: int = 0
     duplicated_messages: int = 0
+    poison_crashes: int = 0
+    bad_workers: list[str] = field(default_factory=list)
+    breakers_opened: dict[str, int] = field(default_factory=dict)
+    recovery: RecoveryTally | None = None
     final_snapshot: bytes = field(default=b"", repr=False)
     journal: list[bytes] = field(default_factory=list, repr=False)
 
@@ -88,18 +106,34 @@ class Simulation:
         self.config = config
         self.rng = random.Random(config.seed)
         self.network = Network(self.fork(), config.max_delay_s, config.duplicate_rate)
+        state_config = StateConfig(
+            config.lease_timeout_s,
+            config.worker_timeout_s,
+            recovery=config.recovery,
+            circuit_breaker_reset_s=config.breaker_reset_s,
+            poison_after_worker_crashes=config.poison_after_worker_crashes,
+        )
         self.coordinator = SimCoordinator(
-            StateConfig(config.lease_timeout_s, config.worker_timeout_s),
+            state_config,
             self.network,
             heartbeat_interval_s=config.heartbeat_interval_s,
             snapshot_every=config.snapshot_every,
         )
         self.log = ExecutionLog()
         fleet = build_fleet(config.workers)
+        self.fault_model = self.plan_faults(fleet)
         self.workers = {m.worker_id: self.start_worker(m) for m in fleet}
         cancels = round(config.tasks * config.cancel_fraction)
         submit_until = config.fault_window_s * 0.8
-        self.plan = plan_client(self.fork(), fleet, config.tasks, submit_until, cancels)
+        self.plan = plan_client(
+            self.fork(),
+            fleet,
+            config.tasks,
+            submit_until,
+            cancels,
+            self.fault_model.bad_workers,
+            config.run_sizes,
+        )
         self.next_action = 0
         self.submitted: dict[str, None] = {}
         self.cancelled: set[str] = set()
@@ -107,19 +141,28 @@ class Simulation:
         self.faults: Counter[str] = Counter()
         self.now = 0.0
 
+    def plan_faults(self, fleet: list[FleetMember]) -> FaultModel:
+        """Which machines are bad, and when the shared service is down."""
+        config = self.config
+        bad = self.rng.sample([m.worker_id for m in fleet], min(config.bad_workers, len(fleet)))
+        outage_start_s = self.rng.uniform(0.3, 0.6) * config.fault_window_s
+        return FaultModel(
+            noise_rate=config.failure_rate,
+            long_run_rate=config.long_run_rate,
+            bad_workers=frozenset(bad),
+            outage_start_s=outage_start_s,
+            outage_end_s=outage_start_s + config.outage_s,
+        )
+
     def start_worker(self, member: FleetMember) -> SimWorker:
         config = self.config
-        timings = WorkerTimings(
-            config.lease_timeout_s,
-            config.heartbeat_interval_s,
-            config.failure_rate,
-            config.long_run_rate,
-        )
+        timings = WorkerTimings(config.lease_timeout_s, config.heartbeat_interval_s)
         return SimWorker(
             member.worker_id,
             member.capabilities,
             member.slots,
             timings=timings,
+            faults=self.fault_model,
             network=self.network,
             log=self.log,
             rng=self.fork(),
@@ -146,6 +189,7 @@ class Simulation:
         self.revive(now)
         for worker in self.workers.values():
             worker.step(now)
+            self.notice_poison_crashes(worker)
         for envelope in self.network.deliver_due(now):
             if envelope.is_to_coordinator:
                 self.coordinator.receive(now, envelope)
@@ -185,6 +229,17 @@ class Simulation:
             self.coordinator.notice_disconnect(now + self.rng.uniform(0.0, 2.0), worker.id, session)
         if self.rng.random() < config.coordinator_restart_rate:
             self.restart_coordinator(now)
+
+    def notice_poison_crashes(self, worker: SimWorker) -> None:
+        """A task took the worker down: it reboots later, and its connection closed."""
+        for at, session in worker.poison_crashes:
+            self.faults["poison_crashes"] += 1
+            self.revive_at[worker.id] = at + self.rng.uniform(5.0, 60.0)
+            if session is not None:
+                self.coordinator.notice_disconnect(
+                    at + self.rng.uniform(0.0, 2.0), worker.id, session
+                )
+        worker.poison_crashes.clear()
 
     def fault_name(self, draw: float) -> str:
         if draw < self.config.crash_rate:
@@ -244,9 +299,14 @@ class Simulation:
             executions=self.log.history,
         )
         check_replay(state, self.coordinator.journal, self.coordinator.config)
-        return self.report(steps)
+        recovery = check_recovery(
+            state,
+            bad_workers=self.fault_model.bad_workers,
+            breakers_opened=self.coordinator.breakers_opened,
+        )
+        return self.report(steps, recovery)
 
-    def report(self, steps: int) -> SimulationReport:
+    def report(self, steps: int, recovery: RecoveryTally) -> SimulationReport:
         state = self.coordinator.state
         attempts = [a for t in state.tasks.values() for a in t.attempts]
         return SimulationReport(
@@ -265,6 +325,10 @@ class Simulation:
             partitions=self.faults["partitions"],
             coordinator_restarts=self.coordinator.restarts,
             duplicated_messages=self.network.duplicated,
+            poison_crashes=self.faults["poison_crashes"],
+            bad_workers=sorted(self.fault_model.bad_workers),
+            breakers_opened=dict(sorted(self.coordinator.breakers_opened.items())),
+            recovery=recovery,
             final_snapshot=state.snapshot(),
             journal=list(self.coordinator.journal),
         )

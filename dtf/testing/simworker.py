@@ -1,7 +1,8 @@
 """A simulated worker agent that behaves like the real one, on a simulated clock.
 
-It registers with what it still holds, runs each assignment for a random
-duration, reports Started and the outcome (resending the outcome until it is
+It registers with what it still holds, plays each assignment as the fault
+model says (``simfaults``: a duration and an outcome, or taking the whole
+worker down), reports Started and the outcome (resending the outcome until it is
 acknowledged), heartbeats every interval with its held leases and
 ``max_fence_seen``, and self-fences: it drops an attempt the moment its lease
 may have expired, counted conservatively from when the coordinator granted or
@@ -15,7 +16,8 @@ import random
 from dataclasses import dataclass
 
 from dtf import protocol as p
-from dtf.core.model import Capabilities, FailureKind, LeaseRef, Outcome
+from dtf.core.model import Capabilities, LeaseRef, Outcome
+from dtf.testing.simfaults import FaultModel
 from dtf.testing.simnet import Envelope, Network, ToCoordinator
 
 
@@ -56,8 +58,6 @@ class ExecutionLog:
 class WorkerTimings:
     lease_timeout_s: float
     heartbeat_interval_s: float
-    failure_rate: float
-    long_run_rate: float
 
 
 @dataclass
@@ -67,13 +67,7 @@ class Running:
     deadline: float
     outcome: Outcome
     execution: Execution
-
-
-FAILURES = [
-    Outcome(failure=FailureKind.EXIT_NONZERO, exit_code=1, error="assertion failed"),
-    Outcome(failure=FailureKind.CRASHED, signal=11),
-    Outcome(failure=FailureKind.OOM, error="CUDA out of memory"),
-]
+    crashes_worker: bool = False
 
 
 class SimWorker:
@@ -84,12 +78,14 @@ class SimWorker:
         slots: int,
         *,
         timings: WorkerTimings,
+        faults: FaultModel,
         network: Network,
         log: ExecutionLog,
         rng: random.Random,
     ) -> None:
         self.id, self.capabilities, self.slots = worker_id, capabilities, slots
         self.timings, self.network, self.log, self.rng = timings, network, log, rng
+        self.faults = faults
         self.is_alive = True
         self.session: str | None = None
         self.session_count = 0
@@ -100,6 +96,9 @@ class SimWorker:
         self.running: dict[int, Running] = {}
         self.unacked: dict[int, tuple[LeaseRef, Outcome]] = {}
         self.produced: dict[int, Outcome] = {}
+        self.poison_crashes: list[tuple[float, str | None]] = []
+        """When a task took this worker down, and the session it had; the
+        simulation drains it to revive the worker and close the connection."""
 
     # -- faults ------------------------------------------------------------
 
@@ -133,6 +132,8 @@ class SimWorker:
         if not self.is_alive:
             return
         self.fence_and_finish(now)
+        if not self.is_alive:
+            return
         if self.session is None:
             if now >= self.reconnect_at and self.network.is_up(self.id, now):
                 self.connect(now)
@@ -145,6 +146,10 @@ class SimWorker:
             if now >= running.deadline:
                 self.log.end(running.execution, now, "self-fenced")
                 del self.running[fence]
+            elif now >= running.finish_at and running.crashes_worker:
+                self.poison_crashes.append((now, self.session))
+                self.crash(now)
+                return
             elif now >= running.finish_at:
                 ending = "failed" if running.outcome.failure else "succeeded"
                 self.log.end(running.execution, now, ending)
@@ -196,15 +201,12 @@ class SimWorker:
         deadline = envelope.sent_at + self.timings.lease_timeout_s
         if now >= deadline or assign.fence in self.running or assign.fence in self.unacked:
             return
-        long = self.rng.random() < self.timings.long_run_rate
-        run_s = self.rng.uniform(20.0, 60.0) if long else self.rng.uniform(0.5, 12.0)
-        outcome = Outcome(duration_s=round(run_s, 3))
-        if self.rng.random() < self.timings.failure_rate:
-            outcome = self.rng.choice(FAILURES)
-        self.produced[assign.fence] = outcome
+        run = self.faults.run(assign.spec, self.id, self.capabilities, now, self.rng)
+        if not run.crashes_worker:
+            self.produced[assign.fence] = run.outcome
         execution = self.log.begin(assign.task_id, self.id, assign.fence, now)
         self.running[assign.fence] = Running(
-            assign.lease, now + run_s, deadline, outcome, execution
+            assign.lease, now + run.duration_s, deadline, run.outcome, execution, run.crashes_worker
         )
         self.send(now, p.Started(assign.lease))
 

