@@ -1,0 +1,1 @@
+"""Pure statistics over results: regressions, comparisons, anomalies, flaky tests, trends."""

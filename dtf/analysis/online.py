@@ -1,0 +1,166 @@
+"""The check at ingest: has the newest stretch of a series stepped away from its past?
+
+How this works. When a result arrives, the last ``max_recent`` points of the
+series are compared with up to ``baseline_size`` points before them by the rank
+scan of ``dtf.analysis.changepoints``, restricted to splits that leave at least
+``min_recent`` points after and only in the bad direction of the metric
+(two-sided when the direction is unknown). The best split dates the step; its
+p-value is corrected for the splits scanned. A detection must also be large
+(``min_relative_change``) and, in ``online_checks``, survive Benjamini-Hochberg
+over every series checked in the same ingest.
+
+A step keeps being detected at every later check until the baseline has moved
+past it; ``merge_detections`` folds those repeats into the first detection.
+Only points measured in the newest point's environment take part.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import msgspec
+import numpy as np
+from msgspec import Struct
+
+from dtf.analysis.changepoints import Side, scan
+from dtf.analysis.estimates import hodges_lehmann_shift, relative_change
+from dtf.analysis.fdr import benjamini_hochberg
+from dtf.analysis.series import Direction, Kind, Series, kind_of
+
+SIDE_OF_REGRESSION = {
+    Direction.LOWER_IS_BETTER: Side.GREATER,
+    Direction.HIGHER_IS_BETTER: Side.LESS,
+    Direction.TWO_SIDED: Side.TWO_SIDED,
+}
+
+
+@dataclass(frozen=True)
+class OnlineSettings:
+    baseline_size: int = 200
+    min_baseline: int = 10
+    min_recent: int = 3
+    max_recent: int = 20
+    alpha: float = 0.005  # per-check bound on the scan-corrected p-value
+    min_relative_change: float = 0.02
+
+
+class Detection(Struct, frozen=True):
+    """A step seen at ingest. Indices are positions in the series checked."""
+
+    metric: str
+    labels: tuple[tuple[str, str], ...]
+    direction: Direction
+    kind: Kind
+    change_index: int  # the first point after the step
+    checked_index: int  # the newest point when the step was first seen
+    last_good_key: str
+    first_bad_key: str
+    before_median: float
+    after_median: float
+    shift: float  # Hodges-Lehmann, in the metric's unit
+    relative_change: float
+    p_value: float  # corrected for the splits scanned
+    q_value: float  # Benjamini-Hochberg over the series checked together
+    environment_fingerprint: str
+    seen_until_index: int = -1  # the newest point at which the step was still seen
+    times_seen: int = 1
+
+
+def online_check(series: Series, settings: OnlineSettings = OnlineSettings()) -> Detection | None:
+    """Check one series on its own (a family of one): a detection or ``None``."""
+    return next(iter(online_checks([series], fdr=1.0, settings=settings)), None)
+
+
+def online_checks(
+    family: Sequence[Series], *, fdr: float = 0.05, settings: OnlineSettings = OnlineSettings()
+) -> list[Detection]:
+    """Check every series of one ingest; keep detections that survive BH at ``fdr``."""
+    candidates = [candidate(series, settings) for series in family]
+    tested = [found for found in candidates if found is not None]
+    q_values = benjamini_hochberg([found.p_value for found in tested])
+    return [
+        msgspec.structs.replace(found, q_value=float(q))
+        for found, q in zip(tested, q_values, strict=True)
+        if q <= fdr
+        and found.p_value <= settings.alpha
+        and abs(found.relative_change) >= settings.min_relative_change
+        and found.kind is not Kind.IMPROVEMENT
+    ]
+
+
+def candidate(series: Series, settings: OnlineSettings) -> Detection | None:
+    """The best recent split in the bad direction, whatever its p-value; ``None`` if too short."""
+    newest_run_start = series.environment_runs()[-1][0]
+    window_start = max(newest_run_start, len(series) - settings.baseline_size - settings.max_recent)
+    window = series.values[window_start:]
+    first = max(settings.min_baseline, len(window) - settings.max_recent)
+    last = len(window) - settings.min_recent
+    if first > last:
+        return None
+    split = scan(window, first=first, last=last, side=SIDE_OF_REGRESSION[series.direction])
+    before, after = window[: split.index], window[split.index :]
+    change_index = window_start + split.index
+    shift = hodges_lehmann_shift(before, after)
+    before_median = float(np.median(before))
+    return Detection(
+        metric=series.metric,
+        labels=series.labels,
+        direction=series.direction,
+        kind=kind_of(series.direction, shift),
+        change_index=change_index,
+        checked_index=len(series) - 1,
+        last_good_key=series.order_keys[change_index - 1],
+        first_bad_key=series.order_keys[change_index],
+        before_median=before_median,
+        after_median=float(np.median(after)),
+        shift=shift,
+        relative_change=relative_change(shift, before_median),
+        p_value=split.p_value,
+        q_value=split.p_value,
+        environment_fingerprint=series.environments[-1].fingerprint,
+        seen_until_index=len(series) - 1,
+    )
+
+
+def is_repeat(earlier: Detection, later: Detection, *, max_gap: int = 20) -> bool:
+    """Whether ``later`` sees the step ``earlier`` already reported.
+
+    Same series and kind, the step it dates was already there when ``earlier``
+    was last seen, and no more than ``max_gap`` checks passed without seeing it.
+    """
+    return (
+        earlier.metric == later.metric
+        and earlier.labels == later.labels
+        and earlier.environment_fingerprint == later.environment_fingerprint
+        and earlier.kind is later.kind
+        and later.change_index <= earlier.seen_until_index
+        and 0 < later.checked_index - earlier.seen_until_index <= max_gap
+    )
+
+
+def merge_detections(detections: Sequence[Detection], *, max_gap: int = 20) -> list[Detection]:
+    """Fold repeated detections of one step into the first, in order of checking.
+
+    The first detection keeps its dating and values; it gains the newest index at
+    which the step was still seen, how often it was seen, and the smallest p-value.
+    """
+    merged: list[Detection] = []
+    for detection in sorted(detections, key=lambda found: found.checked_index):
+        for position in range(len(merged) - 1, -1, -1):
+            if is_repeat(merged[position], detection, max_gap=max_gap):
+                merged[position] = folded(merged[position], detection)
+                break
+        else:
+            merged.append(detection)
+    return merged
+
+
+def folded(first: Detection, repeat: Detection) -> Detection:
+    return msgspec.structs.replace(
+        first,
+        seen_until_index=repeat.checked_index,
+        times_seen=first.times_seen + 1,
+        p_value=min(first.p_value, repeat.p_value),
+        q_value=min(first.q_value, repeat.q_value),
+    )
