@@ -1,7 +1,9 @@
 """The simulated coordinator shell around the real ``State``.
 
-Like the real one it stamps each message with its own clock on arrival,
-journals every command (in the journal's byte format) before acting on it,
+Like the real one it journals its settings first (``Configure``), so the
+journal replays alike on any state, stamps each message with its own clock
+on arrival, journals every command (in the journal's byte format) before
+acting on it,
 checks the retry budget's bound after it and counts the breakers it opened,
 pushes assignments, cancels and acks down the worker's connection, answers
 heartbeats with the leases it renewed, and ticks when ``next_deadline`` is due.
@@ -43,6 +45,7 @@ class SimCoordinator:
         self.has_changed = False
         self.restarts = 0
         self.breakers_opened: Counter[str] = Counter()
+        self.execute(c.Configure(0.0, config))
 
     # -- the journal ---------------------------------------------------------
 

@@ -16,8 +16,8 @@
   recovery with the default ladder does); one that never fits did not
   complete.
 - A poison task that took down two workers was quarantined.
-- A bad worker blamed ``threshold`` times had its breaker opened, and the
-  breaker is not closed at the end (its probes can only fail).
+- A bad worker blamed ``threshold`` times had its breaker opened, and ends
+  quarantined or with the breaker not closed (its probes can only fail).
 - While it runs (``check_budget_bound``, after every command): a run of at
   least ``min_tasks`` never has more than ``share`` of its tasks retrying
   once one more starts to.
@@ -244,8 +244,11 @@ def _bad_worker_problems(
     if len(blamed) >= threshold and name not in breakers_opened:
         yield f"bad {name} was blamed {len(blamed)} times, but its breaker never opened"
     breaker = state.breakers.workers.get(worker_id)
-    if name in breakers_opened and (breaker is None or breaker.state is BreakerState.CLOSED):
+    is_closed = breaker is None or breaker.state is BreakerState.CLOSED
+    if name in breakers_opened and is_closed:
         yield f"bad {name} ends with its breaker closed, though its probes can only fail"
+    if len(blamed) >= threshold and is_closed and not state.workers[worker_id].health.quarantined:
+        yield f"bad {name} was blamed {len(blamed)} times, yet ends neither quarantined nor shut out"
 
 
 def _may_be_poison_verdict(task: TaskRecord, attempt: AttemptRecord) -> bool:

@@ -92,6 +92,7 @@ class SimulationReport:
     poison_crashes: int = 0
     bad_workers: list[str] = field(default_factory=list)
     breakers_opened: dict[str, int] = field(default_factory=dict)
+    quarantined_workers: list[str] = field(default_factory=list)
     recovery: RecoveryTally | None = None
     final_snapshot: bytes = field(default=b"", repr=False)
     journal: list[bytes] = field(default_factory=list, repr=False)
@@ -328,6 +329,9 @@ class Simulation:
             poison_crashes=self.faults["poison_crashes"],
             bad_workers=sorted(self.fault_model.bad_workers),
             breakers_opened=dict(sorted(self.coordinator.breakers_opened.items())),
+            quarantined_workers=sorted(
+                w.id for w in state.workers.values() if w.health.quarantined
+            ),
             recovery=recovery,
             final_snapshot=state.snapshot(),
             journal=list(self.coordinator.journal),

@@ -126,7 +126,7 @@ def test_the_bad_worker_is_shut_out() -> None:
     for seed in RECOVERY_SEEDS:
         report = small_run(seed)
         (bad,) = report.bad_workers
-        assert f"worker {bad}" in report.breakers_opened
+        assert f"worker {bad}" in report.breakers_opened or bad in report.quarantined_workers
 
 
 def test_an_outage_spends_a_run_retry_budget() -> None:
