@@ -76,6 +76,11 @@ def configure_logging(level: str) -> None:
     "(see examples/recovery.yaml).",
 )
 @click.option(
+    "--db-path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="DuckDB file the results are written to [default: DATA_DIR/results.duckdb].",
+)
+@click.option(
     "--admin-key",
     envvar="DTF_ADMIN_KEY",
     help="Admin API key [env: DTF_ADMIN_KEY]; without it one is created in DATA_DIR/admin.key.",
@@ -92,6 +97,7 @@ def coordinator(
     health_threshold: float,
     health_half_life_s: float,
     recovery_config: Path | None,
+    db_path: Path | None,
     admin_key: str | None,
 ) -> None:
     """Run the coordinator until SIGINT or SIGTERM."""
@@ -113,6 +119,7 @@ def coordinator(
         circuit_breaker_reset_s=circuit_breaker_reset_s,
         health_threshold=health_threshold,
         health_half_life_s=health_half_life_s,
+        results_db_path=db_path.resolve() if db_path else None,
     )
     if recovery is not None:
         settings = dataclasses.replace(

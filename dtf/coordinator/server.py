@@ -32,6 +32,7 @@ from dtf.coordinator.datadir import DataDirLock
 from dtf.coordinator.errors import install_error_handlers
 from dtf.coordinator.limits import BodySizeLimit
 from dtf.coordinator.responses import json_response
+from dtf.coordinator.results_api import results_router
 from dtf.coordinator.runtime import Runtime
 from dtf.coordinator.settings import CoordinatorSettings
 from dtf.coordinator.worker_hub import WorkerHub
@@ -40,6 +41,8 @@ from dtf.core.model import TaskSpec
 from dtf.core.state import StateConfig
 from dtf.errors import DtfError
 from dtf.journal.sqlite import SqliteJournal
+from dtf.results.ingest import ResultsIngester
+from dtf.results.store import ResultsStore
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,9 @@ def create_app(settings: CoordinatorSettings) -> FastAPI:
         log.warning("no DTF_ADMIN_KEY set: created an admin key in %s (mode 0600)", created)
     journal = SqliteJournal(settings.data_dir)
     bus = CommandBus.recover(journal, snapshot_every=settings.snapshot_every)
+    results = ResultsStore.open(settings.results_db)
+    ingester = ResultsIngester(results, bus.state)
+    bus.subscribe(ingester.on_events)
     grants = GrantIssuer(admin_key)
     hub = WorkerHub(
         bus,
@@ -67,12 +73,15 @@ def create_app(settings: CoordinatorSettings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        ingester.start()
         clock = await start_serving(runtime)
         try:
             yield
         finally:
             clock.cancel()
             await bus.stop()
+            ingester.stop()
+            results.close()
             journal.close()
             data_dir_lock.release()
 
@@ -83,6 +92,7 @@ def create_app(settings: CoordinatorSettings) -> FastAPI:
         settings.data_dir / "checkpoints", max_bytes=settings.max_body_bytes
     )
     app.include_router(checkpoint_router(runtime, checkpoints, grants))
+    app.include_router(results_router(runtime, results))
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
 

@@ -32,6 +32,12 @@ class CoordinatorSettings:
     health_half_life_s: float = DEFAULT_HALF_LIFE_S
     recovery: RecoveryPolicy = field(default_factory=RecoveryPolicy)
     classification_rules: tuple[ClassificationRule, ...] = DEFAULT_RULES
+    results_db_path: Path | None = None  # None: results.duckdb in the data dir
+
+    @property
+    def results_db(self) -> Path:
+        """The DuckDB file every finished attempt's results are written to."""
+        return self.results_db_path or self.data_dir / "results.duckdb"
 
     @property
     def heartbeat_interval_s(self) -> float:
