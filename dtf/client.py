@@ -18,6 +18,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -274,6 +275,39 @@ class Client:
     def status(self) -> dict[str, Any]:
         status: dict[str, Any] = self.request("GET", "/api/status", idempotent=True)
         return status
+
+    def aggregate_results(
+        self,
+        by: Sequence[str],
+        *,
+        metric: str | None = None,
+        run_id: str | None = None,
+        since: float | None = None,
+    ) -> dict[str, Any]:
+        """Statistics of metric samples per group of ``by`` dimensions: ``{"groups": [...]}``."""
+        params: dict[str, Any] = {"by": ",".join(by)}
+        optional = {"metric": metric, "run_id": run_id, "since": since}
+        params.update({name: value for name, value in optional.items() if value is not None})
+        reply: dict[str, Any] = self.request(
+            "GET", "/api/results/aggregate", idempotent=True, params=params
+        )
+        return reply
+
+    def export_results(self, path: Path, *, table: str, file_format: str) -> int:
+        """Download one results table as parquet, csv or json into ``path``; returns bytes written."""
+        params = {"table": table, "format": file_format}
+        url = self.url + "/api/results/export"
+        try:
+            with self._http.stream("GET", url, params=params) as response:
+                if response.is_error:
+                    response.read()
+                    raise error_from_response(response)
+                with path.open("wb") as output:
+                    for chunk in response.iter_bytes():
+                        output.write(chunk)
+        except httpx.TransportError as exc:
+            raise self._unreachable([f"{url} ({exc_text(exc)})"], sent=False) from None
+        return path.stat().st_size
 
     def failure_patterns(
         self, *, window_s: float = 3600.0, min_confidence: float = 0.0

@@ -11,7 +11,7 @@ import logging
 import click
 
 from dtf import __version__
-from dtf.cli import failures, inspect, local, serve, submit, workers
+from dtf.cli import failures, inspect, local, results, serve, submit, workers
 from dtf.errors import DtfError, Forbidden, Unauthorized
 
 
@@ -54,7 +54,7 @@ for command in (
     inspect.task,
     workers.workers,
     inspect.status,
-    inspect.results,
+    results.results,
     inspect.keys,
     failures.failures,
 ):

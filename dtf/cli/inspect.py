@@ -1,11 +1,11 @@
-"""Read and manage what the coordinator holds: tasks, workers, results, status, keys."""
+"""Read and manage what the coordinator holds: tasks, status, keys (results: ``results.py``)."""
 
 from __future__ import annotations
 
 import click
 
 from dtf.cli.output import console, json_option, print_json, with_client
-from dtf.cli.render import results_table, status_table, tasks_table
+from dtf.cli.render import status_table, tasks_table
 from dtf.cli.task_view import print_task
 from dtf.client import Client
 
@@ -72,20 +72,6 @@ def status(client: Client, as_json: bool) -> None:
     else:
         console.print(f"coordinator {client.url}")
         console.print(status_table(reply))
-
-
-@click.command()
-@click.option("--task", "task_id", help="Only results of this task.")
-@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10_000))
-@json_option
-@with_client
-def results(client: Client, task_id: str | None, limit: int, as_json: bool) -> None:
-    """List attempt results."""
-    found = client.results(task_id, limit=limit)
-    if as_json:
-        print_json({"results": found})
-    else:
-        console.print(results_table(found))
 
 
 @click.group()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Iterator
@@ -12,7 +13,10 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from click.testing import CliRunner
 
+from dtf.cli import cli
+from dtf.cli.results import parse_since
 from dtf.core.events import Event
 from dtf.core.model import Outcome
 from dtf.errors import InvalidRequest
@@ -216,3 +220,48 @@ def test_backfill_writes_what_the_file_lacks(driver: StateDriver, store: Results
     with store.reader() as cursor:
         [(run_count,)] = cursor.execute("SELECT count(*) FROM runs").fetchall()
     assert run_count == 0  # no run_id labels
+
+
+def test_cli_aggregates_and_exports_a_results_file(tmp_path: Path) -> None:
+    path = tmp_path / "results.duckdb"
+    with contextlib.closing(ResultsStore.open(path)) as writer:
+        writer.insert(batch(KNOWN))
+    runner = CliRunner()
+    aggregated = runner.invoke(
+        cli,
+        [
+            "results",
+            "aggregate",
+            "--db",
+            str(path),
+            "--by",
+            "hardware",
+            "--metric",
+            "latency_ms",
+            "--json",
+        ],
+    )
+    assert aggregated.exit_code == 0, aggregated.output
+    groups = json.loads(aggregated.output)["groups"]
+    assert [(g["hardware_class"], g["count"]) for g in groups] == [("cpu", 10), ("cuda", 2)]
+    target = tmp_path / "out.csv"
+    exported = runner.invoke(
+        cli, ["results", "export", "--db", str(path), "--format", "csv", "--output", str(target)]
+    )
+    assert exported.exit_code == 0, exported.output
+    assert "wrote 12 rows of metric_samples" in exported.output
+
+
+def test_cli_names_a_results_file_that_is_not_there(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.duckdb"
+    result = CliRunner().invoke(cli, ["results", "aggregate", "--db", str(missing)])
+    assert result.exit_code == 1
+    assert f"no results file at {missing}" in result.output
+
+
+@pytest.mark.parametrize(
+    ("text", "since"),
+    [("1700000000", 1_700_000_000.0), ("90s", 910.0), ("30m", -800.0), ("1d", 1000.0 - 86400)],
+)
+def test_since_takes_epoch_seconds_or_a_duration_ago(text: str, since: float) -> None:
+    assert parse_since(text, now=1000.0) == since
