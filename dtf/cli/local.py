@@ -131,14 +131,18 @@ def default_examples_dir() -> Path:
     show_default=True,
     help="Give up after this many seconds.",
 )
+@fault_options(with_log=False)
 def demo(
     keep_running: bool,
     data_dir: Path | None,
     port: int,
     examples_dir: Path | None,
     timeout_s: float,
+    faults: FaultSettings | None,
 ) -> None:
-    """Start a coordinator and 3 workers, run a workload through failures, and summarise."""
+    """Start a coordinator and 3 workers, run a workload through failures, and summarise.
+
+    With --fault-injection the workers also inject real faults (try --fault-rate 0.3)."""
     from dtf.demo.runner import DemoSettings, run_demo
 
     settings = DemoSettings(
@@ -147,6 +151,7 @@ def demo(
         port=port,
         timeout_s=timeout_s,
         keep_running=keep_running,
+        faults=faults,
     )
     stop = stop_event_on_signals()
     click.get_current_context().exit(run_demo(settings, console, stop))

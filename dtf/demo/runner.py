@@ -5,10 +5,16 @@ runs, SIGKILLs the worker running it (with all its children, as if the
 machine died), then submits the flaky task and polls until every task is
 finished, printing each retry and recovery as it happens. The long task's
 lease expires after the short lease timeout and it is run again elsewhere.
+
+With ``faults`` (``dtf demo --fault-injection``) the workers also inject
+real faults, each printed as it strikes; dead workers are restarted, and the
+checks and summary are those of ``faults.py``; breakers reset after 10 s and
+health scores recover with a 20 s half-life, so both are seen to work.
 """
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 import uuid
@@ -17,19 +23,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TimeElapsedColumn
 
 from dtf.client import TERMINAL_STATUSES, Client
 from dtf.demo.events import changes
+from dtf.demo.faults import fault_checks, faults_table, recovery_line
 from dtf.demo.summary import Check, checks, print_summary
 from dtf.demo.workload import Workload, build_workload
 from dtf.local import ClusterSettings, LocalCluster
+from dtf.worker.faults import FaultSettings, InjectedFault
 
 Task = dict[str, Any]
 Say = Callable[[str], None]
 
 POLL_INTERVAL_S = 0.3
+# With faults injected, breakers open and workers get quarantined: let them
+# come back within the demo's minutes rather than a fleet's.
+FAULT_DEMO_COORDINATOR_ARGS = ("--circuit-breaker-reset-time", "10", "--health-half-life", "20")
 LONG_TASK_START_TIMEOUT_S = 60.0
 
 
@@ -43,6 +54,7 @@ class DemoSettings:
     lease_timeout_s: float = 5.0
     timeout_s: float = 300.0
     keep_running: bool = False
+    faults: FaultSettings | None = None
 
 
 @dataclass
@@ -53,6 +65,9 @@ class DemoRun:
     tasks: dict[str, Task] = field(default_factory=dict)
     victim: str | None = None
     flaky_submitted: bool = False
+    injected: list[InjectedFault] = field(default_factory=list)
+    notices: collections.deque[str] = field(default_factory=collections.deque)
+    faulted: bool = False
 
     @property
     def is_finished(self) -> bool:
@@ -91,6 +106,7 @@ def step(client: Client, cluster: LocalCluster, run: DemoRun, started: float, sa
     """One poll: report changes, kill the worker once the long task runs, send the flaky task."""
     sent = run.workload.all_specs if run.flaky_submitted else run.workload.first_batch
     latest = poll(client, run, [spec["id"] for spec in sent])
+    say_news(cluster, run, say)
     for line in changes(run.tasks, latest):
         say(line)
     run.tasks = latest
@@ -107,6 +123,16 @@ def step(client: Client, cluster: LocalCluster, run: DemoRun, started: float, sa
     client.submit(run.workload.flaky)
     run.flaky_submitted = True
     say("submitted the flaky task (fails on its first attempt, retried on non-zero exit)")
+
+
+def say_news(cluster: LocalCluster, run: DemoRun, say: Say) -> None:
+    """Worker restarts and injected faults since the last poll."""
+    while run.notices:
+        say(f"[yellow]{run.notices.popleft()}[/yellow]")
+    injected = cluster.injected_faults()
+    for fault in injected[len(run.injected) :]:
+        say(f"[magenta]{fault.describe()}[/magenta]")
+    run.injected = injected
 
 
 def drive(
@@ -141,7 +167,9 @@ def drive(
 def run_demo(settings: DemoSettings, console: Console, stop: threading.Event) -> int:
     """Run the demo; 0 when every check passed, 1 otherwise, 130 when interrupted."""
     run_id = f"demo-{uuid.uuid4().hex[:6]}"
-    run = DemoRun(build_workload(run_id, settings.examples_dir))
+    run = DemoRun(
+        build_workload(run_id, settings.examples_dir), faulted=settings.faults is not None
+    )
     cluster = LocalCluster(
         ClusterSettings(
             data_dir=settings.data_dir,
@@ -149,7 +177,11 @@ def run_demo(settings: DemoSettings, console: Console, stop: threading.Event) ->
             port=settings.port,
             slots=settings.slots,
             lease_timeout_s=settings.lease_timeout_s,
-        )
+            restart_workers=settings.faults is not None,
+            faults=settings.faults,
+            coordinator_args=FAULT_DEMO_COORDINATOR_ARGS if settings.faults else (),
+        ),
+        report=run.notices.append,
     )
     try:
         with console.status(f"starting a coordinator and {settings.workers} workers..."):
@@ -158,7 +190,9 @@ def run_demo(settings: DemoSettings, console: Console, stop: threading.Event) ->
         with cluster.client() as client:
             in_time = drive(client, cluster, run, settings, stop)
             where = data_locations(cluster, client.status())
-        passed = report(console, run, in_time, where)
+        run.injected = cluster.injected_faults()
+        restarts = cluster.supervisor.restarts if cluster.supervisor else 0
+        passed = report(console, run, in_time, where, restarts)
         if settings.keep_running:
             keep_running(cluster, console, stop, run.workload.long_task_id)
         return 0 if passed else 1
@@ -169,11 +203,17 @@ def run_demo(settings: DemoSettings, console: Console, stop: threading.Event) ->
         cluster.stop()
 
 
-def report(console: Console, run: DemoRun, in_time: bool, where: dict[str, str]) -> bool:
+def report(
+    console: Console, run: DemoRun, in_time: bool, where: dict[str, str], restarts: int
+) -> bool:
     """Print the summary and the checks; True when every check passed."""
     results = evaluate(run, in_time)
     if run.flaky_submitted:
-        print_summary(console, run.tasks, run.workload, results, where)
+        extra: list[RenderableType] = []
+        if run.faulted:
+            extra = [faults_table(run.tasks, run.injected)]
+            extra.append(recovery_line(run.tasks, run.injected, restarts))
+        print_summary(console, run.tasks, run.workload, results, where, extra)
     else:
         for check in results:
             console.print(f"FAIL {check.description}", markup=False)
@@ -186,6 +226,8 @@ def evaluate(run: DemoRun, in_time: bool) -> list[Check]:
     in_time_check = Check("every task finished within the demo's time limit", in_time)
     if not run.flaky_submitted:
         return [in_time_check]
+    if run.faulted:
+        return [in_time_check, *fault_checks(run.tasks, run.injected)]
     return [in_time_check, *checks(run.tasks, run.workload, run.victim)]
 
 

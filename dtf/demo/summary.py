@@ -7,10 +7,11 @@ every check holds.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.table import Table
 
 from dtf.cli.output import duration_text
@@ -170,7 +171,9 @@ def print_summary(
     workload: Workload,
     results: list[Check],
     where: dict[str, str],
+    extra: Sequence[RenderableType] = (),
 ) -> None:
+    """The summary; ``extra`` (such as the injected faults) goes after the tables."""
     ordered = [tasks[task_id] for task_id in workload.task_ids]
     console.rule("demo summary")
     statuses = Counter(task["status"] for task in ordered)
@@ -181,6 +184,7 @@ def print_summary(
         workers_table(ordered),
         benchmark_table(tasks, workload),
         tests_table(tasks, workload),
+        *extra,
     ):
         console.print(table)
     for name, location in where.items():
