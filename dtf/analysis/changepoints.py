@@ -27,7 +27,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import ndtr
-from scipy.stats import rankdata
 
 from dtf.analysis.series import FloatArray
 
@@ -57,9 +56,8 @@ def split_statistics(values: FloatArray, first: int, last: int) -> FloatArray:
     shrinks every statistic towards zero.
     """
     size = len(values)
-    ranks = rankdata(values)
-    _, tie_counts = np.unique(values, return_counts=True)
-    tie_term = float(np.sum(tie_counts.astype(np.float64) ** 3 - tie_counts)) / (size * (size - 1))
+    ranks, tie_counts = midranks(values)
+    tie_term = float(np.sum(tie_counts**3 - tie_counts)) / (size * (size - 1))
     splits = np.arange(first, last + 1)
     after = size - splits
     rank_sum_after = ranks.sum() - np.cumsum(ranks)[splits - 1]
@@ -70,6 +68,18 @@ def split_statistics(values: FloatArray, first: int, last: int) -> FloatArray:
     with np.errstate(divide="ignore", invalid="ignore"):
         z = np.where(variance > 0, shrunk / np.sqrt(variance), 0.0)
     return np.asarray(z, dtype=np.float64)
+
+
+def midranks(values: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """1-based ranks, tied values sharing their mean rank, and the size of each tie group."""
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    is_first = np.concatenate(([True], ordered[1:] != ordered[:-1]))
+    starts = np.flatnonzero(is_first)
+    counts = np.diff(np.append(starts, len(values))).astype(np.float64)
+    ranks = np.empty(len(values), dtype=np.float64)
+    ranks[order] = (starts + (counts + 1.0) / 2.0)[np.cumsum(is_first) - 1]
+    return ranks, counts
 
 
 def scan(values: FloatArray, *, first: int, last: int, side: Side) -> Split:

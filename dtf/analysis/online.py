@@ -41,8 +41,13 @@ class OnlineSettings:
     min_baseline: int = 10
     min_recent: int = 3
     max_recent: int = 20
-    alpha: float = 0.005  # per-check bound on the scan-corrected p-value
+    alpha: float = 0.01  # per-check bound on the scan-corrected p-value
     min_relative_change: float = 0.02
+    merge_tolerance: int = 5  # repeats date the step within this many points of the first
+    merge_gap: int = 20  # checks without a detection after which a step is seen anew
+
+
+DEFAULT_SETTINGS = OnlineSettings()
 
 
 class Detection(Struct, frozen=True):
@@ -67,13 +72,13 @@ class Detection(Struct, frozen=True):
     times_seen: int = 1
 
 
-def online_check(series: Series, settings: OnlineSettings = OnlineSettings()) -> Detection | None:
+def online_check(series: Series, settings: OnlineSettings = DEFAULT_SETTINGS) -> Detection | None:
     """Check one series on its own (a family of one): a detection or ``None``."""
     return next(iter(online_checks([series], fdr=1.0, settings=settings)), None)
 
 
 def online_checks(
-    family: Sequence[Series], *, fdr: float = 0.05, settings: OnlineSettings = OnlineSettings()
+    family: Sequence[Series], *, fdr: float = 0.05, settings: OnlineSettings = DEFAULT_SETTINGS
 ) -> list[Detection]:
     """Check every series of one ingest; keep detections that survive BH at ``fdr``."""
     candidates = [candidate(series, settings) for series in family]
@@ -123,44 +128,64 @@ def candidate(series: Series, settings: OnlineSettings) -> Detection | None:
     )
 
 
-def is_repeat(earlier: Detection, later: Detection, *, max_gap: int = 20) -> bool:
+def is_repeat(
+    earlier: Detection, later: Detection, settings: OnlineSettings = DEFAULT_SETTINGS
+) -> bool:
     """Whether ``later`` sees the step ``earlier`` already reported.
 
-    Same series and kind, the step it dates was already there when ``earlier``
-    was last seen, and no more than ``max_gap`` checks passed without seeing it.
+    Same series and kind, at most ``merge_gap`` checks after ``earlier`` was last
+    seen, and dating a change that was already there when ``earlier`` was last
+    seen and not before it (less ``merge_tolerance`` points). A second step that
+    comes while the first is still seen is folded into it; the retrospective
+    segmenter tells them apart.
     """
     return (
         earlier.metric == later.metric
         and earlier.labels == later.labels
         and earlier.environment_fingerprint == later.environment_fingerprint
         and earlier.kind is later.kind
-        and later.change_index <= earlier.seen_until_index
-        and 0 < later.checked_index - earlier.seen_until_index <= max_gap
+        and 0 < later.checked_index - earlier.seen_until_index <= settings.merge_gap
+        and earlier.change_index - settings.merge_tolerance
+        <= later.change_index
+        <= earlier.seen_until_index
     )
 
 
-def merge_detections(detections: Sequence[Detection], *, max_gap: int = 20) -> list[Detection]:
+def merge_detections(
+    detections: Sequence[Detection], settings: OnlineSettings = DEFAULT_SETTINGS
+) -> list[Detection]:
     """Fold repeated detections of one step into the first, in order of checking.
 
-    The first detection keeps its dating and values; it gains the newest index at
-    which the step was still seen, how often it was seen, and the smallest p-value.
+    The merged detection keeps when the step was first seen (``checked_index``)
+    and takes its dating and values from the strongest repeat that could date it:
+    more points after a step date it better, until the step is older than the
+    recent window. It counts how often and until when the step was seen.
     """
     merged: list[Detection] = []
     for detection in sorted(detections, key=lambda found: found.checked_index):
         for position in range(len(merged) - 1, -1, -1):
-            if is_repeat(merged[position], detection, max_gap=max_gap):
-                merged[position] = folded(merged[position], detection)
+            if is_repeat(merged[position], detection, settings):
+                merged[position] = folded(merged[position], detection, settings)
                 break
         else:
             merged.append(detection)
     return merged
 
 
-def folded(first: Detection, repeat: Detection) -> Detection:
+def folded(merged: Detection, repeat: Detection, settings: OnlineSettings) -> Detection:
+    """Both as one: first seen when ``merged`` was, dated by the stronger evidence.
+
+    A repeat re-dates the step only if the current dating was among the splits it
+    scanned (inside its recent window, off the window's far edge); otherwise it
+    could not have chosen that split and only extends when the step was seen.
+    """
+    age_of_dating = repeat.checked_index - merged.change_index + 1
+    could_choose = settings.min_recent <= age_of_dating < settings.max_recent
+    dated = repeat if could_choose and repeat.p_value < merged.p_value else merged
     return msgspec.structs.replace(
-        first,
+        dated,
+        checked_index=merged.checked_index,
         seen_until_index=repeat.checked_index,
-        times_seen=first.times_seen + 1,
-        p_value=min(first.p_value, repeat.p_value),
-        q_value=min(first.q_value, repeat.q_value),
+        times_seen=merged.times_seen + 1,
+        q_value=min(merged.q_value, repeat.q_value),
     )

@@ -1,0 +1,123 @@
+"""The check at ingest: steps in the bad direction are seen, repeats are merged."""
+
+from __future__ import annotations
+
+import msgspec
+import numpy as np
+import pytest
+
+from dtf.analysis.online import (
+    Detection,
+    OnlineSettings,
+    is_repeat,
+    merge_detections,
+    online_check,
+    online_checks,
+)
+from dtf.analysis.series import Direction, Environment, Kind, Series, direction_of
+
+
+@pytest.mark.parametrize(
+    ("metric", "direction"),
+    [
+        ("latency_ms", Direction.LOWER_IS_BETTER),
+        ("step_time_s", Direction.LOWER_IS_BETTER),
+        ("peak_memory_mb", Direction.LOWER_IS_BETTER),
+        ("tokens_per_s", Direction.HIGHER_IS_BETTER),  # "_per_s" wins over the "_s" suffix
+        ("samples_per_sec", Direction.HIGHER_IS_BETTER),
+        ("matmul_gflops", Direction.HIGHER_IS_BETTER),
+        ("top1_accuracy", Direction.HIGHER_IS_BETTER),
+        ("loss_scale", Direction.TWO_SIDED),  # nothing in the name says which way is worse
+    ],
+)
+def test_direction_comes_from_the_metric_name(metric: str, direction: Direction) -> None:
+    assert direction_of(metric) is direction
+
+
+def noisy(level: float, size: int, seed: int) -> np.ndarray:
+    return level * (1.0 + 0.01 * np.random.default_rng(seed).standard_normal(size))
+
+
+def stepped(metric: str, factor: float, seed: int = 1, after: int = 8) -> Series:
+    values = np.concatenate([noisy(100.0, 60, seed), noisy(100.0 * factor, after, seed + 1)])
+    keys = [f"c{index}" for index in range(len(values))]
+    return Series.of(metric, values, order_keys=keys, labels={"model": "resnet"})
+
+
+def test_a_latency_step_up_is_a_regression_dated_at_its_first_point() -> None:
+    found = online_check(stepped("latency_ms", 1.10))
+    assert found is not None
+    assert (found.kind, found.change_index, found.checked_index) == (Kind.REGRESSION, 60, 67)
+    assert (found.last_good_key, found.first_bad_key) == ("c59", "c60")
+    assert found.relative_change == pytest.approx(0.10, abs=0.02)
+    assert found.labels == (("model", "resnet"),)
+
+
+def test_a_throughput_drop_is_a_regression_and_a_rise_is_not_reported() -> None:
+    drop = online_check(stepped("images_per_s", 0.90))
+    assert drop is not None and drop.kind is Kind.REGRESSION
+    assert online_check(stepped("images_per_s", 1.10)) is None
+    assert online_check(stepped("latency_ms", 0.90)) is None
+
+
+def test_a_small_step_is_below_the_minimum_relative_change() -> None:
+    series = stepped("latency_ms", 1.015, after=15)
+    assert online_check(series) is None
+    assert online_check(series, OnlineSettings(min_relative_change=0.01)) is not None
+
+
+def test_a_single_spike_is_not_a_step() -> None:
+    values = np.append(noisy(100.0, 60, 4), 400.0)
+    assert online_check(Series.of("latency_ms", values)) is None
+
+
+def test_too_short_a_series_is_not_checked() -> None:
+    assert online_check(Series.of("latency_ms", [1.0, 2.0, 3.0, 4.0])) is None
+
+
+def test_only_the_newest_environment_is_compared() -> None:
+    old, new = Environment.of({"batch_size": 8}), Environment.of({"batch_size": 16})
+    values = np.concatenate([noisy(100.0, 60, 5), noisy(150.0, 8, 6)])
+    series = Series.of("latency_ms", values, environment=[old] * 60 + [new] * 8)
+    assert online_check(series) is None  # 8 points in the new environment: nothing to compare
+
+
+def test_family_control_keeps_the_step_and_drops_the_stationary_series() -> None:
+    family = [stepped("latency_ms", 1.10)] + [
+        Series.of("latency_ms", noisy(100.0, 68, seed), labels={"n": seed}) for seed in range(50)
+    ]
+    found = online_checks(family)
+    assert [f.labels for f in found] == [(("model", "resnet"),)]
+    assert found[0].q_value >= found[0].p_value
+
+
+def detections_while_ingesting(series: Series, start: int) -> list[Detection]:
+    found = []
+    for length in range(start, len(series) + 1):
+        prefix = Series.of(series.metric, series.values[:length], labels=dict(series.labels))
+        found.extend(online_checks([prefix]))
+    return found
+
+
+def test_repeated_detections_of_one_step_merge_into_the_first() -> None:
+    series = stepped("latency_ms", 1.10, after=30)
+    found = detections_while_ingesting(series, 61)
+    assert len(found) > 10
+    merged = merge_detections(found)
+    assert len(merged) == 1
+    assert merged[0].checked_index == found[0].checked_index
+    assert merged[0].change_index == 60
+    assert merged[0].times_seen == len(found)
+    assert merged[0].seen_until_index == found[-1].checked_index
+
+
+def test_a_detection_after_a_long_quiet_gap_is_a_new_step() -> None:
+    first = online_check(stepped("latency_ms", 1.10))
+    assert first is not None
+    later = msgspec.structs.replace(first, checked_index=first.checked_index + 40, change_index=100)
+    assert not is_repeat(first, later)
+    assert len(merge_detections([first, later])) == 2
+    other_series = msgspec.structs.replace(
+        first, checked_index=first.checked_index + 1, labels=(("model", "bert"),)
+    )
+    assert not is_repeat(first, other_series)
