@@ -24,7 +24,9 @@ Test verdicts use Fisher's exact test on (failed, passed) counts per side.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Mapping, Sequence
+from statistics import NormalDist
 
 import msgspec
 import numpy as np
@@ -34,8 +36,10 @@ from scipy import stats
 from dtf.analysis.series import Direction, FloatArray
 from dtf.errors import InvalidRequest
 
+STANDARD_NORMAL = NormalDist()
 LOW_THRESHOLD = 0.01
 POWER = 0.99
+Z_POWER = STANDARD_NORMAL.inv_cdf(POWER)
 BOOTSTRAP_RESAMPLES = 2000
 MAX_REPEATS = 10_000
 MAX_TEST_REPEATS = 200
@@ -184,16 +188,16 @@ def _relative(change: FloatArray, baseline: FloatArray) -> FloatArray | None:
 
 def high_threshold(effect: float, count_a: int, count_b: int) -> float:
     """The p-value above which a shift of ``effect`` (in spreads) is ruled out."""
-    z_alternative = _expected_u_z(effect, count_a, count_b) - stats.norm.ppf(POWER)
-    high = 2.0 * float(stats.norm.sf(z_alternative))
+    z_alternative = _expected_u_z(effect, count_a, count_b) - Z_POWER
+    high = 2.0 * (1.0 - STANDARD_NORMAL.cdf(z_alternative))
     return min(1.0, max(LOW_THRESHOLD, high))
 
 
 def _expected_u_z(effect: float, count_a: int, count_b: int) -> float:
     """Mean z of Mann-Whitney U when B is shifted by ``effect`` spreads (normal data)."""
-    superiority = float(stats.norm.cdf(effect / np.sqrt(2.0)))
-    null_sd = np.sqrt(count_a * count_b * (count_a + count_b + 1) / 12.0)
-    return float((superiority - 0.5) * count_a * count_b / null_sd)
+    superiority = STANDARD_NORMAL.cdf(effect / math.sqrt(2.0))
+    null_sd = math.sqrt(count_a * count_b * (count_a + count_b + 1) / 12.0)
+    return (superiority - 0.5) * count_a * count_b / null_sd
 
 
 def _standardised_min_effect(a: FloatArray, b: FloatArray, min_relative_change: float) -> float:
