@@ -122,7 +122,7 @@ def run_mode(mode: str, options: argparse.Namespace, work_dir: Path) -> dict[str
         ),
     )
     specs = workload(options.tasks, options.seed)
-    with LocalCluster(settings, report=lambda line: stderr.print(f"[dim]{line}[/dim]")) as cluster:
+    with LocalCluster(settings, report=report) as cluster:
         with cluster.client(timeout_s=60) as client:
             started = time.monotonic()
             client.submit_many(specs)
@@ -132,6 +132,10 @@ def run_mode(mode: str, options: argparse.Namespace, work_dir: Path) -> dict[str
         faults = Counter(str(fault.kind) for fault in cluster.injected_faults())
         restarts = cluster.supervisor.restarts if cluster.supervisor else 0
     return figures(listed, wall_s, faults, restarts)
+
+
+def report(line: str) -> None:
+    stderr.print(f"[dim]{line}[/dim]", soft_wrap=True, highlight=False)
 
 
 def wait_until_finished(client: Any, total: int, timeout_s: float) -> None:
