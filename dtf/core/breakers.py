@@ -33,7 +33,9 @@ DEFAULT_RESET_TIME_S = 300.0
 
 # Which failures count against the worker and against its hardware class. A
 # task's own errors (software error, running out of memory at its batch size)
-# blame neither; a timeout is the task's until patterns say otherwise.
+# blame neither; a timeout is the task's until patterns say otherwise. Nor does
+# a communication error: the service the task talks to is as likely at fault,
+# and an outage of one would otherwise shut out the whole fleet.
 WORKER_FAULTS = frozenset(
     {
         FailureType.WORKER_CRASH,
@@ -41,7 +43,6 @@ WORKER_FAULTS = frozenset(
         FailureType.CUDA_ERROR,
         FailureType.BROWSER_CRASH,
         FailureType.WEBGPU_CONTEXT_LOST,
-        FailureType.COMMUNICATION_ERROR,
     }
 )
 HARDWARE_FAULTS = frozenset(

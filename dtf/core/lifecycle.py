@@ -255,7 +255,7 @@ class Lifecycle:
             min_tasks=self.config.retry_budget_min_tasks,
         )
         if isinstance(plan.next_step, Escalate) or over_budget is not None:
-            why = over_budget if over_budget is not None else plan.next_step.reason
+            why = plan.next_step.reason if isinstance(plan.next_step, Escalate) else over_budget
             self.finish_task(task, TaskStatus.FAILED, f"{reason}; {why}", now)
             return
         self.budgets.start_retry(task)

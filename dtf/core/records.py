@@ -175,6 +175,7 @@ class TaskRecord(Struct):
     hardware_override: list[HardwareClass] | None = None
     finished_at: float | None = None
     cancel_requested: bool = False
+    crash_mates: list[str] = []
     checkpoint: CheckpointRef | None = None
 
     def move_to(self, status: TaskStatus, reason: str | None = None) -> None:
@@ -203,6 +204,7 @@ class WorkerRecord(Struct):
     tasks_completed: int = 0
     tasks_failed: int = 0
     incarnation: str = ""
+    incident_tasks: list[str] = []
     health: WorkerHealth = msgspec.field(default_factory=WorkerHealth)
 
     @property

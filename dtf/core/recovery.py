@@ -121,6 +121,10 @@ class RecoveryPolicy(Struct, frozen=True, forbid_unknown_fields=True):
     max_delay_s: NonNegativeFloat = 60.0
     jitter: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.2
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.mode, RecoveryMode):
+            raise TypeError(f"mode must be a RecoveryMode, got {self.mode!r}")
+
 
 class _PolicyConfig(RecoveryPolicy, frozen=True, forbid_unknown_fields=True):
     """The config file's shape: a ladder given here replaces the default of

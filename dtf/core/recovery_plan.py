@@ -63,7 +63,12 @@ def plan_recovery(
     poison = poison_reason(task, attempt, classification.failure_type, poison_after)
     if poison is not None:
         return RecoveryPlan(classification, Escalate(poison), is_poison=True)
-    refusal = retry_refusal(attempt=attempt.number, failure=failure, policy=task.spec.retry_policy)
+    refusal = retry_refusal(
+        attempt=attempt.number,
+        failure=failure,
+        failure_type=classification.failure_type,
+        policy=task.spec.retry_policy,
+    )
     if refusal is not None:
         return RecoveryPlan(classification, Escalate(refusal))
     task_policy = recovery_policy_for(policy, task.spec.retry_policy)
@@ -99,7 +104,9 @@ def poison_reason(
     task: TaskRecord, attempt: AttemptRecord, failure_type: FailureType, poison_after: int
 ) -> str | None:
     """A task whose runs took down ``poison_after`` different workers is the
-    problem, not the workers: it is quarantined instead of retried."""
+    problem, not the workers: it is quarantined instead of retried. (Tasks
+    that went down together are retried apart, so a bystander seldom shares
+    a second crash with the culprit.)"""
     if poison_after < 1 or failure_type is not FailureType.WORKER_CRASH:
         return None
     crashed = dict.fromkeys(

@@ -249,21 +249,26 @@ class State(SubmissionMixin, CheckpointMixin, HealthMixin):
         return breaker is None or breaker.allows(now)
 
     def is_acceptable_on(self, task_id: str, worker: WorkerRecord, now: float) -> bool:
-        """Not while the breaker of the hardware class it would run on is open; and
-        a task avoids a worker it failed on while another live worker could run it."""
+        """Not while the breaker of the hardware class it would run on is open. A
+        task avoids a worker it failed on, and one running a task it went down
+        with, while another live worker could run it."""
         task = self.tasks[task_id]
         if self.breakers.hardware:
             hardware = self.breakers.hardware.get(hardware_class_of(task, worker.capabilities))
             if hardware is not None and not hardware.allows(now):
                 return False
-        worker_id = worker.id
-        if worker_id not in task.avoid_workers:
+        if not self.shuns(task, worker):
             return True
         requirements = effective_requirements(task)
         return not any(
-            w.id != worker_id and w.id not in task.avoid_workers
+            w.id != worker.id and not self.shuns(task, w)
             for w in self.workers_satisfying(requirements)
         )
+
+    def shuns(self, task: TaskRecord, worker: WorkerRecord) -> bool:
+        if worker.id in task.avoid_workers:
+            return True
+        return bool(task.crash_mates) and any(t in task.crash_mates for t in worker.leases)
 
     def assign(self, task: TaskRecord, worker: WorkerRecord, now: float) -> None:
         self.ready.remove(task.id)

@@ -17,7 +17,7 @@ from dtf.core.health import connection_dropped, went_silent
 from dtf.core.lifecycle import Lifecycle
 from dtf.core.matching import satisfies
 from dtf.core.model import FailureKind, LeaseRef, RequirementSet
-from dtf.core.records import AttemptStatus, WorkerRecord, WorkerStatus
+from dtf.core.records import AttemptStatus, TaskRecord, WorkerRecord, WorkerStatus
 from dtf.errors import Conflict, InvalidRequest, NotFound
 
 
@@ -107,19 +107,35 @@ class WorkerMixin(Lifecycle):
         dropped. On registration (``max_fence_seen`` None) nothing is in flight.
         """
         held_fences = {ref.fence for ref in held}
+        dropped = []
         for task_id in list(worker.leases):
             task = self.tasks[task_id]
             assert task.lease is not None
             if task.lease.fence in held_fences:
                 self.renew_lease(task, now)
             elif max_fence_seen is None or task.lease.fence <= max_fence_seen:
-                self.fail_attempt(
-                    task,
-                    now,
-                    failure=FailureKind.WORKER_LOST,
-                    reason=f"worker {worker.id} no longer holds attempt {task.lease.attempt}",
-                    status=AttemptStatus.LOST,
-                )
+                dropped.append(task)
+        if dropped:
+            worker.incident_tasks = [task.id for task in dropped]
+        for task in dropped:
+            assert task.lease is not None
+            reason = f"worker {worker.id} no longer holds attempt {task.lease.attempt}"
+            self.lose_attempt(task, reason, now)
+        worker.incident_tasks = []
+
+    def lose_attempt(self, task: TaskRecord, reason: str, now: float) -> None:
+        """End the current attempt as lost, remembering which tasks went down
+        with it: their retries are kept apart, so that a task that crashes
+        worker after worker (a poison task) is told from its bystanders."""
+        assert task.lease is not None
+        worker = self.workers.get(task.lease.worker_id)
+        if worker is not None:
+            if not worker.incident_tasks:
+                worker.incident_tasks = list(worker.leases)
+            task.crash_mates = [t for t in worker.incident_tasks if t != task.id]
+        self.fail_attempt(
+            task, now, failure=FailureKind.WORKER_LOST, reason=reason, status=AttemptStatus.LOST
+        )
 
     def expire_silent_workers(self, now: float) -> None:
         for worker in self.workers.values():
@@ -143,13 +159,8 @@ class WorkerMixin(Lifecycle):
             return False
         worker = self.workers.get(lease.worker_id)
         silent_for = now - worker.last_seen_at if worker else self.config.lease_timeout_s
-        self.fail_attempt(
-            task,
-            now,
-            failure=FailureKind.WORKER_LOST,
-            reason=f"lease expired: no heartbeat from {lease.worker_id} for {silent_for:.1f}s",
-            status=AttemptStatus.LOST,
-        )
+        reason = f"lease expired: no heartbeat from {lease.worker_id} for {silent_for:.1f}s"
+        self.lose_attempt(task, reason, now)
         return True
 
     def forgive_downtime(self, now: float) -> None:

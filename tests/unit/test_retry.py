@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dtf.core.failures import FailureType
 from dtf.core.model import FailureKind, RetryPolicy
 from dtf.core.recovery import RecoveryPolicy
 from dtf.core.recovery import backoff_delay_s as recovery_backoff_delay_s
@@ -19,38 +20,56 @@ def backoff_delay_s(policy: RetryPolicy, task_id: str, attempt: int) -> float:
 
 
 NO_JITTER = RetryPolicy(jitter=0.0)
+SOFTWARE = FailureType.SOFTWARE_ERROR
 
 DECISIONS = [
     # a lost worker is retried
-    (FailureKind.WORKER_LOST, 1, RetryPolicy(), True),
+    (FailureKind.WORKER_LOST, SOFTWARE, 1, RetryPolicy(), True),
     # a crash is retried
-    (FailureKind.CRASHED, 1, RetryPolicy(), True),
+    (FailureKind.CRASHED, SOFTWARE, 1, RetryPolicy(), True),
     # a timeout is retried
-    (FailureKind.TIMEOUT, 2, RetryPolicy(), True),
+    (FailureKind.TIMEOUT, SOFTWARE, 2, RetryPolicy(), True),
     # out of memory is retried
-    (FailureKind.OOM, 1, RetryPolicy(), True),
+    (FailureKind.OOM, SOFTWARE, 1, RetryPolicy(), True),
     # an executor error is retried
-    (FailureKind.EXECUTOR_ERROR, 3, RetryPolicy(), True),
+    (FailureKind.EXECUTOR_ERROR, SOFTWARE, 3, RetryPolicy(), True),
     # a non-zero exit is the task's own verdict: not retried by default
-    (FailureKind.EXIT_NONZERO, 1, RetryPolicy(), False),
+    (FailureKind.EXIT_NONZERO, SOFTWARE, 1, RetryPolicy(), False),
+    # ... nor when nothing explains it
+    (FailureKind.EXIT_NONZERO, FailureType.UNKNOWN, 1, RetryPolicy(), False),
+    # but an exit the environment caused is retried: a CUDA error, a refused connection
+    (FailureKind.EXIT_NONZERO, FailureType.CUDA_ERROR, 1, RetryPolicy(), True),
+    (FailureKind.EXIT_NONZERO, FailureType.COMMUNICATION_ERROR, 1, RetryPolicy(), True),
     # ... unless the policy opts in
-    (FailureKind.EXIT_NONZERO, 1, RetryPolicy(retry_on_nonzero_exit=True), True),
+    (FailureKind.EXIT_NONZERO, SOFTWARE, 1, RetryPolicy(retry_on_nonzero_exit=True), True),
     # the last allowed retry: attempt 3 of max_retries=3 is followed by attempt 4
-    (FailureKind.CRASHED, 3, RetryPolicy(max_retries=3), True),
+    (FailureKind.CRASHED, SOFTWARE, 3, RetryPolicy(max_retries=3), True),
     # retries exhausted: attempt 4 was the third retry
-    (FailureKind.CRASHED, 4, RetryPolicy(max_retries=3), False),
+    (FailureKind.CRASHED, SOFTWARE, 4, RetryPolicy(max_retries=3), False),
     # no retries at all
-    (FailureKind.WORKER_LOST, 1, RetryPolicy(max_retries=0), False),
+    (FailureKind.WORKER_LOST, SOFTWARE, 1, RetryPolicy(max_retries=0), False),
     # exhausted also for opted-in exits
-    (FailureKind.EXIT_NONZERO, 2, RetryPolicy(max_retries=1, retry_on_nonzero_exit=True), False),
+    (
+        FailureKind.EXIT_NONZERO,
+        SOFTWARE,
+        2,
+        RetryPolicy(max_retries=1, retry_on_nonzero_exit=True),
+        False,
+    ),
 ]
 
 
-@pytest.mark.parametrize(("failure", "attempt", "policy", "retries"), DECISIONS)
+@pytest.mark.parametrize(("failure", "failure_type", "attempt", "policy", "retries"), DECISIONS)
 def test_retry_refusal(
-    failure: FailureKind, attempt: int, policy: RetryPolicy, retries: bool
+    failure: FailureKind,
+    failure_type: FailureType,
+    attempt: int,
+    policy: RetryPolicy,
+    retries: bool,
 ) -> None:
-    refusal = retry_refusal(attempt=attempt, failure=failure, policy=policy)
+    refusal = retry_refusal(
+        attempt=attempt, failure=failure, failure_type=failure_type, policy=policy
+    )
     assert (refusal is None) is retries
 
 
@@ -60,7 +79,8 @@ GIVE_UP_REASONS = [
         FailureKind.EXIT_NONZERO,
         1,
         RetryPolicy(),
-        "exit_nonzero is not retried by this task's retry policy",
+        "exit_nonzero (software_error) is not retried by this task's retry policy; "
+        "set retry_policy.retry_on_nonzero_exit to retry it",
     ),
     # exhausted: the reason names the attempt and the limit
     (
@@ -76,7 +96,8 @@ GIVE_UP_REASONS = [
 def test_give_up_says_why(
     failure: FailureKind, attempt: int, policy: RetryPolicy, reason: str
 ) -> None:
-    assert retry_refusal(attempt=attempt, failure=failure, policy=policy) == reason
+    refusal = retry_refusal(attempt=attempt, failure=failure, failure_type=SOFTWARE, policy=policy)
+    assert refusal == reason
 
 
 DELAYS = [

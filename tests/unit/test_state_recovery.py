@@ -8,7 +8,7 @@ from dtf.core.failures import FailureType
 from dtf.core.model import FailureKind, Outcome
 from dtf.core.recovery import Strategy
 from dtf.core.state import StateConfig
-from dtf.testing.factories import StateDriver, events_of, task_spec
+from dtf.testing.factories import StateDriver, capabilities, events_of, task_spec
 
 OOM_STDERR = "Traceback (most recent call last):\n  ...\nMemoryError: out of memory at batch 32\n"
 NO_DELAY = {"retry_delay_seconds": 0.0, "jitter": 0.0}
@@ -134,3 +134,48 @@ def test_the_budget_is_per_run() -> None:
     driver.fail("a", FailureKind.CRASHED, at=1.0)
     driver.fail("b", FailureKind.CRASHED, at=2.0)
     assert driver.status("a") == driver.status("b") == "pending"
+
+
+def test_a_cuda_error_that_exits_1_is_retried_without_opting_in() -> None:
+    driver = StateDriver()
+    for worker in ("w1", "w2"):
+        driver.register(worker, capabilities(hardware=["cpu", "cuda"]))
+    driver.submit(("t", task_spec(requirements={"hardware": ["cuda"]}, retry_policy=NO_DELAY)))
+    stderr = (
+        "Traceback (most recent call last):\n"
+        "RuntimeError: CUDA error: an illegal memory access was encountered\n"
+    )
+    failed = Outcome(failure=FailureKind.EXIT_NONZERO, exit_code=1, stderr_tail=stderr)
+    driver.report("t", failed, at=1.0)
+    assert driver.state.tasks["t"].attempts[0].failure_type is FailureType.CUDA_ERROR
+    assert driver.status("t") != "failed"
+
+
+def test_a_plain_assertion_failure_is_still_the_task_s_own_verdict() -> None:
+    driver = StateDriver()
+    driver.register("w1")
+    driver.submit(("t", task_spec(retry_policy=NO_DELAY)))
+    stderr = "Traceback (most recent call last):\nAssertionError: expected 3, got 4\n"
+    driver.report("t", Outcome(failure=FailureKind.EXIT_NONZERO, exit_code=1, stderr_tail=stderr))
+    assert driver.status("t") == "failed"
+
+
+def test_a_bystander_of_a_poison_task_is_kept_apart_from_it_and_not_quarantined() -> None:
+    driver = StateDriver()
+    for worker in ("w1", "w2", "w3"):
+        driver.register(worker, slots=2)
+    driver.submit(
+        ("poison", task_spec(retry_policy=NO_DELAY)),
+        ("bystander", task_spec(retry_policy=NO_DELAY)),
+    )
+    first = driver.worker_of("poison")
+    assert driver.worker_of("bystander") == first
+    driver.register(first, slots=2, held=[], session="s2", at=1.0)
+    assert driver.state.tasks["bystander"].crash_mates == ["poison"]
+    assert driver.worker_of("poison") != driver.worker_of("bystander")
+    second = driver.worker_of("poison")
+    driver.register(second, slots=2, held=[], session="s2", at=2.0)
+    assert driver.status("poison") == "failed"
+    assert "quarantined as a poison task" in (driver.state.tasks["poison"].status_reason or "")
+    driver.succeed("bystander", at=3.0)
+    assert driver.status("bystander") == "completed"

@@ -90,7 +90,8 @@ def test_failed_dependency_fails_dependants_with_the_reason(
     driver.fail("build", FailureKind.EXIT_NONZERO, at=1.0)
     tasks = driver.state.tasks
     assert tasks["build"].status_reason == (
-        "exited with code 1; exit_nonzero is not retried by this task's retry policy"
+        "exited with code 1; exit_nonzero (software_error) is not retried by this task's "
+        "retry policy; set retry_policy.retry_on_nonzero_exit to retry it"
     )
     assert tasks["test"].status is TaskStatus.FAILED
     assert tasks["test"].status_reason == f"dependency build failed: {tasks['build'].status_reason}"
