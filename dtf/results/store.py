@@ -8,10 +8,11 @@ the live stream — never adds a row. Only the small ``attempts`` table has a
 primary key (a second guard); the large ``metric_samples`` table has none,
 because maintaining an index would slow bulk inserts several times over.
 
-Threads: one connection belongs to the store; ``insert`` holds a lock while
-it writes, and every reader takes its own ``cursor()`` (a separate DuckDB
-connection to the same database, safe to use from another thread), so API
-queries run while a batch is written and see only committed batches.
+Threads: one connection belongs to the writer; ``insert`` holds a lock while
+it writes. Every reader takes its own cursor (a separate DuckDB connection to
+the same database, safe to use from its thread), made from a second root
+connection under a lock of its own, so API queries neither touch the
+writer's connection nor wait for a write, and see only committed batches.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ class ResultsStore:
         self.path = path
         self._connection = connection
         self._write_lock = threading.Lock()
+        self._reader_root = connection.cursor()
+        self._reader_lock = threading.Lock()
 
     @classmethod
     def open(cls, path: Path, *, read_only: bool = False) -> ResultsStore:
@@ -84,13 +87,16 @@ class ResultsStore:
         return store
 
     def close(self) -> None:
+        with self._reader_lock:
+            self._reader_root.close()
         with self._write_lock:
             self._connection.close()
 
     @contextlib.contextmanager
     def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """A cursor of its own for one thread's queries."""
-        cursor = self._connection.cursor()
+        with self._reader_lock:
+            cursor = self._reader_root.cursor()
         try:
             yield cursor
         finally:
