@@ -98,7 +98,7 @@ def attempts_table(task: Record) -> Table:
             attempt["worker_id"],
             params_text(attempt.get("params_patch") or {}),
             styled(attempt.get("status", "running")),
-            attempt.get("failure_type") or attempt.get("failure") or outcome.get("failure") or "-",
+            failure_text(attempt, outcome),
             attempt.get("reason") or "-",
             f"signal {signal}"
             if signal is not None
@@ -107,6 +107,15 @@ def attempts_table(task: Record) -> Table:
             duration_text(attempt.get("retry_delay_s")),
         )
     return table
+
+
+def failure_text(attempt: Record, outcome: Record) -> str:
+    """The classified failure, marked when dtf's fault injection caused it on purpose."""
+    failure = attempt.get("failure_type") or attempt.get("failure") or outcome.get("failure")
+    injected = outcome.get("injected_fault")
+    if injected:
+        return f"{failure or 'ok'} [yellow](injected {injected})[/yellow]"
+    return str(failure or "-")
 
 
 def params_text(params: Record) -> str:

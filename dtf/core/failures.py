@@ -70,6 +70,7 @@ class FailureEvidence(Struct, frozen=True, omit_defaults=True):
     hardware_class: HardwareClass | None = None
     oom_killed: bool = False
     exception_type: str | None = None
+    injected_fault: str | None = None
 
     @classmethod
     def from_outcome(
@@ -93,6 +94,7 @@ class FailureEvidence(Struct, frozen=True, omit_defaults=True):
             hardware_class=hardware_class,
             oom_killed=oom_killed,
             exception_type=exception_type or exception_type_in(outcome.stderr_tail),
+            injected_fault=outcome.injected_fault,
         )
 
 
@@ -229,12 +231,14 @@ _MAX_QUOTE = 200
 def classify(
     evidence: FailureEvidence, rules: Sequence[ClassificationRule] = DEFAULT_RULES
 ) -> Classification:
-    """The first rule that matches names the failure type; none matching is ``unknown``."""
+    """The first rule that matches names the failure type; none matching is ``unknown``.
+    A fault dtf injected on purpose says so first in the evidence."""
+    injected = [f"injected fault {evidence.injected_fault}"] if evidence.injected_fault else []
     for rule in rules:
         quotes = match_rule(rule, evidence)
         if quotes is not None:
-            return Classification(rule.failure_type, rule.name, quotes)
-    return Classification(FailureType.UNKNOWN, NO_RULE, list(_facts(evidence)))
+            return Classification(rule.failure_type, rule.name, injected + quotes)
+    return Classification(FailureType.UNKNOWN, NO_RULE, injected + list(_facts(evidence)))
 
 
 def match_rule(rule: ClassificationRule, evidence: FailureEvidence) -> list[str] | None:

@@ -7,7 +7,7 @@ from typing import Any
 import msgspec
 from rich.console import Console
 
-from dtf.cli.render import hardware_text, tasks_table, workers_table
+from dtf.cli.render import failure_text, hardware_text, tasks_table, workers_table
 from dtf.cli.task_view import any_problems, poll_summary, print_task, result_line, spec_summary
 from dtf.core.model import Capabilities, FailureKind, GpuInfo, HardwareClass, Outcome, TaskSpec
 from dtf.core.model import TestCaseResult as CaseResult
@@ -160,3 +160,13 @@ def test_workers_table_marks_declared_hardware_and_gpus() -> None:
 def test_hardware_text_when_declared_class_also_listed_as_hardware() -> None:
     caps = {"hardware": ["cpu", "webgpu"], "declared_hardware": ["webgpu"]}
     assert hardware_text(caps) == "cpu, webgpu (declared)"
+
+
+def test_an_injected_fault_is_marked_in_the_attempts_table() -> None:
+    outcome = encode(Outcome(failure=FailureKind.CRASHED, signal=15, injected_fault="cuda_error"))
+    assert failure_text({"failure_type": "cuda_error"}, outcome) == (
+        "cuda_error [yellow](injected cuda_error)[/yellow]"
+    )
+    survived = encode(Outcome(injected_fault="disconnect"))
+    assert failure_text({}, survived) == "ok [yellow](injected disconnect)[/yellow]"
+    assert failure_text({"failure": "timeout"}, {}) == "timeout"

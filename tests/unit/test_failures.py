@@ -286,3 +286,15 @@ def test_classification_encodes(evidence: FailureEvidence) -> None:
     classification = classify(evidence)
     encoded = msgspec.json.encode(classification)
     assert msgspec.json.decode(encoded, type=type(classification)) == classification
+
+
+def test_an_injected_fault_says_so_first_in_the_evidence() -> None:
+    outcome = Outcome(
+        failure=FailureKind.CRASHED,
+        signal=15,
+        stderr_tail="RuntimeError: CUDA error: an illegal memory access was encountered",
+        injected_fault="cuda_error",
+    )
+    found = classify(FailureEvidence.from_outcome(outcome))
+    assert found.failure_type is FailureType.CUDA_ERROR
+    assert found.evidence_text[0] == "injected fault cuda_error"
