@@ -16,6 +16,7 @@ import click
 
 from dtf.cli.fault_options import fault_options
 from dtf.cli.output import console
+from dtf.cli.recovery_options import RecoveryFlags, recovery_options
 from dtf.cli.serve import LOG_LEVELS
 from dtf.local import ClusterSettings, LocalCluster
 from dtf.worker.faults import FaultSettings
@@ -69,6 +70,7 @@ def print_worker_event(line: str) -> None:
 @click.option("--lease-timeout", "lease_timeout_s", default=10.0, show_default=True, type=float)
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(LOG_LEVELS))
 @click.option("--admin-key", envvar="DTF_ADMIN_KEY", help="Admin key [env: DTF_ADMIN_KEY].")
+@recovery_options
 @fault_options(with_log=False)
 def up(
     workers: int,
@@ -78,6 +80,7 @@ def up(
     lease_timeout_s: float,
     log_level: str,
     admin_key: str | None,
+    recovery: RecoveryFlags,
     faults: FaultSettings | None,
 ) -> None:
     """Start a coordinator and local workers; Ctrl-C stops them all.
@@ -94,6 +97,7 @@ def up(
         log_level=log_level,
         restart_workers=True,
         faults=faults,
+        coordinator_args=recovery.coordinator_args(),
     )
     stop = stop_event_on_signals()
     cluster = LocalCluster(settings, report=print_worker_event)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import socket
 from pathlib import Path
@@ -11,6 +10,7 @@ import click
 
 from dtf.cli.fault_options import fault_options
 from dtf.cli.output import parse_pairs
+from dtf.cli.recovery_options import RecoveryFlags, recovery_options
 from dtf.client import DEFAULT_COORDINATOR, parse_coordinators
 from dtf.core.model import HardwareClass
 from dtf.worker.faults import FaultSettings
@@ -39,42 +39,7 @@ def configure_logging(level: str) -> None:
 @click.option("--lease-timeout", "lease_timeout_s", default=10.0, show_default=True, type=float)
 @click.option("--worker-timeout", "worker_timeout_s", default=30.0, show_default=True, type=float)
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(LOG_LEVELS))
-@click.option(
-    "--circuit-breaker-threshold",
-    default=3,
-    show_default=True,
-    type=click.IntRange(1),
-    help="Consecutive worker (or, from distinct workers, hardware) faults that open a breaker.",
-)
-@click.option(
-    "--circuit-breaker-reset-time",
-    "circuit_breaker_reset_s",
-    default=300.0,
-    show_default=True,
-    type=click.FloatRange(0, min_open=True),
-    help="Seconds an open breaker waits before letting one probe through.",
-)
-@click.option(
-    "--health-threshold",
-    default=70.0,
-    show_default=True,
-    type=click.FloatRange(0, 100),
-    help="Health score (0-100) below which a worker is quarantined: it gets no new work.",
-)
-@click.option(
-    "--health-half-life",
-    "health_half_life_s",
-    default=600.0,
-    show_default=True,
-    type=click.FloatRange(0, min_open=True),
-    help="Seconds after which a result counts half as much in a worker's health score.",
-)
-@click.option(
-    "--recovery-config",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="YAML file of recovery ladders, mode and classification rules "
-    "(see examples/recovery.yaml).",
-)
+@recovery_options
 @click.option(
     "--db-path",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -92,21 +57,15 @@ def coordinator(
     lease_timeout_s: float,
     worker_timeout_s: float,
     log_level: str,
-    circuit_breaker_threshold: int,
-    circuit_breaker_reset_s: float,
-    health_threshold: float,
-    health_half_life_s: float,
-    recovery_config: Path | None,
+    recovery: RecoveryFlags,
     db_path: Path | None,
     admin_key: str | None,
 ) -> None:
     """Run the coordinator until SIGINT or SIGTERM."""
-    from dtf.coordinator.recovery_config import load_recovery_config
     from dtf.coordinator.server import run_coordinator
     from dtf.coordinator.settings import CoordinatorSettings
 
     configure_logging(log_level)
-    recovery = load_recovery_config(recovery_config) if recovery_config else None
     settings = CoordinatorSettings(
         data_dir=data_dir.resolve(),
         host=host,
@@ -115,17 +74,9 @@ def coordinator(
         lease_timeout_s=lease_timeout_s,
         worker_timeout_s=worker_timeout_s,
         log_level=log_level,
-        circuit_breaker_threshold=circuit_breaker_threshold,
-        circuit_breaker_reset_s=circuit_breaker_reset_s,
-        health_threshold=health_threshold,
-        health_half_life_s=health_half_life_s,
         results_db_path=db_path.resolve() if db_path else None,
     )
-    if recovery is not None:
-        settings = dataclasses.replace(
-            settings, recovery=recovery[0], classification_rules=recovery[1]
-        )
-    click.get_current_context().exit(run_coordinator(settings))
+    click.get_current_context().exit(run_coordinator(recovery.apply(settings)))
 
 
 def parse_hardware(values: tuple[str, ...]) -> list[HardwareClass]:
