@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, WebSocket
 from fastapi.openapi.utils import get_openapi
 
 from dtf import __version__
@@ -31,6 +31,7 @@ from dtf.coordinator.checkpoints_api import checkpoint_router
 from dtf.coordinator.datadir import DataDirLock
 from dtf.coordinator.errors import install_error_handlers
 from dtf.coordinator.limits import BodySizeLimit
+from dtf.coordinator.live import LiveChannel
 from dtf.coordinator.responses import json_response
 from dtf.coordinator.results_api import results_router
 from dtf.coordinator.runtime import Runtime
@@ -93,6 +94,12 @@ def create_app(settings: CoordinatorSettings) -> FastAPI:
     )
     app.include_router(checkpoint_router(runtime, checkpoints, grants))
     app.include_router(results_router(runtime, results))
+    live = LiveChannel(runtime, results)
+
+    @app.websocket("/ws")
+    async def live_channel(websocket: WebSocket) -> None:
+        """Requests (get_status, get_aggregated_results) and pushed updates (subscribe)."""
+        await live.serve(websocket)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
 
