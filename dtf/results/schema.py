@@ -9,7 +9,15 @@ Keys: a task row is written once, when the task is terminal (``task_id``);
 an attempt row, with all of its metric samples and test cases, is written
 once, in one transaction, when the attempt has finished (``task_id``,
 ``attempt``); a worker snapshot is keyed by (``worker_id``, ``journal_seq``).
-``runs`` is a view over ``tasks``.
+``runs`` is a view over ``tasks``. ``regression_alerts`` is written by the
+online check at ingest: one row per state of an alert, keyed by (``alert_id``,
+``times_seen``), so a step seen again adds a row and the newest row of an
+alert is its current state.
+
+Migrations: ``MIGRATIONS[n]`` holds the statements that bring a version-``n``
+file to version ``n + 1``; new tables need none, since every table's DDL is
+``CREATE TABLE IF NOT EXISTS``. Each step ends by recording the new version,
+guarded so it runs only on a file at version ``n``.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -183,8 +191,48 @@ WORKER_SNAPSHOTS = Table(
     primary_key=("worker_id", "journal_seq"),
 )
 
+# The dimensions of a metric series (``dtf.results.queries.SERIES_KEY``) in column form.
+SERIES_COLUMNS = (
+    _text("name"),
+    _text("unit"),
+    _text("model"),
+    _text("hardware_class"),
+    _text("device_model"),
+    _big("batch_size"),
+    _text("precision"),
+    _text("config"),
+)
+
+REGRESSION_ALERTS = Table(
+    "regression_alerts",
+    (
+        _text("alert_id"),
+        _integer("times_seen"),
+        _real("first_seen_at"),
+        _real("recorded_at"),
+        *SERIES_COLUMNS,
+        _text("direction"),
+        _text("kind"),
+        _big("change_index"),
+        _big("checked_index"),
+        _big("seen_until_index"),
+        _text("last_good_key"),
+        _text("first_bad_key"),
+        _real("before_median"),
+        _real("after_median"),
+        _real("shift"),
+        _real("relative_change"),
+        _real("p_value"),
+        _real("q_value"),
+        _text("environment_fingerprint"),
+        _text("summary"),
+    ),
+    primary_key=("alert_id", "times_seen"),
+)
+
 TABLES: dict[str, Table] = {
-    t.name: t for t in (TASKS, ATTEMPTS, METRIC_SAMPLES, TEST_CASES, WORKER_SNAPSHOTS)
+    t.name: t
+    for t in (TASKS, ATTEMPTS, METRIC_SAMPLES, TEST_CASES, WORKER_SNAPSHOTS, REGRESSION_ALERTS)
 }
 
 RUNS_VIEW = """CREATE OR REPLACE VIEW runs AS
@@ -206,6 +254,24 @@ VERSION_DDL = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER, creat
 EXPORTABLE = (*TABLES, "runs")
 
 
+# Version 2 added regression_alerts, which its CREATE TABLE IF NOT EXISTS makes.
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: ()}
+
+
+def migration_statements() -> list[str]:
+    """Bring an older file up to ``SCHEMA_VERSION``; a no-op on an empty or current file."""
+    statements: list[str] = []
+    for version, steps in sorted(MIGRATIONS.items()):
+        statements.extend(steps)
+        statements.append(
+            f"INSERT INTO schema_version SELECT {version + 1}, epoch(current_timestamp) "
+            f"WHERE (SELECT max(version) FROM schema_version) = {version}"
+        )
+    return statements
+
+
 def create_statements() -> list[str]:
-    """Every statement that makes an empty file a results file (all idempotent)."""
-    return [VERSION_DDL, *(table.ddl() for table in TABLES.values()), RUNS_VIEW]
+    """Every statement that makes an empty file a results file, or migrates an older one
+    (all idempotent)."""
+    tables = [table.ddl() for table in TABLES.values()]
+    return [VERSION_DDL, *tables, RUNS_VIEW, *migration_statements()]
