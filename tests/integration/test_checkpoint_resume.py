@@ -6,8 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +21,11 @@ from dtf.coordinator.settings import CoordinatorSettings
 from dtf.core.model import LeaseRef
 from dtf.errors import InvalidRequest, NotFound
 from dtf.local.cluster import ClusterSettings, LocalCluster
+from dtf.testing.waiting import wait_for
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 ADMIN_KEY = "admin-secret"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 # -- the blob store ------------------------------------------------------------

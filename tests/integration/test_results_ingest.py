@@ -10,8 +10,6 @@ without duplicating anything.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ import pytest
 
 from dtf.client import Client
 from dtf.local.cluster import ClusterSettings, LocalCluster
+from dtf.testing.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -49,15 +48,6 @@ TEST_TASK = {
     "config": {"path": str(EXAMPLES / "test_sample.py")},
     "labels": {"run_id": "nightly-1", "commit": "abc123"},
 }
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def table_counts(path: Path) -> dict[str, int]:
