@@ -293,6 +293,39 @@ class Client:
         )
         return reply
 
+    def regressions(
+        self, *, metric: str | None = None, since: float | None = None, min_change: float = 0.02
+    ) -> dict[str, Any]:
+        """Change points of every metric series: ``{"alerts", "groups", "refused", "tests"}``."""
+        params = {"metric": metric, "since": since, "min_change": min_change}
+        return self._results("regressions", params)
+
+    def compare_runs(self, run_a: str, run_b: str) -> dict[str, Any]:
+        """Run A against run B: ``{"metrics", "tests", "refused", "only_in_a", "only_in_b"}``."""
+        return self._results("compare", {"run_a": run_a, "run_b": run_b})
+
+    def flaky_tests(self, *, since: float | None = None) -> builtins.list[dict[str, Any]]:
+        return builtins.list(self._results("flaky", {"since": since})["flaky"])
+
+    def anomalies(self, *, since: float | None = None) -> dict[str, Any]:
+        """``{"groups_checked", "groups": [{"subject", "key", "report"}]}``."""
+        return self._results("anomalies", {"since": since})
+
+    def trends(self, *, metric: str | None = None, steps: int = 5) -> builtins.list[dict[str, Any]]:
+        """Per series ``{"key", "trend"}``: slope with its interval and a forecast."""
+        return builtins.list(self._results("trends", {"metric": metric, "steps": steps})["trends"])
+
+    def regression_alerts(self, *, since: float | None = None) -> builtins.list[dict[str, Any]]:
+        """The alerts the coordinator's online check stored, each in its newest state."""
+        return builtins.list(self._results("alerts", {"since": since})["alerts"])
+
+    def _results(self, route: str, params: dict[str, Any]) -> dict[str, Any]:
+        present = {name: value for name, value in params.items() if value is not None}
+        reply: dict[str, Any] = self.request(
+            "GET", f"/api/results/{route}", idempotent=True, params=present
+        )
+        return reply
+
     def export_results(self, path: Path, *, table: str, file_format: str) -> int:
         """Download one results table as parquet, csv or json into ``path``; returns bytes written."""
         params = {"table": table, "format": file_format}

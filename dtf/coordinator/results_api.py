@@ -1,4 +1,5 @@
-"""Routes over the results file: ``GET /api/results/aggregate`` and ``GET /api/results/export``.
+"""Routes over the results file: aggregation, export, and the analyses of
+``dtf.results.insights`` (regressions, compare, flaky, anomalies, trends, alerts).
 
 Queries run in a worker thread on a cursor of their own (see
 ``dtf.results.store``), so a slow aggregation never holds up the event loop
@@ -11,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import FileResponse
@@ -20,11 +22,14 @@ from starlette.background import BackgroundTask
 
 from dtf.coordinator.responses import json_response
 from dtf.coordinator.runtime import Runtime
+from dtf.results import insights
 from dtf.results.export import check_export, export_table
 from dtf.results.queries import Filters, aggregate
 from dtf.results.store import ResultsStore
 
 Authorization = Annotated[str | None, Header()]
+Since = Annotated[float | None, Query(description="Epoch seconds")]
+Answer = TypeVar("Answer")
 MEDIA_TYPES = {
     "parquet": "application/vnd.apache.parquet",
     "csv": "text/csv",
@@ -72,7 +77,84 @@ def results_router(rt: Runtime, store: ResultsStore) -> APIRouter:
             background=BackgroundTask(path.unlink, missing_ok=True),
         )
 
+    add_insight_routes(router, rt, store)
     return router
+
+
+def add_insight_routes(router: APIRouter, rt: Runtime, store: ResultsStore) -> None:
+    """The analyses; errors name the unknown run or metric, or the environments that differ."""
+
+    @router.get("/regressions")
+    async def regressions(
+        metric: str | None = None,
+        since: Since = None,
+        min_change: Annotated[float, Query(ge=0.0, description="Minimum relative change")] = 0.02,
+        authorization: Authorization = None,
+    ) -> Response:
+        """Change points of every metric series, Benjamini-Hochberg over all of them; alerts
+        dated at or after ``since``, grouped by commit range."""
+        rt.auth.require(authorization, "read")
+        report = await _read(
+            store,
+            lambda cursor: insights.regressions(
+                cursor, Filters(metric=metric), since=since, min_relative_change=min_change
+            ),
+        )
+        return json_response(report)
+
+    @router.get("/compare")
+    async def compare(run_a: str, run_b: str, authorization: Authorization = None) -> Response:
+        """Run A (baseline) against run B: per metric the change, its bootstrap interval and a
+        verdict; per test the failure counts; metrics from different environments refused."""
+        rt.auth.require(authorization, "read")
+        return json_response(
+            await _read(store, lambda cursor: insights.compare_runs(cursor, run_a, run_b))
+        )
+
+    @router.get("/flaky")
+    async def flaky(since: Since = None, authorization: Authorization = None) -> Response:
+        """Tests that passed and failed on one commit (or run), with flake and flip rates."""
+        rt.auth.require(authorization, "read")
+        found = await _read(store, lambda cursor: insights.flaky_tests(cursor, since=since))
+        return json_response({"flaky": found})
+
+    @router.get("/anomalies")
+    async def anomalies(since: Since = None, authorization: Authorization = None) -> Response:
+        """Robust z-scores of task durations and metric series; an isolation forest over workers."""
+        rt.auth.require(authorization, "read")
+        return json_response(
+            await _read(store, lambda cursor: insights.anomalies(cursor, since=since))
+        )
+
+    @router.get("/trends")
+    async def trends(
+        metric: str | None = None,
+        steps: Annotated[int, Query(ge=1, le=100)] = 5,
+        authorization: Authorization = None,
+    ) -> Response:
+        """Per series: Theil-Sen slope with its interval, and a forecast ``steps`` ahead."""
+        rt.auth.require(authorization, "read")
+        found = await _read(
+            store, lambda cursor: insights.trends(cursor, Filters(metric=metric), steps=steps)
+        )
+        return json_response({"trends": found})
+
+    @router.get("/alerts")
+    async def alerts(since: Since = None, authorization: Authorization = None) -> Response:
+        """The alerts of the online check at ingest, each in its newest state."""
+        rt.auth.require(authorization, "read")
+        found = await _read(store, lambda cursor: insights.stored_alerts(cursor, since=since))
+        return json_response({"alerts": found})
+
+
+async def _read(store: ResultsStore, query: Callable[[Any], Answer]) -> Answer:
+    """Run ``query`` on a cursor of its own in a worker thread."""
+
+    def run() -> Answer:
+        with store.reader() as cursor:
+            return query(cursor)
+
+    return await asyncio.to_thread(run)
 
 
 def _aggregate(store: ResultsStore, by: list[str], filters: Filters) -> list[dict[str, Any]]:
