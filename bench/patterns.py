@@ -1,10 +1,13 @@
-"""Rule-based failure patterns against a learned layer, on labelled synthetic histories.
+"""Rule-based failure patterns against the learned layer, on labelled synthetic histories.
 
-Prints precision and recall of both on held-out histories, per noise level;
-asserts nothing. The issue asks for a learned layer only if it beats the
-rule-based one here.
+Prints precision and recall of each method on held-out histories, per noise
+level; asserts nothing. The issue asks for a learned layer only if it beats
+the rule-based one here. ``--export PATH`` instead trains the learned layer
+and writes its weights module (``dtf/core/pattern_weights.py`` is what the
+defaults give; tests/unit/test_pattern_model.py checks it still does).
 
     .venv/bin/python bench/patterns.py [--train 40] [--test 40] [--tasks 300]
+        [--rate-ratio 2] [--export dtf/core/pattern_weights.py]
 
 **History.** One seeded ``random.Random`` per history draws a fleet of 24
 workers (12 cpu, 8 cuda, 4 webgpu) and 300 tasks over an hour; each task is
@@ -32,21 +35,28 @@ over the held-out histories of a noise level.
 
 **Methods.** ``rules``: ``dtf.core.patterns.detect_patterns`` over the whole
 window, every pattern it reports; ``rules>=0.5``: those with confidence at
-least 0.5 (what ``dtf failures --min-confidence 0.5`` shows).
-``logistic``: per kind, a scikit-learn logistic regression over per-subject
-features (counts, rates, and each count relative to the fleet's median),
-trained on the ``--train`` histories of all noise levels (seeds 0..) and
-scored on the ``--test`` held-out ones (seeds 1000..); a subject is
-detected at probability 0.5 or more. Held-out histories come ``as trained``
-and ``shifted``: bad workers failing 45 % instead of 70 % of their
-attempts and the bad class 20 % instead of 35 %, which the model never saw.
+least 0.5 (what ``dtf failures --min-confidence 0.5`` shows); ``rules,
+worker rate>=2x``: the rules with a worker reported only when its failure
+rate is at least ``--rate-ratio`` times the fleet's (a cheaper idea than a
+model). ``logistic``: per kind, a scikit-learn logistic regression over
+``dtf.core.pattern_model.subject_features`` (counts, rates, and each
+relative to the median over the kind's subjects), trained on the
+``--train`` histories of all noise levels (seeds 0..) and scored on the
+``--test`` held-out ones (seeds 1000..); a subject is detected at
+probability 0.5 or more. ``rules+learned``: the rule patterns whose
+``learned_probability`` from ``detect_patterns`` is at least 0.5 (what
+``dtf failures --min-probability 0.5`` shows); it uses the committed
+weights, and the last line says how far they are from the ones trained
+here. Held-out histories come ``as trained`` and ``shifted``: bad workers
+failing 45 % instead of 70 % of their attempts and the bad class 20 %
+instead of 35 %, which the model never saw.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import random
-import statistics
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -54,12 +64,23 @@ from dataclasses import dataclass, field
 from rich.console import Console
 from rich.table import Table
 from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from dtf.core.breakers import HARDWARE_FAULTS, WORKER_FAULTS
+from dtf.core import pattern_model
 from dtf.core.failures import FailureType
-from dtf.core.patterns import FailureRecord, PatternKind, SuccessRecord, detect_patterns
+from dtf.core.pattern_model import (
+    LinearModel,
+    feature_names,
+    learned_probabilities,
+    subject_features,
+)
+from dtf.core.patterns import (
+    FailurePattern,
+    FailureRecord,
+    PatternKind,
+    SuccessRecord,
+    detect_patterns,
+)
 
 F = FailureType
 K = PatternKind
@@ -160,126 +181,119 @@ class World:
         return None
 
 
-# -- the rule-based detector ---------------------------------------------------------
+# -- the rule-based detector, alone and with the learned layer --------------------
 
 
-def rule_detections(history: History, min_confidence: float) -> set[Label]:
-    patterns = detect_patterns(
+def rule_patterns(history: History) -> list[FailurePattern]:
+    return detect_patterns(
         history.failures,
         now=WINDOW_S + 1000.0,
         window_s=WINDOW_S + 1000.0,
         successes=history.successes,
-        min_confidence=min_confidence,
     )
-    return {(p.kind, p.key) for p in patterns if p.kind in SCORED}
+
+
+def scored(patterns: Iterable[FailurePattern], min_confidence: float = 0.0) -> set[Label]:
+    return {
+        (p.kind, p.key) for p in patterns if p.kind in SCORED and p.confidence >= min_confidence
+    }
+
+
+def rate_relative_detections(
+    history: History, found: list[FailurePattern], ratio: float
+) -> set[Label]:
+    """The rules with a worker reported only when its failure rate is at
+    least ``ratio`` times the fleet's (the colleague's cheaper idea)."""
+    attempts = Counter(r.worker_id for r in [*history.failures, *history.successes])
+    failed = Counter(f.worker_id for f in history.failures)
+    fleet_rate = len(history.failures) / max(attempts.total(), 1)
+    return {
+        (kind, key)
+        for kind, key in scored(found)
+        if kind is not K.WORKER or failed[key] / attempts[key] >= ratio * fleet_rate
+    }
 
 
 # -- the learned layer ---------------------------------------------------------------
 
-Features = dict[PatternKind, dict[str, list[float]]]
 
-
-def features(history: History) -> Features:
-    """Per kind, per candidate subject: counts and rates, each count also
-    relative to the median over the kind's candidates."""
-    raw = {
-        K.WORKER: _worker_features(history),
-        K.HARDWARE: _hardware_features(history),
-        K.TASK: _task_features(history),
-    }
-    return {kind: _with_relative(rows) for kind, rows in raw.items()}
-
-
-def _worker_features(history: History) -> dict[str, list[float]]:
-    failed_on: dict[str, set[str]] = {}
-    for f in history.failures:
-        failed_on.setdefault(f.task_id, set()).add(f.worker_id)
-    succeeded_on: dict[str, set[str]] = {}
-    for s in history.successes:
-        succeeded_on.setdefault(s.task_id, set()).add(s.worker_id)
-    attempts = Counter(r.worker_id for r in [*history.failures, *history.successes])
-    rows = {}
-    for worker_id in history.workers:
-        mine = [f for f in history.failures if f.worker_id == worker_id]
-        tasks = {f.task_id for f in mine}
-        alone = [t for t in tasks if failed_on[t] == {worker_id}]
-        cleared = [t for t in tasks if succeeded_on.get(t, set()) - {worker_id}]
-        faults = sum(1 for f in mine if f.failure_type in WORKER_FAULTS)
-        rate = len(mine) / max(attempts[worker_id], 1)
-        rows[worker_id] = [len(mine), len(tasks), len(alone), len(cleared), faults, rate]
-    return rows
-
-
-def _hardware_features(history: History) -> dict[str, list[float]]:
-    attempts = Counter(r.hardware_class for r in [*history.failures, *history.successes])
-    rows = {}
-    for hardware in FLEET:
-        faults = [
-            f
-            for f in history.failures
-            if f.hardware_class == hardware and f.failure_type in HARDWARE_FAULTS
-        ]
-        workers = {f.worker_id for f in faults}
-        busiest = max(Counter(f.worker_id for f in faults).values(), default=0)
-        rate = len(faults) / max(attempts[hardware], 1)
-        rows[hardware] = [len(faults), len(workers), busiest / max(len(faults), 1), rate]
-    return rows
-
-
-def _task_features(history: History) -> dict[str, list[float]]:
-    succeeded = {s.task_id for s in history.successes}
-    by_task: dict[str, list[FailureRecord]] = {}
-    for f in history.failures:
-        by_task.setdefault(f.task_id, []).append(f)
-    rows = {}
-    for task_id, failed in by_task.items():
-        workers = {f.worker_id for f in failed}
-        crashes = sum(1 for f in failed if f.failure_type is F.WORKER_CRASH)
-        types = len({f.failure_type for f in failed})
-        rows[task_id] = [len(failed), len(workers), crashes, types, float(task_id in succeeded)]
-    return rows
-
-
-def _with_relative(rows: dict[str, list[float]]) -> dict[str, list[float]]:
-    if not rows:
-        return rows
-    columns = list(zip(*rows.values(), strict=True))
-    medians = [statistics.median(column) for column in columns]
-    return {
-        key: [*values, *(v - m for v, m in zip(values, medians, strict=True))]
-        for key, values in rows.items()
-    }
-
-
-Model = Callable[[list[list[float]]], list[float]]
-
-
-def train(histories: Iterable[History]) -> dict[PatternKind, Model]:
-    samples: dict[PatternKind, tuple[list[list[float]], list[int]]] = {k: ([], []) for k in SCORED}
+def train(histories: Iterable[History]) -> dict[str, LinearModel]:
+    """Per kind, a standardised logistic regression over ``subject_features``,
+    fitted to convergence so the weights do not depend on the path taken."""
+    samples: dict[str, tuple[list[list[float]], list[int]]] = {k.value: ([], []) for k in SCORED}
     for history in histories:
-        for kind, rows in features(history).items():
+        for kind, rows in subject_features(history.failures, history.successes).items():
             xs, ys = samples[kind]
             for key, row in rows.items():
                 xs.append(row)
                 ys.append(int((kind, key) in history.labels))
-    models: dict[PatternKind, Model] = {}
-    for kind, (xs, ys) in samples.items():
-        pipeline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-        pipeline.fit(xs, ys)
-        models[kind] = lambda rows, fitted=pipeline: list(fitted.predict_proba(rows)[:, 1])
-    return models
+    return {kind: _fitted(kind, xs, ys) for kind, (xs, ys) in samples.items()}
 
 
-def learned_detections(history: History, models: dict[PatternKind, Model]) -> set[Label]:
-    found: set[Label] = set()
-    for kind, rows in features(history).items():
-        if not rows:
-            continue
-        keys = list(rows)
-        for key, probability in zip(keys, models[kind](list(rows.values())), strict=True):
-            if probability >= 0.5:
-                found.add((kind, key))
-    return found
+def _fitted(kind: str, xs: list[list[float]], ys: list[int]) -> LinearModel:
+    scaler = StandardScaler().fit(xs)
+    regression = LogisticRegression(max_iter=10_000, tol=1e-12)
+    regression.fit(scaler.transform(xs), ys)
+    return linear_model(feature_names(kind), scaler, regression)
+
+
+def linear_model(
+    features: tuple[str, ...], scaler: StandardScaler, regression: LogisticRegression
+) -> LinearModel:
+    """The fitted scaler and regression as the core's model."""
+    return LinearModel(
+        features=features,
+        means=tuple(float(v) for v in scaler.mean_),
+        scales=tuple(float(v) for v in scaler.scale_),
+        coefficients=tuple(float(v) for v in regression.coef_[0]),
+        intercept=float(regression.intercept_[0]),
+    )
+
+
+def training_histories(args: argparse.Namespace) -> list[History]:
+    return [
+        synthetic_history(seed, noise, args.tasks)
+        for noise in NOISE_LEVELS
+        for seed in range(args.train)
+    ]
+
+
+def learned_detections(history: History, models: dict[str, LinearModel]) -> set[Label]:
+    probabilities = learned_probabilities(history.failures, history.successes, models)
+    return {(K(kind), key) for (kind, key), p in probabilities.items() if p >= 0.5}
+
+
+def weights_module(models: dict[str, LinearModel], args: argparse.Namespace) -> str:
+    """``dtf/core/pattern_weights.py`` holding ``models``, formatted as ruff formats it."""
+    lines = [
+        '"""Logistic-regression weights for dtf.core.pattern_model, one model per kind.',
+        "",
+        f"Generated by `bench/patterns.py --train {args.train} --tasks {args.tasks} --export`",
+        "from the synthetic histories of seeds 0.. per noise level; do not edit by hand.",
+        '"""',
+    ]
+    fields = {
+        "FEATURES": ("tuple[str, ...]", lambda m: m.features),
+        "MEANS": ("tuple[float, ...]", lambda m: m.means),
+        "SCALES": ("tuple[float, ...]", lambda m: m.scales),
+        "COEFFICIENTS": ("tuple[float, ...]", lambda m: m.coefficients),
+    }
+    for name, (annotation, values) in fields.items():
+        lines += ["", f"{name}: dict[str, {annotation}] = {{"]
+        for kind, model in models.items():
+            lines += [
+                f'    "{kind}": (',
+                *(f"        {_literal(v)}," for v in values(model)),
+                "    ),",
+            ]
+        lines.append("}")
+    lines += ["", "INTERCEPTS: dict[str, float] = {"]
+    lines += [f'    "{kind}": {model.intercept!r},' for kind, model in models.items()]
+    return "\n".join([*lines, "}", ""])
+
+
+def _literal(value: str | float) -> str:
+    return json.dumps(value) if isinstance(value, str) else repr(value)
 
 
 # -- scoring -------------------------------------------------------------------------
@@ -315,19 +329,22 @@ class Score:
 
 
 Results = dict[tuple[str, float], dict[str, Score]]
+Method = Callable[[History, list[FailurePattern]], set[Label]]
 
 
-def evaluate(args: argparse.Namespace) -> Results:
-    training = [
-        synthetic_history(seed, noise, args.tasks)
-        for noise in NOISE_LEVELS
-        for seed in range(args.train)
-    ]
-    models = train(training)
-    methods: dict[str, Callable[[History], set[Label]]] = {
-        "rules": lambda h: rule_detections(h, 0.0),
-        "rules>=0.5": lambda h: rule_detections(h, 0.5),
-        "logistic": lambda h: learned_detections(h, models),
+def evaluate(args: argparse.Namespace, models: dict[str, LinearModel]) -> Results:
+    """Each method on the held-out histories; the ``rules*`` methods share one
+    run of ``detect_patterns`` per history (with the committed weights)."""
+    methods: dict[str, Method] = {
+        "rules": lambda h, found: scored(found),
+        "rules>=0.5": lambda h, found: scored(found, min_confidence=0.5),
+        f"rules, worker rate>={args.rate_ratio:g}x": lambda h, found: rate_relative_detections(
+            h, found, args.rate_ratio
+        ),
+        "logistic": lambda h, found: learned_detections(h, models),
+        "rules+learned": lambda h, found: scored(
+            p for p in found if p.learned_probability is None or p.learned_probability >= 0.5
+        ),
     }
     results: Results = {}
     for plant in (SAME, SHIFTED):
@@ -335,8 +352,9 @@ def evaluate(args: argparse.Namespace) -> Results:
             scores = {name: Score() for name in methods}
             for seed in range(1000, 1000 + args.test):
                 history = synthetic_history(seed, noise, args.tasks, plant)
+                found = rule_patterns(history)
                 for name, detect in methods.items():
-                    scores[name].add(detect(history), history.labels)
+                    scores[name].add(detect(history, found), history.labels)
             results[(plant.name, noise)] = scores
     return results
 
@@ -368,25 +386,53 @@ def render(results: Results, args: argparse.Namespace) -> Table:
 
 def verdict(results: Results) -> str:
     margins = [
-        scores["logistic"].f1() - max(scores["rules"].f1(), scores["rules>=0.5"].f1())
+        scores["rules+learned"].f1() - max(scores["rules"].f1(), scores["rules>=0.5"].f1())
         for scores in results.values()
     ]
     shown = ", ".join(f"{m:+.3f}" for m in margins)
     if all(m >= 0.05 for m in margins):
-        return f"learned layer beats the rules in every held-out set (F1 margin {shown})"
-    return f"learned layer does not clearly beat the rules (F1 margin {shown})"
+        return f"rules+learned beats the rules in every held-out set (F1 margin {shown})"
+    return f"rules+learned does not clearly beat the rules (F1 margin {shown})"
 
 
-def main() -> None:
+def weights_gap(trained: dict[str, LinearModel], committed: dict[str, LinearModel]) -> float:
+    """The largest difference between any two corresponding weights."""
+    return max(
+        abs(a - b)
+        for kind, model in trained.items()
+        for a, b in zip(_parameters(model), _parameters(committed[kind]), strict=True)
+    )
+
+
+def _parameters(model: LinearModel) -> list[float]:
+    return [*model.means, *model.scales, *model.coefficients, model.intercept]
+
+
+def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train", type=int, default=40, help="training histories per level")
     parser.add_argument("--test", type=int, default=40, help="held-out histories per level")
     parser.add_argument("--tasks", type=int, default=300, help="tasks per history")
-    args = parser.parse_args()
-    results = evaluate(args)
-    console = Console(width=140)
+    parser.add_argument("--rate-ratio", type=float, default=2.0, help="for the rate rule")
+    parser.add_argument("--export", metavar="PATH", help="write the trained weights module")
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = arguments()
+    models = train(training_histories(args))
+    if args.export:
+        with open(args.export, "w") as out:
+            out.write(weights_module(models, args))
+        return
+    results = evaluate(args, models)
+    console = Console(width=160)
     console.print(render(results, args))
     console.print(verdict(results))
+    gap = weights_gap(models, pattern_model.MODELS)
+    console.print(
+        f"rules+learned used the committed weights: at most {gap:.2g} from those trained here"
+    )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,12 @@ each piece has a weight w (how likely that piece alone means the pattern is
 real) and confidence = 1 - prod(1 - w). Another piece of evidence can only
 raise it, and it stays in [0, 1). What one piece is, per kind, is stated on
 each detector; the weights are the ``*_WEIGHT`` constants.
+
+The rules find nearly every real problem but report many that are not:
+``dtf.core.pattern_model`` gives worker, hardware and task patterns a
+``learned_probability`` that the subject really is at fault, which ranks
+the patterns and can filter them (``min_probability``); it never adds or
+silently drops one. bench/patterns.py measures both.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from msgspec import Struct
 from dtf.core.breakers import HARDWARE_FAULTS
 from dtf.core.failures import FailureType
 from dtf.core.model import HardwareClass
+from dtf.core.pattern_model import scored_and_ranked
 from dtf.core.records import AttemptRecord, AttemptStatus, TaskRecord, WorkerRecord
 from dtf.core.state import State
 
@@ -94,6 +101,7 @@ class FailurePattern(Struct, frozen=True):
     first_at: float
     last_at: float
     confidence: float
+    learned_probability: float | None
     action: str
     examples: list[str]
 
@@ -209,14 +217,16 @@ def detect_patterns(
     successes: Sequence[SuccessRecord] = (),
     thresholds: PatternThresholds | None = None,
     min_confidence: float = 0.0,
+    min_probability: float = 0.0,
 ) -> list[FailurePattern]:
     """The patterns in the window with some confidence, at least ``min_confidence``,
-    most confident first (then by kind and key)."""
+    each with its learned probability where its kind has a model; those
+    below ``min_probability`` are left out (kinds without a model never
+    are). Ranked by learned probability, else by confidence; then by
+    confidence, kind and key."""
     limits = thresholds or PatternThresholds()
-    history = _History.of(
-        within_window(failures, now=now, window_s=window_s),
-        within_window(successes, now=now, window_s=window_s),
-    )
+    recent_successes = within_window(successes, now=now, window_s=window_s)
+    history = _History.of(within_window(failures, now=now, window_s=window_s), recent_successes)
     found = [
         *_worker_patterns(history, limits),
         *_hardware_patterns(history, limits),
@@ -225,7 +235,9 @@ def detect_patterns(
         *_burst_patterns(history, limits),
     ]
     kept = [p for p in found if p.confidence > 0 and p.confidence >= min_confidence]
-    return sorted(kept, key=lambda p: (-p.confidence, p.kind.value, p.key))
+    return scored_and_ranked(
+        kept, history.failures, recent_successes, min_probability=min_probability
+    )
 
 
 @dataclass
@@ -405,6 +417,7 @@ def _pattern(
         first_at=failed[0].finished_at,
         last_at=failed[-1].finished_at,
         confidence=confidence,
+        learned_probability=None,
         action=action,
         examples=_examples(failed),
     )

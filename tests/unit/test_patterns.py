@@ -9,8 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dtf.core import pattern_model
 from dtf.core.failures import FailureType
 from dtf.core.model import FailureKind, HardwareClass, Outcome
+from dtf.core.pattern_model import LinearModel, feature_names
 from dtf.core.patterns import (
     FailurePattern,
     FailureRecord,
@@ -287,20 +289,29 @@ def test_examples_are_recent_distinct_quotes() -> None:
 
 
 def test_order_thresholds_and_min_confidence() -> None:
+    """Ranked by learned probability where the kind has a model (the worker,
+    0.945 from the committed weights), else by confidence (the failure type, 0.631)."""
     failures = spaced(
         *(fail(t, w, 0, COMM) for t, w in zip("abcd", ("w1", "w1", "w1", "w2"), strict=True))
     )
     patterns = detect_patterns(failures, now=NOW)
-    assert [(p.kind, p.key) for p in patterns] == [
-        (K.FAILURE_TYPE, "communication_error"),
-        (K.WORKER, "w1"),
+    assert [(p.kind, p.key, p.confidence, p.learned_probability) for p in patterns] == [
+        (K.WORKER, "w1", 0.488, 0.945),
+        (K.FAILURE_TYPE, "communication_error", 0.631, None),
     ]
-    assert [p.confidence for p in patterns] == sorted(
-        (p.confidence for p in patterns), reverse=True
-    )
     strict = PatternThresholds(type_min_tasks=5)
     assert [p.kind for p in detect_patterns(failures, now=NOW, thresholds=strict)] == [K.WORKER]
     assert detect_patterns(failures, now=NOW, min_confidence=0.99) == []
+
+
+def test_min_probability_leaves_out_only_scored_patterns_below_it() -> None:
+    failures = spaced(
+        *(fail(t, w, 0, COMM) for t, w in zip("abcd", ("w1", "w1", "w1", "w2"), strict=True))
+    )
+    every = detect_patterns(failures, now=NOW)
+    assert detect_patterns(failures, now=NOW, min_probability=0.945) == every
+    assert detect_patterns(failures, now=NOW, min_probability=0.95) == every[1:]
+    assert detect_patterns(failures, now=NOW, min_probability=1.0) == every[1:]
 
 
 def test_window_is_measured_back_from_now() -> None:
@@ -482,3 +493,46 @@ def test_a_success_only_ever_clears_a_task(
         failures, successes=[*successes, ok(task, worker, at, hardware)], now=NOW
     )
     assert_nothing_lost(before, after)
+
+
+MODELED_KINDS = {K.WORKER, K.HARDWARE, K.TASK}
+
+
+def rule_view(patterns: list[FailurePattern]) -> set[tuple[PatternKind, str, int, float]]:
+    return {(p.kind, p.key, p.count, p.confidence) for p in patterns}
+
+
+def doubting_models() -> dict[str, LinearModel]:
+    """Models that give every subject a probability of about 0."""
+    models = {}
+    for kind in pattern_model.RAW_FEATURES:
+        width = len(feature_names(kind))
+        models[kind] = LinearModel(
+            features=feature_names(kind),
+            means=(0.0,) * width,
+            scales=(1.0,) * width,
+            coefficients=(0.0,) * width,
+            intercept=-50.0,
+        )
+    return models
+
+
+@given(histories)
+def test_the_learned_layer_scores_every_rule_pattern_and_drops_none(
+    history: tuple[list[FailureRecord], list[SuccessRecord]],
+) -> None:
+    failures, successes = history
+    patterns = detect_patterns(failures, successes=successes, now=NOW)
+    scores = [
+        p.confidence if p.learned_probability is None else p.learned_probability for p in patterns
+    ]
+    assert scores == sorted(scores, reverse=True)
+    for pattern in patterns:
+        has_model = pattern.kind in MODELED_KINDS
+        assert (pattern.learned_probability is not None) == has_model
+        if pattern.learned_probability is not None:
+            assert 0 <= pattern.learned_probability <= 1
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pattern_model, "MODELS", doubting_models())
+        doubted = detect_patterns(failures, successes=successes, now=NOW)
+    assert rule_view(doubted) == rule_view(patterns)
