@@ -1,5 +1,6 @@
 """``GET /api/failure-patterns``: recurring failures in the recorded attempts,
-found by ``dtf.core.patterns`` over the live state."""
+found by ``dtf.core.patterns`` (and scored by ``dtf.core.pattern_model``) over
+the live state."""
 
 from __future__ import annotations
 
@@ -22,10 +23,13 @@ def pattern_routes(router: APIRouter, rt: Runtime) -> None:
         authorization: Authorization = None,
         window_s: Annotated[float, Query(gt=0, le=MAX_WINDOW_S)] = 3600.0,
         min_confidence: Annotated[float, Query(ge=0, le=1)] = 0.0,
+        min_probability: Annotated[float, Query(ge=0, le=1)] = 0.0,
     ) -> Response:
         """Recurring failures of the last ``window_s`` seconds by worker, hardware
-        class, failure type and task, and bursts: each with a count, a confidence
-        and a recommended action, most confident first."""
+        class, failure type and task, and bursts: each with a count, the rules'
+        confidence, a learned probability that it is real (worker, hardware and
+        task patterns; below ``min_probability`` they are left out) and a
+        recommended action; by learned probability, else confidence, first."""
         rt.auth.require(authorization, "read")
         now = time.time()
         failures = failures_of(rt.state)
@@ -35,6 +39,7 @@ def pattern_routes(router: APIRouter, rt: Runtime) -> None:
             window_s=window_s,
             successes=successes_of(rt.state),
             min_confidence=min_confidence,
+            min_probability=min_probability,
         )
         considered = len(within_window(failures, now=now, window_s=window_s))
         return json_response(
