@@ -1,5 +1,6 @@
 """``GET /api/failure-patterns`` on the real app: a worker that crashes every
-task it gets, while another runs the same tasks fine, is named for quarantine."""
+task it gets, while another runs the same tasks fine, is named for quarantine,
+first, with a high learned probability."""
 
 from __future__ import annotations
 
@@ -109,17 +110,34 @@ def test_a_worker_crashing_tasks_that_run_elsewhere_is_named(client: TestClient)
         "Quarantine worker w-bad: it failed 3 different tasks, 3 of which succeeded on other workers: `dtf workers disable w-bad`."
     )
     assert reply["patterns"][0] == worker
+    assert worker["learned_probability"] > 0.9
     assert not [p for p in reply["patterns"] if p["kind"] == "task"]
+    by_type = [p for p in reply["patterns"] if p["kind"] == "failure_type"]
+    assert by_type and all(p["learned_probability"] is None for p in by_type)
 
     confident = client.get(
         "/api/failure-patterns", headers=ADMIN, params={"min_confidence": 0.7}
     ).json()
     assert [p["key"] for p in confident["patterns"]] == ["w-bad"]
 
+    as_probable = {"min_probability": worker["learned_probability"]}
+    probable = client.get("/api/failure-patterns", headers=ADMIN, params=as_probable).json()
+    assert probable["patterns"] == reply["patterns"]
+    certain = client.get(
+        "/api/failure-patterns", headers=ADMIN, params={"min_probability": 1.0}
+    ).json()
+    assert by_type[0] in certain["patterns"]
+    assert all(p["learned_probability"] in (None, 1.0) for p in certain["patterns"])
+
 
 def test_bad_parameters_and_missing_key_are_refused(client: TestClient) -> None:
     assert client.get("/api/failure-patterns").status_code == 401
-    for params in ({"window_s": 0}, {"min_confidence": 1.5}, {"window_s": "soon"}):
+    for params in (
+        {"window_s": 0},
+        {"min_confidence": 1.5},
+        {"min_probability": -0.1},
+        {"window_s": "soon"},
+    ):
         response = client.get("/api/failure-patterns", headers=ADMIN, params=params)
         assert response.status_code == 422, params
         assert "error" in response.json()
@@ -141,13 +159,17 @@ def test_dtf_failures_prints_what_a_real_cluster_saw(tmp_path: Path) -> None:
         as_json = CliRunner().invoke(
             cli, ["failures", "--min-confidence", "0", "--json", *connection]
         )
-        as_table = CliRunner().invoke(cli, ["failures", "--min-confidence", "0", *connection])
+        # Wide enough for the recommended action to show whole words.
+        as_table = CliRunner(env={"COLUMNS": "160"}).invoke(
+            cli, ["failures", "--min-confidence", "0", *connection]
+        )
     assert as_json.exit_code == 0, as_json.output
     reply = json.loads(as_json.output)
     assert reply["failures_considered"] == 3
     kinds = {(p["kind"], p["count"]) for p in reply["patterns"]}
     assert ("worker", 3) in kinds
     assert ("failure_type", 3) in kinds
+    assert all("learned_probability" in p for p in reply["patterns"])
     assert as_table.exit_code == 0, as_table.output
     assert "Quarantine" in as_table.output, as_table.output
     assert "among 3 failures in the last 60m" in as_table.output
