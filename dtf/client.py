@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import msgspec
@@ -341,6 +342,17 @@ class Client:
         except httpx.TransportError as exc:
             raise self._unreachable([f"{url} ({exc_text(exc)})"], sent=False) from None
         return path.stat().st_size
+
+    def report(self, run_id: str, fmt: str = "html") -> str:
+        """The report of run ``run_id`` as text: ``html``, ``md``, ``json`` or ``junit`` (XML)."""
+        url = f"{self.url}/api/reports/{quote(run_id, safe='')}"
+        try:
+            response = self._http.get(url, params={"format": fmt})
+        except httpx.TransportError as exc:
+            raise self._unreachable([f"{url} ({exc_text(exc)})"], sent=False) from None
+        if response.is_error:
+            raise error_from_response(response)
+        return response.text
 
     def failure_patterns(
         self, *, window_s: float = 3600.0, min_confidence: float = 0.0

@@ -11,7 +11,7 @@ import logging
 import click
 
 from dtf import __version__
-from dtf.cli import failures, inspect, local, results, serve, submit, workers
+from dtf.cli import failures, inspect, local, report, results, serve, submit, workers
 from dtf.errors import DtfError, Forbidden, Unauthorized
 
 
@@ -55,6 +55,7 @@ for command in (
     workers.workers,
     inspect.status,
     results.results,
+    report.report,
     inspect.keys,
     failures.failures,
 ):

@@ -33,6 +33,7 @@ from dtf.coordinator.errors import install_error_handlers
 from dtf.coordinator.limits import BodySizeLimit
 from dtf.coordinator.live import LiveChannel
 from dtf.coordinator.responses import json_response
+from dtf.coordinator.reports_api import reports_router
 from dtf.coordinator.results_api import results_router
 from dtf.coordinator.runtime import Runtime
 from dtf.coordinator.settings import CoordinatorSettings
@@ -94,6 +95,7 @@ def create_app(settings: CoordinatorSettings) -> FastAPI:
     )
     app.include_router(checkpoint_router(runtime, checkpoints, grants))
     app.include_router(results_router(runtime, results))
+    app.include_router(reports_router(runtime, results))
     live = LiveChannel(runtime, results)
 
     @app.websocket("/ws")

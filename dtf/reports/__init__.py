@@ -1,0 +1,1 @@
+"""Run reports: one RunReport per run id, rendered as HTML, Markdown, JSON or JUnit XML."""

@@ -1,0 +1,396 @@
+"""The HTML report's Plotly figures, one function each; ``None`` when there is nothing to plot.
+
+Every figure colours a hardware class the same way (``HardwareColours``), puts
+batch sizes on a category axis in numeric order, and draws one small panel
+per metric (at most ``MAX_PANELS``, two to a row).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from dtf.analysis.regressions import Alert
+from dtf.reports.model import MetricSamples, MetricStats, RunReport, SeriesHistory
+from dtf.reports.views import (
+    OUTCOME_ORDER,
+    is_latency,
+    is_throughput,
+    outcome_counts,
+    percent,
+    series_name,
+    test_tasks,
+)
+
+MAX_PANELS = 6
+MAX_HISTORIES = 6
+PANEL_HEIGHT_PX = 300
+PALETTE = ("#4C78A8", "#F58518", "#54A24B", "#B279A2", "#E45756", "#72B7B2", "#9D755D")
+OUTCOME_COLOURS = {
+    "passed": "#54A24B",
+    "failed": "#E45756",
+    "error": "#9E2A2B",
+    "skipped": "#BAB0AC",
+    "xfailed": "#D8D3CF",
+    "xpassed": "#F58518",
+}
+REGRESSION_COLOUR = "#D62728"
+HISTORY_COLOUR = "#8C8C8C"
+FONT = "system-ui, -apple-system, Segoe UI, Roboto, sans-serif"
+
+
+class HardwareColours:
+    def __init__(self, classes: Sequence[str]) -> None:
+        self._colours = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(sorted(classes))}
+
+    def __call__(self, hardware_class: str) -> str:
+        return self._colours.get(hardware_class, HISTORY_COLOUR)
+
+
+def batch_label(batch_size: int | None) -> str:
+    return "n/a" if batch_size is None else str(batch_size)
+
+
+def batch_order(batch_sizes: Sequence[int | None]) -> list[str]:
+    known = sorted({b for b in batch_sizes if b is not None})
+    return [*map(str, known), *(["n/a"] if None in batch_sizes else [])]
+
+
+def panels(titles: Sequence[str], *, columns: int = 2) -> go.Figure:
+    cols = min(columns, len(titles))
+    rows = math.ceil(len(titles) / cols)
+    figure = make_subplots(
+        rows=rows,
+        cols=cols,
+        subplot_titles=list(titles),
+        horizontal_spacing=0.08,
+        vertical_spacing=min(0.3 / rows, 0.15),
+    )
+    style(figure, height=PANEL_HEIGHT_PX * rows + 60)
+    return figure
+
+
+def position(index: int, columns: int = 2) -> tuple[int, int]:
+    return index // columns + 1, index % columns + 1
+
+
+def style(figure: go.Figure, *, height: int) -> None:
+    figure.update_layout(
+        template="plotly_white",
+        height=height,
+        margin={"l": 60, "r": 20, "t": 50, "b": 50},
+        font={"family": FONT, "size": 12},
+        legend={"orientation": "h", "y": -0.12 if height < 400 else -0.05, "x": 0},
+        hoverlabel={"font": {"family": FONT}},
+    )
+
+
+def trace_name(stats: MetricStats | MetricSamples, models: int) -> str:
+    parts = [stats.hardware_class]
+    if models > 1:
+        parts.insert(0, stats.model)
+    if stats.precision:
+        parts.append(stats.precision)
+    return " · ".join(parts)
+
+
+def stats_by_metric(
+    report: RunReport, wanted: Callable[[MetricStats], bool]
+) -> dict[str, list[MetricStats]]:
+    grouped: dict[str, list[MetricStats]] = defaultdict(list)
+    for stats in report.metrics:
+        if wanted(stats):
+            grouped[stats.metric].append(stats)
+    return dict(list(grouped.items())[:MAX_PANELS])
+
+
+def latency_figure(report: RunReport, colours: HardwareColours) -> go.Figure | None:
+    """Median latency against batch size, a line per hardware class; bars span min to max."""
+    grouped = stats_by_metric(report, is_latency)
+    if not grouped:
+        return None
+    figure = panels([f"{metric} ({rows[0].unit})" for metric, rows in grouped.items()])
+    shown: set[str] = set()
+    models = len({s.model for s in report.metrics})
+    for index, rows in enumerate(grouped.values()):
+        row, col = position(index)
+        lines: dict[str, list[MetricStats]] = defaultdict(list)
+        for stats in rows:
+            lines[trace_name(stats, models)].append(stats)
+        for name, points in lines.items():
+            points.sort(key=lambda s: (s.batch_size is None, s.batch_size or 0))
+            figure.add_trace(
+                go.Scatter(
+                    x=[batch_label(s.batch_size) for s in points],
+                    y=[s.median for s in points],
+                    error_y={
+                        "type": "data",
+                        "symmetric": False,
+                        "array": [s.max - s.median for s in points],
+                        "arrayminus": [s.median - s.min for s in points],
+                        "thickness": 1,
+                    },
+                    customdata=[[s.p90, s.count] for s in points],
+                    hovertemplate="batch %{x}<br>median %{y:.4g}<br>p90 %{customdata[0]:.4g}"
+                    "<br>n %{customdata[1]}",
+                    mode="lines+markers",
+                    name=name,
+                    legendgroup=name,
+                    showlegend=name not in shown,
+                    line={"color": colours(points[0].hardware_class), "width": 2},
+                    marker={"size": 8},
+                ),
+                row=row,
+                col=col,
+            )
+            shown.add(name)
+        order = batch_order([s.batch_size for s in rows])
+        figure.update_xaxes(
+            type="category", categoryorder="array", categoryarray=order, row=row, col=col
+        )
+    figure.update_xaxes(title_text="batch size")
+    return figure
+
+
+def throughput_figure(report: RunReport, colours: HardwareColours) -> go.Figure | None:
+    """Median throughput per batch size, a bar per hardware class."""
+    grouped = stats_by_metric(report, is_throughput)
+    if not grouped:
+        return None
+    figure = panels(
+        [f"{metric} ({rows[0].unit or 'higher is better'})" for metric, rows in grouped.items()]
+    )
+    shown: set[str] = set()
+    models = len({s.model for s in report.metrics})
+    for index, rows in enumerate(grouped.values()):
+        row, col = position(index)
+        bars: dict[str, list[MetricStats]] = defaultdict(list)
+        for stats in rows:
+            bars[trace_name(stats, models)].append(stats)
+        for name, points in bars.items():
+            figure.add_trace(
+                go.Bar(
+                    x=[batch_label(s.batch_size) for s in points],
+                    y=[s.median for s in points],
+                    name=name,
+                    legendgroup=name,
+                    showlegend=name not in shown,
+                    marker_color=colours(points[0].hardware_class),
+                    hovertemplate="batch %{x}<br>median %{y:.4g}",
+                ),
+                row=row,
+                col=col,
+            )
+            shown.add(name)
+        order = batch_order([s.batch_size for s in rows])
+        figure.update_xaxes(
+            type="category", categoryorder="array", categoryarray=order, row=row, col=col
+        )
+    figure.update_layout(barmode="group", bargap=0.25)
+    figure.update_xaxes(title_text="batch size")
+    return figure
+
+
+def distribution_figure(report: RunReport, colours: HardwareColours) -> go.Figure | None:
+    """Every sample of each metric as a box per batch size, one box trace per hardware class."""
+    grouped: dict[str, list[MetricSamples]] = defaultdict(list)
+    for samples in report.samples:
+        grouped[samples.metric].append(samples)
+    if not grouped:
+        return None
+    # Metrics with repeats first: their boxes say the most.
+    chosen = sorted(grouped, key=lambda m: (-max(len(s.values) for s in grouped[m]), m))
+    chosen = chosen[:MAX_PANELS]
+    figure = panels([f"{metric} ({grouped[metric][0].unit or '-'})" for metric in chosen])
+    shown: set[str] = set()
+    models = len({s.model for s in report.samples})
+    for index, metric in enumerate(chosen):
+        row, col = position(index)
+        boxes: dict[str, list[MetricSamples]] = defaultdict(list)
+        for samples in grouped[metric]:
+            boxes[trace_name(samples, models)].append(samples)
+        for name, groups in boxes.items():
+            figure.add_trace(
+                go.Box(
+                    x=[batch_label(g.batch_size) for g in groups for _ in g.values],
+                    y=[v for g in groups for v in g.values],
+                    name=name,
+                    legendgroup=name,
+                    showlegend=name not in shown,
+                    boxpoints="all",
+                    jitter=0.3,
+                    pointpos=0,
+                    marker={"color": colours(groups[0].hardware_class), "size": 5},
+                    line={"width": 1.5},
+                ),
+                row=row,
+                col=col,
+            )
+            shown.add(name)
+        order = batch_order([s.batch_size for s in grouped[metric]])
+        figure.update_xaxes(
+            type="category", categoryorder="array", categoryarray=order, row=row, col=col
+        )
+    figure.update_layout(boxmode="group")
+    figure.update_xaxes(title_text="batch size")
+    return figure
+
+
+def chosen_histories(report: RunReport) -> list[SeriesHistory]:
+    """Series with alerts; without any, the histories of the first latency-like metric."""
+    alerted = [h for h in report.histories if h.alerts]
+    if alerted:
+        return alerted[:MAX_HISTORIES]
+    latency = [s.metric for s in report.metrics if is_latency(s)]
+    metric = latency[0] if latency else next((h.metric for h in report.histories), None)
+    return [h for h in report.histories if h.metric == metric][:MAX_HISTORIES]
+
+
+def history_figure(report: RunReport, colours: HardwareColours) -> go.Figure | None:
+    """Each series' history up to this run; this run's points in colour, changes marked."""
+    histories = chosen_histories(report)
+    if not histories:
+        return None
+    titles = [series_name(history_labels(h), h.metric) for h in histories]
+    figure = panels(titles, columns=1 if len(histories) == 1 else 2)
+    columns = 1 if len(histories) == 1 else 2
+    for index, history in enumerate(histories):
+        row, col = position(index, columns)
+        add_history(figure, history, colours(history.hardware_class), row, col, first=index == 0)
+        for alert in history.alerts:
+            mark_change(figure, alert, row, col)
+        figure.update_xaxes(title_text="sample (oldest first)", row=row, col=col)
+        figure.update_yaxes(title_text=history.unit, row=row, col=col)
+    return figure
+
+
+def history_labels(history: SeriesHistory) -> dict[str, str]:
+    return {
+        "model": history.model,
+        "hardware_class": history.hardware_class,
+        "batch_size": "" if history.batch_size is None else str(history.batch_size),
+        "precision": history.precision or "",
+    }
+
+
+def add_history(
+    figure: go.Figure, history: SeriesHistory, colour: str, row: int, col: int, *, first: bool
+) -> None:
+    points = list(enumerate(history.points, start=1))
+    for in_run, name, marker in (
+        (False, "earlier runs", {"color": HISTORY_COLOUR, "size": 5}),
+        (True, "this run", {"color": colour, "size": 8, "line": {"width": 1, "color": "#333"}}),
+    ):
+        chosen = [(i, p) for i, p in points if p.in_run == in_run]
+        figure.add_trace(
+            go.Scatter(
+                x=[i for i, _ in chosen],
+                y=[p.value for _, p in chosen],
+                text=[p.label for _, p in chosen],
+                hovertemplate="%{text}<br>%{y:.4g}<extra></extra>",
+                mode="markers",
+                name=name,
+                legendgroup=name,
+                showlegend=first,
+                marker=marker,
+            ),
+            row=row,
+            col=col,
+        )
+
+
+def mark_change(figure: go.Figure, alert: Alert, row: int, col: int) -> None:
+    """A dashed line at the change, the medians before and after it, and what changed."""
+    change = alert.change_index + 1  # points are numbered from 1 on the axis
+    figure.add_vline(
+        x=change - 0.5,
+        line={"color": REGRESSION_COLOUR, "dash": "dash", "width": 2},
+        row=row,
+        col=col,
+    )
+    for start, end, level in (
+        (change - alert.before_count, change - 1, alert.before_median),
+        (change, change + alert.after_count - 1, alert.after_median),
+    ):
+        figure.add_shape(
+            type="line",
+            x0=start,
+            x1=end,
+            y0=level,
+            y1=level,
+            line={"color": REGRESSION_COLOUR, "width": 2},
+            row=row,
+            col=col,
+        )
+    figure.add_annotation(
+        x=change - 0.5,
+        y=max(alert.before_median, alert.after_median),
+        text=f"{alert.kind} {percent(alert.relative_change)}<br>{alert.last_good_key} → {alert.first_bad_key}",
+        showarrow=False,
+        xanchor="right",
+        yanchor="bottom",
+        font={"color": REGRESSION_COLOUR},
+        row=row,
+        col=col,
+    )
+
+
+def failure_figure(report: RunReport, colours: HardwareColours) -> go.Figure | None:
+    """Failed attempts by failure type, stacked by the hardware class they ran on."""
+    counts = report.failures.by_type
+    if not counts:
+        return None
+    figure = go.Figure()
+    types = sorted({c.failure_type for c in counts})
+    for hardware in sorted({c.hardware_class for c in counts}):
+        found = {c.failure_type: c.count for c in counts if c.hardware_class == hardware}
+        figure.add_trace(
+            go.Bar(
+                x=types,
+                y=[found.get(t, 0) for t in types],
+                name=hardware or "unknown",
+                marker_color=colours(hardware),
+                hovertemplate="%{x}: %{y} attempts",
+            )
+        )
+    style(figure, height=340)
+    figure.update_layout(barmode="stack", bargap=0.5, title="Failed attempts by failure type")
+    figure.update_yaxes(
+        title_text="attempts", dtick=1 if max(c.count for c in counts) < 10 else None
+    )
+    return figure
+
+
+def tests_figure(report: RunReport) -> go.Figure | None:
+    """Test outcomes of each test task's last attempt, one stacked bar per task."""
+    tasks = test_tasks(report)
+    if not tasks:
+        return None
+    counted = [(task.name, outcome_counts(task)) for task in tasks]
+    figure = go.Figure()
+    for outcome in OUTCOME_ORDER:
+        if any(counts[outcome] for _, counts in counted):
+            figure.add_trace(
+                go.Bar(
+                    y=[name for name, _ in counted],
+                    x=[counts[outcome] for _, counts in counted],
+                    name=outcome,
+                    orientation="h",
+                    marker_color=OUTCOME_COLOURS[outcome],
+                    hovertemplate="%{y}: %{x} " + outcome + "<extra></extra>",
+                )
+            )
+    style(figure, height=max(240, 60 * len(tasks) + 140))
+    figure.update_layout(
+        barmode="stack",
+        bargap=0.35,
+        title="Test outcomes (last attempt of each task)",
+        legend_traceorder="normal",
+    )
+    figure.update_xaxes(title_text="tests")
+    figure.update_yaxes(autorange="reversed")
+    return figure
