@@ -25,6 +25,7 @@ rows are not checked: ``dtf results regressions`` analyses whole series.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -44,7 +45,7 @@ from dtf.analysis.online import (
     merge_detections,
     online_checks,
 )
-from dtf.analysis.series import Kind
+from dtf.analysis.series import Kind, Series
 from dtf.core.events import (
     AttemptFinished,
     Event,
@@ -65,6 +66,15 @@ log = logging.getLogger(__name__)
 BACKFILL_CHUNK = 5_000
 
 
+@dataclass(frozen=True)
+class NewPoints:
+    """A series (``queries.SERIES_KEY``) and the number of points each new attempt added to
+    its end, oldest first."""
+
+    key: dict[str, Any]
+    attempt_sizes: list[int]
+
+
 @dataclass
 class PendingRows:
     """Rows waiting to be written, keyed so a repeat replaces rather than adds."""
@@ -82,14 +92,25 @@ class PendingRows:
     def is_empty(self) -> bool:
         return not (self.tasks or self.attempts or self.worker_snapshots)
 
-    def series_keys(self) -> list[dict[str, Any]]:
-        """The series (``queries.SERIES_KEY``) the pending metric samples belong to."""
-        keys = {
-            tuple(sample[name] for name in queries.SERIES_KEY)
-            for rows in self.attempts.values()
-            for sample in rows.metric_samples
-        }
-        return [dict(zip(queries.SERIES_KEY, key, strict=True)) for key in sorted(keys, key=str)]
+    def new_points(self) -> list[NewPoints]:
+        """Per series the pending samples belong to: how many each attempt adds, oldest first."""
+        by_series: dict[tuple[Any, ...], list[tuple[float, int, int, int]]] = {}
+        for rows in self.attempts.values():
+            counts: dict[tuple[Any, ...], int] = {}
+            for sample in rows.metric_samples:
+                key = tuple(sample[name] for name in queries.SERIES_KEY)
+                counts[key] = counts.get(key, 0) + 1
+            row = rows.attempt
+            order = (row["finished_at"] or 0.0, row["task_seq"] or 0, row["attempt"])
+            for key, count in counts.items():
+                by_series.setdefault(key, []).append((*order, count))
+        return [
+            NewPoints(
+                dict(zip(queries.SERIES_KEY, key, strict=True)),
+                [entry[-1] for entry in sorted(entries)],
+            )
+            for key, entries in sorted(by_series.items(), key=str)
+        ]
 
     def update(self, newer: PendingRows) -> None:
         self.tasks.update(newer.tasks)
@@ -211,7 +232,7 @@ class ResultsIngester:
             raise
         if counts.get("metric_samples"):
             try:
-                counts["regression_alerts"] = len(self.online.check(pending.series_keys()))
+                counts["regression_alerts"] = len(self.online.check(pending.new_points()))
             except Exception:
                 log.exception("online regression check of %s failed", self.store.path)
         return counts
@@ -295,27 +316,50 @@ class OnlineRegressions:
             self._open[(detection.metric, detection.labels)] = detection
             self._first_seen_at[row["alert_id"]] = row["first_seen_at"]
 
-    def check(self, keys: Sequence[Mapping[str, Any]]) -> list[Row]:
-        """Check the series named by ``keys``; write and return new and updated alert rows."""
-        points = self.settings.baseline_size + self.settings.max_recent
+    def check(self, batch: Sequence[NewPoints]) -> list[Row]:
+        """Check each series as it stood after each of its new attempts, oldest first (one
+        Benjamini-Hochberg family per round); write and return new and updated alert rows."""
+        added = {_key_tuple(new.key): new.attempt_sizes for new in batch}
+        window = self.settings.baseline_size + self.settings.max_recent
         with self.store.reader() as cursor:
-            found = queries.series_tails(cursor, keys, points)
+            found = queries.series_tails(
+                cursor,
+                [new.key for new in batch],
+                window + max(map(sum, added.values()), default=0),
+            )
             machines = queries.worker_machines(cursor)
-        family = [analysis_series(tail, machines) for tail in found]
-        by_id = {(s.metric, s.labels): tail for s, tail in zip(family, found, strict=True)}
+        checks = [
+            (
+                tail,
+                analysis_series(tail, machines),
+                _ends(len(tail.values), added[_key_tuple(tail.key)]),
+            )
+            for tail in found
+        ]
         rows = []
-        for detection in online_checks(family, fdr=self.fdr, settings=self.settings):
-            tail = by_id[(detection.metric, detection.labels)]
-            row = self._record(shifted(detection, tail.first_index), tail.key)
-            if row is not None:
-                rows.append(row)
+        for round_number in range(max((len(ends) for *_, ends in checks), default=0)):
+            family = [
+                (tail, prefix(whole, ends[round_number]))
+                for tail, whole, ends in checks
+                if round_number < len(ends)
+            ]
+            by_id = {(s.metric, s.labels): tail for tail, s in family}
+            detections = online_checks([s for _, s in family], fdr=self.fdr, settings=self.settings)
+            for detection in detections:
+                tail = by_id[(detection.metric, detection.labels)]
+                row = self._record(shifted(detection, tail.first_index), tail.key)
+                if row is not None:
+                    rows.append(row)
+        self._write(rows)
+        return rows
+
+    def _write(self, rows: list[Row]) -> None:
         if rows:
             schema = TABLES["regression_alerts"].arrow_schema
             self.store.insert(ArrowBatch({"regression_alerts": pa.Table.from_pylist(rows, schema)}))
         for row in rows:
             level = logging.WARNING if row["times_seen"] == 1 else logging.INFO
             log.log(level, "%s", row["summary"], extra={"event": "regression_alert"})
-        return rows
 
     def _record(self, detection: Detection, key: Mapping[str, Any]) -> Row | None:
         series_id = (detection.metric, detection.labels)
@@ -342,6 +386,33 @@ class OnlineRegressions:
             "recorded_at": now,
             "summary": alert_summary(detection, key),
         }
+
+
+def _key_tuple(key: Mapping[str, Any]) -> tuple[Any, ...]:
+    return tuple(key[name] for name in queries.SERIES_KEY)
+
+
+def _ends(length: int, attempt_sizes: Sequence[int]) -> list[int]:
+    """Where the series ended after each new attempt (the new points are its newest)."""
+    end = length - sum(attempt_sizes)
+    ends = []
+    for size in attempt_sizes:
+        end += size
+        if end > 0:
+            ends.append(end)
+    return ends
+
+
+def prefix(series: Series, end: int) -> Series:
+    """The series as it stood when its point ``end - 1`` was the newest."""
+    if end == len(series):
+        return series
+    return dataclasses.replace(
+        series,
+        values=series.values[:end],
+        order_keys=series.order_keys[:end],
+        environments=series.environments[:end],
+    )
 
 
 def shifted(detection: Detection, offset: int) -> Detection:

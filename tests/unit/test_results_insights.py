@@ -17,7 +17,7 @@ from dtf.analysis.compare import TestVerdict, Verdict
 from dtf.analysis.series import EnvironmentMismatch, Kind
 from dtf.errors import InvalidRequest, NotFound
 from dtf.results import insights
-from dtf.results.ingest import OnlineRegressions
+from dtf.results.ingest import NewPoints, OnlineRegressions
 from dtf.results.queries import Filters
 from dtf.results.schema import SCHEMA_VERSION, TABLES
 from dtf.results.store import ArrowBatch, ResultsStore
@@ -242,7 +242,7 @@ def test_the_online_check_raises_one_alert_per_step_and_updates_it(
         for commit in range(24):
             center = 100.0 if commit < 16 else 110.0
             recorder.benchmark(noisy(center, 2, seed=commit), commit=f"c{commit:02d}")
-            written += online.check([key])
+            written += online.check([NewPoints(key, [2])])
     assert written, "the step was not detected"
     assert {row["alert_id"] for row in written} == {written[0]["alert_id"]}
     assert [row["times_seen"] for row in written] == list(range(1, len(written) + 1))
@@ -256,8 +256,19 @@ def test_the_online_check_raises_one_alert_per_step_and_updates_it(
     reopened = OnlineRegressions(store)
     reopened.load()
     recorder.benchmark(noisy(110.0, 2, seed=99), commit="c24")
-    [again] = reopened.check([key])
+    [again] = reopened.check([NewPoints(key, [2])])
     assert again["alert_id"] == written[0]["alert_id"]
+
+
+def test_a_batch_of_many_attempts_is_checked_as_they_came_one_by_one(store: ResultsStore) -> None:
+    recorder, online = Recorder(store), OnlineRegressions(store)
+    key = {"name": "latency_ms", "unit": "ms", "precision": None, "config": "{}", **CPU}
+    for commit in range(24):
+        center = 100.0 if commit < 16 else 110.0
+        recorder.benchmark(noisy(center, 2, seed=commit), commit=f"c{commit:02d}")
+    written = online.check([NewPoints(key, [2] * 24)])
+    assert {(row["last_good_key"], row["first_bad_key"]) for row in written} == {("c15", "c16")}
+    assert len({row["alert_id"] for row in written}) == 1
 
 
 def test_a_version_1_file_is_migrated_to_the_current_version(tmp_path: Path) -> None:
