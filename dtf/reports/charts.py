@@ -1,6 +1,7 @@
 """The HTML report's Plotly figures, one function each; ``None`` when there is nothing to plot.
 
-Every figure colours a hardware class the same way (``HardwareColours``), puts
+Every figure colours a line (model, hardware class, precision) the same way
+(``Colours``, in the order the lines are first drawn), puts
 batch sizes on a category axis in numeric order, and draws one small panel
 per metric (at most ``MAX_PANELS``, two to a row).
 """
@@ -43,12 +44,16 @@ HISTORY_COLOUR = "#8C8C8C"
 FONT = "system-ui, -apple-system, Segoe UI, Roboto, sans-serif"
 
 
-class HardwareColours:
-    def __init__(self, classes: Sequence[str]) -> None:
-        self._colours = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(sorted(classes))}
+class Colours:
+    """One colour per name, handed out in the order names are first asked for."""
 
-    def __call__(self, hardware_class: str) -> str:
-        return self._colours.get(hardware_class, HISTORY_COLOUR)
+    def __init__(self) -> None:
+        self._colours: dict[str, str] = {}
+
+    def __call__(self, name: str) -> str:
+        if name not in self._colours:
+            self._colours[name] = PALETTE[len(self._colours) % len(PALETTE)]
+        return self._colours[name]
 
 
 def batch_label(batch_size: int | None) -> str:
@@ -84,7 +89,6 @@ def style(figure: go.Figure, *, height: int) -> None:
         height=height,
         margin={"l": 60, "r": 20, "t": 50, "b": 50},
         font={"family": FONT, "size": 12},
-        legend={"orientation": "h", "y": -0.12 if height < 400 else -0.05, "x": 0},
         hoverlabel={"font": {"family": FONT}},
     )
 
@@ -108,7 +112,7 @@ def stats_by_metric(
     return dict(list(grouped.items())[:MAX_PANELS])
 
 
-def latency_figure(report: RunReport, colours: HardwareColours) -> go.Figure | None:
+def latency_figure(report: RunReport, colours: Colours) -> go.Figure | None:
     """Median latency against batch size, a line per hardware class; bars span min to max."""
     grouped = stats_by_metric(report, is_latency)
     if not grouped:
@@ -141,7 +145,7 @@ def latency_figure(report: RunReport, colours: HardwareColours) -> go.Figure | N
                     name=name,
                     legendgroup=name,
                     showlegend=name not in shown,
-                    line={"color": colours(points[0].hardware_class), "width": 2},
+                    line={"color": colours(name), "width": 2},
                     marker={"size": 8},
                 ),
                 row=row,
@@ -156,7 +160,7 @@ def latency_figure(report: RunReport, colours: HardwareColours) -> go.Figure | N
     return figure
 
 
-def throughput_figure(report: RunReport, colours: HardwareColours) -> go.Figure | None:
+def throughput_figure(report: RunReport, colours: Colours) -> go.Figure | None:
     """Median throughput per batch size, a bar per hardware class."""
     grouped = stats_by_metric(report, is_throughput)
     if not grouped:
@@ -179,7 +183,7 @@ def throughput_figure(report: RunReport, colours: HardwareColours) -> go.Figure 
                     name=name,
                     legendgroup=name,
                     showlegend=name not in shown,
-                    marker_color=colours(points[0].hardware_class),
+                    marker_color=colours(name),
                     hovertemplate="batch %{x}<br>median %{y:.4g}",
                 ),
                 row=row,
@@ -195,16 +199,12 @@ def throughput_figure(report: RunReport, colours: HardwareColours) -> go.Figure 
     return figure
 
 
-def distribution_figure(report: RunReport, colours: HardwareColours) -> go.Figure | None:
-    """Every sample of each metric as a box per batch size, one box trace per hardware class."""
-    grouped: dict[str, list[MetricSamples]] = defaultdict(list)
-    for samples in report.samples:
-        grouped[samples.metric].append(samples)
+def distribution_figure(report: RunReport, colours: Colours) -> go.Figure | None:
+    """The samples of each metric with repeats as a box per batch size and line."""
+    grouped = repeated_samples(report)
     if not grouped:
         return None
-    # Metrics with repeats first: their boxes say the most.
-    chosen = sorted(grouped, key=lambda m: (-max(len(s.values) for s in grouped[m]), m))
-    chosen = chosen[:MAX_PANELS]
+    chosen = list(grouped)[:MAX_PANELS]
     figure = panels([f"{metric} ({grouped[metric][0].unit or '-'})" for metric in chosen])
     shown: set[str] = set()
     models = len({s.model for s in report.samples})
@@ -224,7 +224,7 @@ def distribution_figure(report: RunReport, colours: HardwareColours) -> go.Figur
                     boxpoints="all",
                     jitter=0.3,
                     pointpos=0,
-                    marker={"color": colours(groups[0].hardware_class), "size": 5},
+                    marker={"color": colours(name), "size": 5},
                     line={"width": 1.5},
                 ),
                 row=row,
@@ -240,17 +240,31 @@ def distribution_figure(report: RunReport, colours: HardwareColours) -> go.Figur
     return figure
 
 
+def repeated_samples(report: RunReport) -> dict[str, list[MetricSamples]]:
+    """Samples by metric, for the metrics with more than one sample somewhere."""
+    grouped: dict[str, list[MetricSamples]] = defaultdict(list)
+    for samples in report.samples:
+        grouped[samples.metric].append(samples)
+    return {
+        metric: groups
+        for metric, groups in sorted(grouped.items())
+        if max(len(g.values) for g in groups) > 1
+    }
+
+
 def chosen_histories(report: RunReport) -> list[SeriesHistory]:
-    """Series with alerts; without any, the histories of the first latency-like metric."""
+    """Series with alerts; without any, those of the first latency-like metric (else of any
+    metric) with earlier points to compare with."""
     alerted = [h for h in report.histories if h.alerts]
     if alerted:
         return alerted[:MAX_HISTORIES]
-    latency = [s.metric for s in report.metrics if is_latency(s)]
-    metric = latency[0] if latency else next((h.metric for h in report.histories), None)
-    return [h for h in report.histories if h.metric == metric][:MAX_HISTORIES]
+    compared = [h for h in report.histories if any(not p.in_run for p in h.points)]
+    latency = [h.metric for h in compared if h.direction == "lower_is_better"]
+    metric = latency[0] if latency else next((h.metric for h in compared), None)
+    return [h for h in compared if h.metric == metric][:MAX_HISTORIES]
 
 
-def history_figure(report: RunReport, colours: HardwareColours) -> go.Figure | None:
+def history_figure(report: RunReport, colours: Colours) -> go.Figure | None:
     """Each series' history up to this run; this run's points in colour, changes marked."""
     histories = chosen_histories(report)
     if not histories:
@@ -260,7 +274,8 @@ def history_figure(report: RunReport, colours: HardwareColours) -> go.Figure | N
     columns = 1 if len(histories) == 1 else 2
     for index, history in enumerate(histories):
         row, col = position(index, columns)
-        add_history(figure, history, colours(history.hardware_class), row, col, first=index == 0)
+        colour = colours(history.hardware_class)
+        add_history(figure, history, colour, row, col, first=index == 0)
         for alert in history.alerts:
             mark_change(figure, alert, row, col)
         figure.update_xaxes(title_text="sample (oldest first)", row=row, col=col)
@@ -339,7 +354,7 @@ def mark_change(figure: go.Figure, alert: Alert, row: int, col: int) -> None:
     )
 
 
-def failure_figure(report: RunReport, colours: HardwareColours) -> go.Figure | None:
+def failure_figure(report: RunReport, colours: Colours) -> go.Figure | None:
     """Failed attempts by failure type, stacked by the hardware class they ran on."""
     counts = report.failures.by_type
     if not counts:

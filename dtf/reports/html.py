@@ -64,7 +64,7 @@ code { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 1
 
 
 def render_html(report: RunReport) -> str:
-    colours = charts.HardwareColours(report.summary.hardware_classes)
+    colours = charts.Colours()
     embed = ChartEmbedder()
     sections = [
         summary_section(report),
@@ -164,13 +164,14 @@ def table(header: Sequence[str], rows: Iterable[Sequence[str]], numeric: Sequenc
     return f"<div class='table-wrap'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>\n"
 
 
-def regressions_section(
-    report: RunReport, embed: ChartEmbedder, colours: charts.HardwareColours
-) -> str:
+def regressions_section(report: RunReport, embed: ChartEmbedder, colours: charts.Colours) -> str:
     figure = embed(charts.history_figure(report, colours), "chart-history")
     if not report.regressions:
-        note = f"<p class='muted'>No regressions in the run's {report.series_checked} series.</p>"
-        return f"<section id='regressions'><h2>Regressions</h2>{note}{figure}</section>\n"
+        note = f"No regressions in the run's {report.series_checked} series."
+        if not figure:
+            note += " None of them has earlier samples to compare with yet."
+        body = f"<p class='muted'>{e(note)}</p>"
+        return f"<section id='regressions'><h2>Regressions</h2>{body}{figure}</section>\n"
     rows = []
     for finding in report.regressions:
         alert = finding.alert
@@ -190,9 +191,7 @@ def regressions_section(
     return f"<section id='regressions'><h2>Regressions</h2>{body}{figure}</section>\n"
 
 
-def performance_section(
-    report: RunReport, embed: ChartEmbedder, colours: charts.HardwareColours
-) -> str:
+def performance_section(report: RunReport, embed: ChartEmbedder, colours: charts.Colours) -> str:
     if not report.metrics:
         return ""
     parts = [
@@ -262,9 +261,7 @@ def tests_section(report: RunReport, embed: ChartEmbedder) -> str:
     )
 
 
-def failures_section(
-    report: RunReport, embed: ChartEmbedder, colours: charts.HardwareColours
-) -> str:
+def failures_section(report: RunReport, embed: ChartEmbedder, colours: charts.Colours) -> str:
     failures = report.failures
     if not failures.failed_attempts:
         return "<section id='failures'><h2>Failures</h2><p>No failed attempts.</p></section>\n"
