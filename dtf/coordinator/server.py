@@ -32,8 +32,8 @@ from dtf.coordinator.datadir import DataDirLock
 from dtf.coordinator.errors import install_error_handlers
 from dtf.coordinator.limits import BodySizeLimit
 from dtf.coordinator.live import LiveChannel
-from dtf.coordinator.responses import json_response
 from dtf.coordinator.reports_api import reports_router
+from dtf.coordinator.responses import json_response
 from dtf.coordinator.results_api import results_router
 from dtf.coordinator.runtime import Runtime
 from dtf.coordinator.settings import CoordinatorSettings
@@ -102,6 +102,7 @@ def create_app(settings: CoordinatorSettings) -> FastAPI:
     async def live_channel(websocket: WebSocket) -> None:
         """Requests (get_status, get_aggregated_results) and pushed updates (subscribe)."""
         await live.serve(websocket)
+
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
 
