@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -112,132 +113,112 @@ def stats_by_metric(
     return dict(list(grouped.items())[:MAX_PANELS])
 
 
+Located = TypeVar("Located", MetricStats, MetricSamples)
+TraceMaker = Callable[[list[Located], str], go.Scatter | go.Bar | go.Box]
+
+
+def batch_panels(
+    report: RunReport,
+    grouped: dict[str, list[Located]],
+    titles: list[str],
+    colours: Colours,
+    make: TraceMaker[Located],
+) -> go.Figure:
+    """A panel per metric with batch sizes across; ``make(points, colour)`` draws one line."""
+    figure = panels(titles)
+    shown: set[str] = set()
+    # Lines are named (and so coloured) alike in every chart of the report.
+    models = len({stats.model for stats in report.metrics})
+    for index, rows in enumerate(grouped.values()):
+        row, col = position(index)
+        lines: dict[str, list[Located]] = defaultdict(list)
+        for item in sorted(rows, key=lambda i: (i.batch_size is None, i.batch_size or 0)):
+            lines[trace_name(item, models)].append(item)
+        for name, items in lines.items():
+            trace = make(items, colours(name))
+            trace.update(name=name, legendgroup=name, showlegend=name not in shown)
+            figure.add_trace(trace, row=row, col=col)
+            shown.add(name)
+        order = batch_order([item.batch_size for item in rows])
+        figure.update_xaxes(
+            type="category", categoryorder="array", categoryarray=order, row=row, col=col
+        )
+    figure.update_xaxes(title_text="batch size")
+    return figure
+
+
 def latency_figure(report: RunReport, colours: Colours) -> go.Figure | None:
-    """Median latency against batch size, a line per hardware class; bars span min to max."""
+    """Median latency against batch size, a line per model and hardware; bars span min to max."""
     grouped = stats_by_metric(report, is_latency)
     if not grouped:
         return None
-    figure = panels([f"{metric} ({rows[0].unit})" for metric, rows in grouped.items()])
-    shown: set[str] = set()
-    models = len({s.model for s in report.metrics})
-    for index, rows in enumerate(grouped.values()):
-        row, col = position(index)
-        lines: dict[str, list[MetricStats]] = defaultdict(list)
-        for stats in rows:
-            lines[trace_name(stats, models)].append(stats)
-        for name, points in lines.items():
-            points.sort(key=lambda s: (s.batch_size is None, s.batch_size or 0))
-            figure.add_trace(
-                go.Scatter(
-                    x=[batch_label(s.batch_size) for s in points],
-                    y=[s.median for s in points],
-                    error_y={
-                        "type": "data",
-                        "symmetric": False,
-                        "array": [s.max - s.median for s in points],
-                        "arrayminus": [s.median - s.min for s in points],
-                        "thickness": 1,
-                    },
-                    customdata=[[s.p90, s.count] for s in points],
-                    hovertemplate="batch %{x}<br>median %{y:.4g}<br>p90 %{customdata[0]:.4g}"
-                    "<br>n %{customdata[1]}",
-                    mode="lines+markers",
-                    name=name,
-                    legendgroup=name,
-                    showlegend=name not in shown,
-                    line={"color": colours(name), "width": 2},
-                    marker={"size": 8},
-                ),
-                row=row,
-                col=col,
-            )
-            shown.add(name)
-        order = batch_order([s.batch_size for s in rows])
-        figure.update_xaxes(
-            type="category", categoryorder="array", categoryarray=order, row=row, col=col
-        )
-    figure.update_xaxes(title_text="batch size")
-    return figure
+    titles = [f"{metric} ({rows[0].unit})" for metric, rows in grouped.items()]
+    return batch_panels(report, grouped, titles, colours, latency_line)
+
+
+def latency_line(points: list[MetricStats], colour: str) -> go.Scatter:
+    return go.Scatter(
+        x=[batch_label(s.batch_size) for s in points],
+        y=[s.median for s in points],
+        error_y={
+            "type": "data",
+            "symmetric": False,
+            "array": [s.max - s.median for s in points],
+            "arrayminus": [s.median - s.min for s in points],
+            "thickness": 1,
+        },
+        customdata=[[s.p90, s.count] for s in points],
+        hovertemplate="batch %{x}<br>median %{y:.4g}<br>p90 %{customdata[0]:.4g}"
+        "<br>n %{customdata[1]}",
+        mode="lines+markers",
+        line={"width": 2, "color": colour},
+        marker={"size": 8, "color": colour},
+    )
 
 
 def throughput_figure(report: RunReport, colours: Colours) -> go.Figure | None:
-    """Median throughput per batch size, a bar per hardware class."""
+    """Median throughput per batch size, a bar per model and hardware class."""
     grouped = stats_by_metric(report, is_throughput)
     if not grouped:
         return None
-    figure = panels(
-        [f"{metric} ({rows[0].unit or 'higher is better'})" for metric, rows in grouped.items()]
-    )
-    shown: set[str] = set()
-    models = len({s.model for s in report.metrics})
-    for index, rows in enumerate(grouped.values()):
-        row, col = position(index)
-        bars: dict[str, list[MetricStats]] = defaultdict(list)
-        for stats in rows:
-            bars[trace_name(stats, models)].append(stats)
-        for name, points in bars.items():
-            figure.add_trace(
-                go.Bar(
-                    x=[batch_label(s.batch_size) for s in points],
-                    y=[s.median for s in points],
-                    name=name,
-                    legendgroup=name,
-                    showlegend=name not in shown,
-                    marker_color=colours(name),
-                    hovertemplate="batch %{x}<br>median %{y:.4g}",
-                ),
-                row=row,
-                col=col,
-            )
-            shown.add(name)
-        order = batch_order([s.batch_size for s in rows])
-        figure.update_xaxes(
-            type="category", categoryorder="array", categoryarray=order, row=row, col=col
-        )
+    titles = [
+        f"{metric} ({rows[0].unit or 'higher is better'})" for metric, rows in grouped.items()
+    ]
+    figure = batch_panels(report, grouped, titles, colours, throughput_bar)
     figure.update_layout(barmode="group", bargap=0.25)
-    figure.update_xaxes(title_text="batch size")
     return figure
+
+
+def throughput_bar(points: list[MetricStats], colour: str) -> go.Bar:
+    return go.Bar(
+        x=[batch_label(s.batch_size) for s in points],
+        y=[s.median for s in points],
+        marker_color=colour,
+        hovertemplate="batch %{x}<br>median %{y:.4g}",
+    )
 
 
 def distribution_figure(report: RunReport, colours: Colours) -> go.Figure | None:
     """The samples of each metric with repeats as a box per batch size and line."""
-    grouped = repeated_samples(report)
+    grouped = dict(list(repeated_samples(report).items())[:MAX_PANELS])
     if not grouped:
         return None
-    chosen = list(grouped)[:MAX_PANELS]
-    figure = panels([f"{metric} ({grouped[metric][0].unit or '-'})" for metric in chosen])
-    shown: set[str] = set()
-    models = len({s.model for s in report.samples})
-    for index, metric in enumerate(chosen):
-        row, col = position(index)
-        boxes: dict[str, list[MetricSamples]] = defaultdict(list)
-        for samples in grouped[metric]:
-            boxes[trace_name(samples, models)].append(samples)
-        for name, groups in boxes.items():
-            figure.add_trace(
-                go.Box(
-                    x=[batch_label(g.batch_size) for g in groups for _ in g.values],
-                    y=[v for g in groups for v in g.values],
-                    name=name,
-                    legendgroup=name,
-                    showlegend=name not in shown,
-                    boxpoints="all",
-                    jitter=0.3,
-                    pointpos=0,
-                    marker={"color": colours(name), "size": 5},
-                    line={"width": 1.5},
-                ),
-                row=row,
-                col=col,
-            )
-            shown.add(name)
-        order = batch_order([s.batch_size for s in grouped[metric]])
-        figure.update_xaxes(
-            type="category", categoryorder="array", categoryarray=order, row=row, col=col
-        )
+    titles = [f"{metric} ({groups[0].unit or '-'})" for metric, groups in grouped.items()]
+    figure = batch_panels(report, grouped, titles, colours, samples_box)
     figure.update_layout(boxmode="group")
-    figure.update_xaxes(title_text="batch size")
     return figure
+
+
+def samples_box(groups: list[MetricSamples], colour: str) -> go.Box:
+    return go.Box(
+        x=[batch_label(g.batch_size) for g in groups for _ in g.values],
+        y=[v for g in groups for v in g.values],
+        boxpoints="all",
+        jitter=0.3,
+        pointpos=0,
+        marker={"size": 5, "color": colour},
+        line={"width": 1.5, "color": colour},
+    )
 
 
 def repeated_samples(report: RunReport) -> dict[str, list[MetricSamples]]:
