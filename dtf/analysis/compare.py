@@ -33,7 +33,8 @@ import numpy as np
 from msgspec import Struct
 from scipy import stats
 
-from dtf.analysis.series import Direction, FloatArray
+from dtf.analysis.series import FloatArray
+from dtf.analysis.units import SPEED_UNITS, Direction
 from dtf.errors import InvalidRequest
 
 STANDARD_NORMAL = NormalDist()
@@ -45,7 +46,6 @@ MAX_REPEATS = 10_000
 MAX_TEST_REPEATS = 200
 BOOTSTRAP_CELLS_PER_BATCH = 1_000_000
 MAD_TO_SIGMA = 1.4826
-SPEED_UNITS = frozenset({"ms", "s", "1/s", "gflops"})
 PASSING_OUTCOMES = frozenset({"passed", "xfailed", "xpassed"})
 FAILING_OUTCOMES = frozenset({"failed", "error"})
 IGNORED_OUTCOMES = frozenset({"skipped"})

@@ -26,7 +26,8 @@ from msgspec import Struct
 from dtf.analysis.changepoints import Side, scan
 from dtf.analysis.estimates import hodges_lehmann_shift, relative_change
 from dtf.analysis.fdr import benjamini_hochberg
-from dtf.analysis.series import Direction, Kind, Series, kind_of
+from dtf.analysis.series import Kind, Series, kind_of
+from dtf.analysis.units import Direction
 
 SIDE_OF_REGRESSION = {
     Direction.LOWER_IS_BETTER: Side.GREATER,

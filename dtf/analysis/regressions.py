@@ -27,7 +27,8 @@ from dtf.analysis.estimates import (
     relative_change,
 )
 from dtf.analysis.fdr import benjamini_hochberg
-from dtf.analysis.series import Direction, Kind, Series, kind_of, require_same_environment
+from dtf.analysis.series import Kind, Series, kind_of, require_same_environment
+from dtf.analysis.units import Direction
 from dtf.errors import InvalidRequest
 
 

@@ -18,45 +18,10 @@ import numpy as np
 import numpy.typing as npt
 from msgspec import Struct
 
+from dtf.analysis.units import Direction, metric_direction
 from dtf.errors import DtfError, InvalidRequest
 
 FloatArray = npt.NDArray[np.float64]
-
-
-class Direction(enum.StrEnum):
-    LOWER_IS_BETTER = "lower_is_better"
-    HIGHER_IS_BETTER = "higher_is_better"
-    TWO_SIDED = "two_sided"
-
-
-# Checked in this order: "_per_s" must win over the "_s" of a duration.
-HIGHER_IS_BETTER_MARKS = (
-    "throughput",
-    "_per_s",
-    "_per_sec",
-    "_per_second",
-    "/s",
-    "flops",
-    "fps",
-    "qps",
-    "accuracy",
-    "speedup",
-    "bandwidth",
-)
-LOWER_IS_BETTER_MARKS = ("latency", "time", "duration", "memory", "_mb", "_gb", "_bytes")
-LOWER_IS_BETTER_SUFFIXES = ("_ms", "_s", "_us", "_ns", "_sec", "_seconds")
-
-
-def direction_of(metric: str) -> Direction:
-    """Which way is worse for a metric, from its name; unknown names are two-sided."""
-    name = metric.lower()
-    if any(mark in name for mark in HIGHER_IS_BETTER_MARKS):
-        return Direction.HIGHER_IS_BETTER
-    if any(mark in name for mark in LOWER_IS_BETTER_MARKS) or name.endswith(
-        LOWER_IS_BETTER_SUFFIXES
-    ):
-        return Direction.LOWER_IS_BETTER
-    return Direction.TWO_SIDED
 
 
 class EnvironmentMismatch(DtfError):
@@ -158,7 +123,7 @@ class Series:
             order_keys=keys,
             environments=environments,
             labels=tuple(sorted((k, str(v)) for k, v in (labels or {}).items())),
-            direction=direction if direction is not None else direction_of(metric),
+            direction=direction if direction is not None else metric_direction(metric),
             unit=unit,
         )
 

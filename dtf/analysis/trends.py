@@ -28,7 +28,8 @@ from scipy import stats
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
 from statsmodels.tsa.exponential_smoothing.ets import ETSModel
 
-from dtf.analysis.series import Direction, FloatArray
+from dtf.analysis.series import FloatArray
+from dtf.analysis.units import Direction
 from dtf.errors import InvalidRequest
 
 MIN_POINTS_SLOPE = 3

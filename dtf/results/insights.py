@@ -30,11 +30,11 @@ from dtf.analysis.compare import Comparison, TestComparison, compare_samples, co
 from dtf.analysis.flaky import FlakyTest, TestAttempt
 from dtf.analysis.flaky import flaky_tests as find_flaky_tests
 from dtf.analysis.regressions import RegressionReport, detect_regressions, group_by_commit_range
-from dtf.analysis.series import Direction, Environment, EnvironmentMismatch, Series
+from dtf.analysis.series import Environment, EnvironmentMismatch, Series
+from dtf.analysis.units import Direction, metric_direction
 from dtf.errors import InvalidRequest, NotFound
 from dtf.results import queries
 from dtf.results.queries import Filters
-from dtf.results.rows import metric_direction
 
 if TYPE_CHECKING:
     from dtf.analysis.anomalies import AnomalyReport

@@ -17,8 +17,8 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from dtf.analysis.units import metric_direction
 from dtf.errors import InvalidRequest
-from dtf.results.rows import metric_direction
 from dtf.results.schema import TABLES
 
 DIMENSIONS: dict[str, str] = {

@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from dtf.analysis.units import metric_unit
 from dtf.core.effective import effective_requirements
 from dtf.core.health import score
 from dtf.core.model import HardwareClass, TaskSpec, TaskType
@@ -27,50 +28,6 @@ Row = dict[str, Any]
 
 # Dimensions with a column of their own; every other param goes into ``config``.
 DIMENSION_PARAMS = frozenset({"model", "batch_size", "precision"})
-STATISTIC_SUFFIXES = ("median", "mean", "avg", "min", "max", "std", "stddev")
-UNIT_SUFFIXES: tuple[tuple[tuple[str, ...], str], ...] = (
-    (("per_s", "per_sec", "per_second"), "1/s"),
-    (("ms",), "ms"),
-    (("us",), "us"),
-    (("s", "sec", "seconds"), "s"),
-    (("gflops",), "GFLOP/s"),
-    (("mb",), "MB"),
-    (("gb",), "GB"),
-    (("bytes",), "B"),
-    (("pct", "percent"), "%"),
-)
-LOWER_IS_BETTER_WORDS = ("latency", "time", "duration", "memory")
-LOWER_IS_BETTER_UNITS = frozenset({"ms", "us", "s", "MB", "GB", "B"})
-HIGHER_IS_BETTER_WORDS = ("throughput", "fps", "accuracy", "qps")
-HIGHER_IS_BETTER_UNITS = frozenset({"1/s", "GFLOP/s"})
-
-
-def metric_unit(name: str) -> str:
-    """The unit a metric's name states, e.g. ``latency_ms_p90`` -> ``ms``, ``matrices_per_s`` -> ``1/s``."""
-    stem = _without_statistic(name.lower())
-    for suffixes, unit in UNIT_SUFFIXES:
-        if any(stem == s or stem.endswith("_" + s) for s in suffixes):
-            return unit
-    return ""
-
-
-def metric_direction(name: str) -> str:
-    """``lower_is_better``, ``higher_is_better`` or ``two_sided`` (unknown)."""
-    stem, unit = _without_statistic(name.lower()), metric_unit(name)
-    if unit in HIGHER_IS_BETTER_UNITS or any(word in stem for word in HIGHER_IS_BETTER_WORDS):
-        return "higher_is_better"
-    if unit in LOWER_IS_BETTER_UNITS or any(word in stem for word in LOWER_IS_BETTER_WORDS):
-        return "lower_is_better"
-    return "two_sided"
-
-
-def _without_statistic(name: str) -> str:
-    """``latency_ms_p90`` -> ``latency_ms``: the unit sits before a statistic's name."""
-    head, _, last = name.rpartition("_")
-    is_percentile = last[:1] == "p" and last[1:].isdigit()
-    if head and (last in STATISTIC_SUFFIXES or is_percentile):
-        return head
-    return name
 
 
 @dataclass(frozen=True)

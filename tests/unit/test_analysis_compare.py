@@ -18,7 +18,7 @@ from dtf.analysis.compare import (
     high_threshold,
     repeats_to_decide,
 )
-from dtf.analysis.series import Direction
+from dtf.analysis.units import Direction
 from dtf.errors import InvalidRequest
 
 LOWER = Direction.LOWER_IS_BETTER

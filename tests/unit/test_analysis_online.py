@@ -14,7 +14,8 @@ from dtf.analysis.online import (
     online_check,
     online_checks,
 )
-from dtf.analysis.series import Direction, Environment, Kind, Series, direction_of
+from dtf.analysis.series import Environment, Kind, Series
+from dtf.analysis.units import Direction, metric_direction
 
 
 @pytest.mark.parametrize(
@@ -31,7 +32,7 @@ from dtf.analysis.series import Direction, Environment, Kind, Series, direction_
     ],
 )
 def test_direction_comes_from_the_metric_name(metric: str, direction: Direction) -> None:
-    assert direction_of(metric) is direction
+    assert metric_direction(metric) is direction
 
 
 def noisy(level: float, size: int, seed: int) -> np.ndarray:

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dtf.analysis.series import Direction
 from dtf.analysis.trends import Trend, TrendVerdict, forecast, trend
+from dtf.analysis.units import Direction
 from dtf.errors import InvalidRequest
 
 LOWER = Direction.LOWER_IS_BETTER

@@ -7,12 +7,11 @@ from typing import Any
 
 import pytest
 
+from dtf.analysis.units import metric_direction, metric_unit
 from dtf.core.model import Outcome, TestCaseResult, TestOutcome
 from dtf.core.records import TaskRecord
 from dtf.results.rows import (
     attempt_rows,
-    metric_direction,
-    metric_unit,
     metric_values,
     task_row,
     worker_snapshot_row,
