@@ -14,6 +14,7 @@ from typing import Any
 
 import duckdb
 
+from dtf.analysis.units import metric_direction
 from dtf.errors import NotFound
 from dtf.reports.history import run_histories
 from dtf.reports.model import (
@@ -29,7 +30,6 @@ from dtf.reports.model import (
     TestCaseResult,
 )
 from dtf.results.queries import Filters, aggregate
-from dtf.results.rows import metric_direction
 
 Row = dict[str, Any]
 AttemptKey = tuple[str, int]
