@@ -17,7 +17,7 @@ from dtf.analysis.compare import TestVerdict, Verdict
 from dtf.analysis.series import EnvironmentMismatch, Kind
 from dtf.errors import InvalidRequest, NotFound
 from dtf.results import insights
-from dtf.results.ingest import NewPoints, OnlineRegressions
+from dtf.results.alerts import NewPoints, OnlineRegressions
 from dtf.results.queries import Filters
 from dtf.results.schema import SCHEMA_VERSION, TABLES
 from dtf.results.store import ArrowBatch, ResultsStore
