@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from dtf.cli.output import with_client
-from dtf.cli.results import db_option
+from dtf.cli.results_common import db_option
 from dtf.client import Client
 
 FORMATS = ("html", "md", "json", "junit")
