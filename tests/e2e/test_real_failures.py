@@ -136,6 +136,26 @@ def test_out_of_memory_benchmark_completes_with_a_halved_batch(cluster: LocalClu
     assert attempts[-1]["outcome"]["metrics"]["batch_size"] == 8
 
 
+def test_a_task_that_hangs_once_times_out_and_completes_on_its_retry(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """The first attempt hangs past its timeout and is killed; the retry finds the marker."""
+    marker = tmp_path / "hung-once"
+    spec = {
+        "type": "command",
+        "config": {"command": f"if [ ! -e {marker} ]; then touch {marker}; sleep 60; fi"},
+        "timeout_seconds": 1.0,
+        "retry_policy": {"retry_delay_seconds": 0.1, "jitter": 0.0},
+    }
+    with cluster.client() as client:
+        [task] = client.wait([client.submit(spec)], timeout_s=60)
+    assert task["status"] == "completed"
+    first, second = task["attempts"]
+    assert (first["failure"], first["failure_type"]) == ("timeout", "timeout")
+    assert first["recovery"] is not None and first["recovery_reason"]
+    assert second["status"] == "succeeded"
+
+
 def test_a_breaker_opens_on_a_faulty_worker_and_a_probe_closes_it(tmp_path: Path) -> None:
     settings = ClusterSettings(
         tmp_path / "data",
