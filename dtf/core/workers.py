@@ -130,7 +130,7 @@ class WorkerMixin(Lifecycle):
         assert task.lease is not None
         worker = self.workers.get(task.lease.worker_id)
         if worker is not None:
-            if not worker.incident_tasks:
+            if task.id not in worker.incident_tasks:  # an earlier incident's list is stale
                 worker.incident_tasks = list(worker.leases)
             task.crash_mates = [t for t in worker.incident_tasks if t != task.id]
         self.fail_attempt(
