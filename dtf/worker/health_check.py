@@ -26,13 +26,17 @@ OUTPUT_TAIL_CHARS = 400
 
 async def run_health_check(command: str, timeout_s: float, workdir: Path) -> HealthCheckReport:
     started = time.monotonic()
-    process = await asyncio.create_subprocess_shell(
-        command,
-        cwd=workdir,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True,
-    )
+    try:
+        process = await asyncio.create_subprocess_shell(
+            command,
+            cwd=workdir,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+    except OSError as exc:  # a report must go back, or the worker waits for work forever
+        detail = f"could not start {command!r} in {workdir}: {exc}"
+        return HealthCheckReport(False, detail, time.monotonic() - started)
     try:
         output, _ = await asyncio.wait_for(process.communicate(), timeout_s)
     except TimeoutError:
