@@ -81,9 +81,13 @@ class ResultsStore:
             ) from None
         connection.execute("SET preserve_insertion_order = false")
         store = cls(connection, path)
-        if not read_only:
-            store._create_schema()
-        store._check_version()
+        try:
+            if not read_only:
+                store._create_schema()
+            store._check_version()
+        except BaseException:
+            store.close()  # else the refused file stays open, and locked, in this process
+            raise
         return store
 
     def close(self) -> None:
