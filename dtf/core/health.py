@@ -4,7 +4,7 @@ How this works: every result or incident that says something about a worker
 is kept as a sample with a ``good`` and a ``bad`` weight: a completed attempt
 is good; a failure the worker is to blame for (a CUDA error, a crash, a lost
 browser) is bad; so is a dropped connection (half) or a heartbeat silence
-long enough to mark the worker offline. A task's own failures (its assertion,
+long enough to mark the worker offline, while it held work. A task's own failures (its assertion,
 its out-of-memory at a batch size) say nothing about the worker and are not
 kept. Weights halve every ``half_life_s``, so old trouble fades, and a prior
 of ``PRIOR_GOOD`` good results keeps one early failure from condemning a new

@@ -80,7 +80,7 @@ class HealthMixin(WorkerMixin):
             self.quarantine(worker, f"disabled by an admin{why}", now, by_admin=True)
             return
         health.samples = []
-        if health.check is CheckState.FAILED:
+        if health.check in (CheckState.FAILED, CheckState.PENDING):
             health.check, health.check_detail = CheckState.PASSED, "waived by an admin"
         self.release(worker, f"enabled by an admin{why}")
 
@@ -94,12 +94,13 @@ class HealthMixin(WorkerMixin):
 
     def recheck(self, worker: WorkerRecord, now: float) -> None:
         """Ask for the health check again, or release a worker whose score recovered.
-        A worker that is not connected is looked at again later."""
+        A worker that is away is looked at again when it registers; one that is
+        only briefly disconnected, a little later."""
         health = worker.health
         health.recheck_at = None
-        if health.held_by_admin:
+        if health.held_by_admin or worker.status is WorkerStatus.OFFLINE:
             return
-        if worker.status is not WorkerStatus.ONLINE:
+        if worker.status is WorkerStatus.SUSPECT:
             health.recheck_at = now + self.config.health_recheck_s
             return
         if health.check_command is not None:

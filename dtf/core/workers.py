@@ -3,6 +3,8 @@
 A worker is ``online`` while connected and heard from, ``suspect`` as soon as
 its connection drops (no new work; its leases run on, so a short blip costs
 nothing), and ``offline`` when no heartbeat arrived within the worker timeout.
+A drop or a silence counts against the worker's health only when it held work
+then: an agent stopped or restarted while idle disrupted nothing.
 Leases are renewed only for the attempts a worker says it holds; an attempt
 it no longer holds ends as lost at once instead of waiting for expiry.
 """
@@ -95,7 +97,8 @@ class WorkerMixin(Lifecycle):
             return
         if worker.status is WorkerStatus.ONLINE:
             self.set_worker_status(worker, WorkerStatus.SUSPECT, "connection dropped")
-            self.note_health(worker.id, connection_dropped(now), now)
+            if worker.leases:
+                self.note_health(worker.id, connection_dropped(now), now)
 
     def reconcile_leases(
         self, worker: WorkerRecord, held: list[LeaseRef], max_fence_seen: int | None, now: float
@@ -147,7 +150,8 @@ class WorkerMixin(Lifecycle):
                 self.set_worker_status(
                     worker, WorkerStatus.OFFLINE, f"no heartbeat for {silent_for:.0f}s"
                 )
-                self.note_health(worker.id, went_silent(now), now)
+                if worker.leases or worker.incident_tasks:
+                    self.note_health(worker.id, went_silent(now), now)
 
     def expire_lease(self, task_id: str, fence: int, now: float) -> bool:
         """End an expired lease as lost. False when it was renewed (re-armed) or is moot."""

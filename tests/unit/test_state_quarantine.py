@@ -215,3 +215,39 @@ def test_health_survives_a_snapshot() -> None:
     restored = State.restore(driver.state.snapshot())
     assert restored.workers["w1"].health == driver.state.workers["w1"].health
     assert restored.next_deadline() == driver.state.next_deadline()
+
+
+def test_an_idle_worker_stopped_and_restarted_loses_no_health() -> None:
+    driver = StateDriver(StateConfig(worker_timeout_s=30.0, circuit_breaker_threshold=50))
+    for restart in range(3):
+        at = restart * 100.0
+        register(driver, "w1", incarnation=f"i{restart}", at=at)
+        driver.disconnect("w1", at=at + 1.0)
+        driver.tick(at=at + 40.0)
+    health = driver.state.workers["w1"].health
+    assert health.samples == [] and not health.quarantined
+
+
+def test_an_admin_enable_waives_a_pending_health_check() -> None:
+    driver = StateDriver(CONFIG)
+    register(driver, "w1", check="hangs forever")
+    driver.submit(("t", task_spec()), at=1.0)
+    events = driver.apply(c.SetWorkerEnabled(2.0, "w1", True, "check is broken"))
+    assert [e.task_id for e in events_of(events, AssignTask)] == ["t"]
+    assert driver.state.workers["w1"].health.check_detail == "waived by an admin"
+
+
+def test_an_offline_quarantined_worker_is_reviewed_when_it_returns_not_before() -> None:
+    driver = StateDriver(StateConfig(worker_timeout_s=30.0, circuit_breaker_threshold=50))
+    register(driver, "w1")
+    for n in range(3):
+        fault_on(driver, "w1", f"bad{n}", at=float(n + 1))
+        driver.heartbeat("w1", at=n + 1.5)
+    driver.tick(at=40.0)
+    assert driver.state.workers["w1"].status.value == "offline"
+    driver.tick(at=153.5)
+    assert driver.state.workers["w1"].health.recheck_at is None
+    assert driver.state.next_deadline() is None
+    register(driver, "w1", session="s2", at=1000.0)
+    events = driver.tick(at=1000.0)
+    assert not events_of(events, WorkerHealthChanged)[0].quarantined
