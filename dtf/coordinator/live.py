@@ -33,6 +33,7 @@ from dtf.coordinator.live_messages import (
     Unsubscribe,
     client_message_decoder,
 )
+from dtf.coordinator.results_api import aggregate_groups
 from dtf.coordinator.runtime import Runtime
 from dtf.core.events import (
     AttemptFinished,
@@ -45,7 +46,7 @@ from dtf.core.events import (
 )
 from dtf.core.records import TaskStatus
 from dtf.errors import DtfError, Unauthorized
-from dtf.results.queries import Filters, aggregate
+from dtf.results.queries import Filters
 from dtf.results.store import ResultsStore
 
 log = logging.getLogger(__name__)
@@ -160,6 +161,9 @@ class LiveChannel:
             reply = await self.reply_to(client, message)
         except DtfError as exc:
             reply = {"type": "error", "message": exc.message}
+        except Exception:
+            log.exception("live channel request %s failed", type(message).__name__)
+            reply = {"type": "error", "message": "internal error; see the coordinator log"}
         return {**reply, "request_id": message.request_id}
 
     async def reply_to(self, client: _Client, message: ClientMessage) -> Message:
@@ -168,7 +172,9 @@ class LiveChannel:
                 return {"type": "status", **self.runtime.status()}
             case GetAggregatedResults():
                 filters = Filters(metric=message.metric, run_id=message.run_id, since=message.since)
-                groups = await asyncio.to_thread(self.aggregate, message.by, filters)
+                groups = await asyncio.to_thread(
+                    aggregate_groups, self.results, message.by, filters
+                )
                 by, metric = message.by, message.metric
                 return {"type": "aggregated_results", "by": by, "metric": metric, "groups": groups}
             case Subscribe():
@@ -178,11 +184,8 @@ class LiveChannel:
                 client.topics.difference_update(message.topics)
                 return {"type": "subscribed", "topics": sorted(client.topics)}
             case Authenticate():
+                self.runtime.auth.require(f"Bearer {message.key}", "read")
                 return {"type": "authenticated"}
-
-    def aggregate(self, by: list[str], filters: Filters) -> list[dict[str, Any]]:
-        with self.results.reader() as cursor:
-            return aggregate(cursor, by, filters)
 
 
 def update_of(event: Event) -> tuple[Topic, Message] | None:

@@ -56,7 +56,7 @@ def results_router(rt: Runtime, store: ResultsStore) -> APIRouter:
         rt.auth.require(authorization, "read")
         dimensions = [name.strip() for name in by.split(",") if name.strip()]
         filters = Filters(metric=metric, run_id=run_id, since=since)
-        groups = await asyncio.to_thread(_aggregate, store, dimensions, filters)
+        groups = await asyncio.to_thread(aggregate_groups, store, dimensions, filters)
         return json_response({"by": dimensions, "metric": metric, "groups": groups})
 
     @router.get("/export")
@@ -157,7 +157,8 @@ async def _read(store: ResultsStore, query: Callable[[Any], Answer]) -> Answer:
     return await asyncio.to_thread(run)
 
 
-def _aggregate(store: ResultsStore, by: list[str], filters: Filters) -> list[dict[str, Any]]:
+def aggregate_groups(store: ResultsStore, by: list[str], filters: Filters) -> list[dict[str, Any]]:
+    """The aggregate on a reader cursor of its own (call it from a worker thread)."""
     with store.reader() as cursor:
         return aggregate(cursor, by, filters)
 

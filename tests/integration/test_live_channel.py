@@ -130,3 +130,12 @@ def test_a_full_outbox_tells_the_channel_to_let_the_client_go() -> None:
         return [client.send({"n": n}) for n in range(3)]
 
     assert asyncio.run(fill()) == [True, True, False]
+
+
+def test_a_second_authenticate_is_checked_too(client: TestClient) -> None:
+    with client.websocket_connect("/ws", headers=ADMIN) as websocket:
+        receive(websocket)
+        websocket.send_json({"type": "authenticate", "key": "wrong", "request_id": "again"})
+        reply = receive(websocket)
+    assert (reply["type"], reply["request_id"]) == ("error", "again")
+    assert "invalid API key" in reply["message"]
