@@ -115,7 +115,11 @@ class AttemptFaults:
         self.detail: str | None = None
 
     def process_started(self, pgid: int) -> None:
+        """Arm the fault for this process; an attempt gets at most one fault."""
         self.inner.process_started(pgid)
+        if self.detail is not None:
+            return
+        self.close()
         loop = asyncio.get_running_loop()
         self.timer = loop.call_later(self.planned.strike_after_s, self.strike, pgid)
 

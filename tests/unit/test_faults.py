@@ -4,6 +4,7 @@ as intended by the default rules."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from pathlib import Path
 
@@ -249,3 +250,19 @@ def test_each_kind_classifies_as_intended(kind: FaultKind, failure_type: Failure
     assert classification.failure_type is failure_type
     if kind in EMULATED_STDERR:
         assert any(INJECTED_MARK in quote for quote in classification.evidence_text)
+
+
+def test_an_attempt_arms_one_fault_even_when_a_second_process_starts() -> None:
+    async def start_twice() -> tuple[int, bool]:
+        faults = struck(FaultKind.HANG, None)
+        faults.process_started(101)
+        first = faults.timer
+        faults.process_started(102)
+        assert first is not None and faults.timer is not None
+        armed = sum(1 for timer in (first, faults.timer) if not timer.cancelled())
+        faults.close()
+        done = struck(FaultKind.HANG, "SIGSTOP sent")
+        done.process_started(103)
+        return armed, done.timer is None
+
+    assert asyncio.run(start_twice()) == (1, True)
