@@ -110,7 +110,7 @@ def open_breakers(state: State) -> list[dict[str, Any]]:
 
 
 def out_of_service(state: State) -> list[dict[str, Any]]:
-    """Workers that are connected but take no new work: quarantined, or failing their check."""
+    """Workers that take no new work even when connected: quarantined, or failing their check."""
     found = []
     for worker in state.workers.values():
         health = worker.health

@@ -121,7 +121,7 @@ BURST_KEY = "fleet"
 
 # Failure types that are usually the task's own doing: many tasks failing
 # this way is weaker evidence of a shared cause than, say, lost connections.
-TASK_OWN_TYPES = frozenset({FailureType.SOFTWARE_ERROR, FailureType.RESOURCE_EXHAUSTION})
+WEAK_SHARED_CAUSE_TYPES = frozenset({FailureType.SOFTWARE_ERROR, FailureType.RESOURCE_EXHAUSTION})
 
 TYPE_ACTIONS = {
     FailureType.COMMUNICATION_ERROR: "Infrastructure problem: {tasks} lost their connections "
@@ -329,7 +329,9 @@ def _type_patterns(history: _History, limits: PatternThresholds) -> Iterator[Fai
         if len(tasks) < limits.type_min_tasks:
             continue
         workers = _distinct(f.worker_id for f in failed)
-        task_weight = TYPE_OWN_TASK_WEIGHT if failure_type in TASK_OWN_TYPES else TYPE_TASK_WEIGHT
+        task_weight = (
+            TYPE_OWN_TASK_WEIGHT if failure_type in WEAK_SHARED_CAUSE_TYPES else TYPE_TASK_WEIGHT
+        )
         confidence = noisy_or((task_weight, len(tasks)), (TYPE_SPREAD_WEIGHT, len(workers) - 1))
         action = TYPE_ACTIONS[failure_type].format(
             tasks=_n(len(tasks), "task"), workers=_n(len(workers), "worker")
