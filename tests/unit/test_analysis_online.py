@@ -122,3 +122,27 @@ def test_a_detection_after_a_long_quiet_gap_is_a_new_step() -> None:
         first, checked_index=first.checked_index + 1, labels=(("model", "bert"),)
     )
     assert not is_repeat(first, other_series)
+
+
+def spiky(level: float, size: int, seed: int, spikes: dict[int, float]) -> np.ndarray:
+    values = level * (1.0 + 0.03 * np.random.default_rng(seed).standard_normal(size))
+    for index, factor in spikes.items():
+        values[index] *= factor
+    return values
+
+
+def test_a_spiky_step_first_dated_early_is_seen_within_ten_results_and_re_dated() -> None:
+    spikes = {12: 2.0, 31: 2.5, 47: 1.8, 70: 2.0, 77: 1.6}
+    values = spiky(100.0, 90, 221, spikes)
+    values[60:] += 5.0  # 5 % at 3 % noise; the points just before it happen to run high
+    found = detections_while_ingesting(Series.of("latency_ms", values), 61)
+    assert found[0].change_index == 45  # three points after the step cannot date it
+    [merged] = merge_detections(found)
+    assert merged.checked_index < 70
+    assert merged.change_index == 60  # later checks, with both datings in reach, move it
+
+
+def test_a_spiky_stationary_series_is_not_alerted() -> None:
+    spikes = {index: 1.5 + (index % 7) / 4 for index in range(5, 90, 13)}
+    series = Series.of("latency_ms", spiky(100.0, 90, 8, spikes))
+    assert detections_while_ingesting(series, 61) == []
