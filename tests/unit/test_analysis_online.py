@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from dtf.analysis.online import (
+    DEFAULT_SETTINGS,
     Detection,
     OnlineSettings,
+    candidate,
     is_repeat,
     merge_detections,
     online_check,
@@ -131,18 +133,41 @@ def spiky(level: float, size: int, seed: int, spikes: dict[int, float]) -> np.nd
     return values
 
 
-def test_a_spiky_step_first_dated_early_is_seen_within_ten_results_and_re_dated() -> None:
+def test_a_spiky_step_whose_points_before_run_high_is_dated_at_its_first_point() -> None:
     spikes = {12: 2.0, 31: 2.5, 47: 1.8, 70: 2.0, 77: 1.6}
     values = spiky(100.0, 90, 221, spikes)
     values[60:] += 5.0  # 5 % at 3 % noise; the points just before it happen to run high
     found = detections_while_ingesting(Series.of("latency_ms", values), 61)
-    assert found[0].change_index == 45  # three points after the step cannot date it
+    assert (found[0].checked_index, found[0].change_index) == (63, 60)  # the rank scan said 45
     [merged] = merge_detections(found)
-    assert merged.checked_index < 70
-    assert merged.change_index == 60  # later checks, with both datings in reach, move it
+    assert (merged.checked_index, merged.change_index) == (63, 60)
+
+
+def test_a_repeat_re_dates_a_step_only_while_it_could_choose_the_first_dating() -> None:
+    first = online_check(stepped("latency_ms", 1.10, after=8))
+    assert first is not None
+    early = msgspec.structs.replace(first, change_index=first.change_index - 6)
+    repeat = msgspec.structs.replace(first, checked_index=first.checked_index + 5)
+    assert merge_detections([early, repeat])[0].change_index == first.change_index
+    span = DEFAULT_SETTINGS.dating_span
+    too_late = msgspec.structs.replace(repeat, checked_index=early.change_index + span)
+    stale = msgspec.structs.replace(early, seen_until_index=too_late.checked_index - 1)
+    assert merge_detections([stale, too_late])[0].change_index == early.change_index
 
 
 def test_a_spiky_stationary_series_is_not_alerted() -> None:
     spikes = {index: 1.5 + (index % 7) / 4 for index in range(5, 90, 13)}
     series = Series.of("latency_ms", spiky(100.0, 90, 8, spikes))
     assert detections_while_ingesting(series, 61) == []
+
+
+def test_p_values_on_stationary_series_hold_their_level() -> None:
+    rng = np.random.default_rng(17)
+    checked = [
+        candidate(Series.of("latency_ms", 100.0 + 3.0 * rng.standard_normal(170)), DEFAULT_SETTINGS)
+        for _ in range(4000)
+    ]
+    p_values = np.array([found.p_value for found in checked if found is not None])
+    assert len(p_values) == len(checked)
+    for level in (0.05, 0.01):
+        assert np.mean(p_values <= level) <= level
