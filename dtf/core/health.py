@@ -93,7 +93,7 @@ def score(samples: list[HealthSample], now: float, half_life_s: float) -> float:
     """0-100; 100 for a worker with nothing against it."""
     good = sum(s.good * decay(s, now, half_life_s) for s in samples)
     bad = sum(s.bad * decay(s, now, half_life_s) for s in samples)
-    return 100.0 * (PRIOR_GOOD + good) / (PRIOR_GOOD + good + bad)
+    return 100.0 * ((PRIOR_GOOD + good) / (PRIOR_GOOD + good + bad))
 
 
 def explain(samples: list[HealthSample], now: float, half_life_s: float) -> str:

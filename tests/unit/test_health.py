@@ -106,3 +106,8 @@ def test_the_record_keeps_only_the_latest_samples() -> None:
         health.add(success(float(n)))
     assert len(health.samples) == 32
     assert health.samples[-1].at == 99.0
+
+
+def test_a_worker_with_only_successes_scores_exactly_100() -> None:
+    samples = [success(9413.0), success(1553.953125)]
+    assert score(samples, 10_000.0, HALF_LIFE) == 100.0
