@@ -41,7 +41,14 @@ from dtf.core.records import TaskRecord
 from dtf.core.state import State
 from dtf.results import queries
 from dtf.results.alerts import NewPoints, OnlineRegressions
-from dtf.results.rows import AttemptRows, Row, attempt_rows, task_row, worker_snapshot_row
+from dtf.results.rows import (
+    AttemptRows,
+    Row,
+    attempt_rows,
+    merged,
+    task_row,
+    worker_snapshot_row,
+)
 from dtf.results.schema import TABLES
 from dtf.results.store import ArrowBatch, ResultsStore
 
@@ -181,7 +188,8 @@ class ResultsIngester:
             worker = state.workers.get(event.worker_id)
             if worker is not None:
                 kind = "status" if isinstance(event, WorkerStatusChanged) else "health"
-                rows.worker_snapshots[(worker.id, state.applied_seq)] = worker_snapshot_row(
+                key = (worker.id, state.applied_seq)
+                row = worker_snapshot_row(
                     worker,
                     journal_seq=state.applied_seq,
                     recorded_at=self._clock(),
@@ -189,6 +197,8 @@ class ResultsIngester:
                     reason=event.reason,
                     half_life_s=state.config.health_half_life_s,
                 )
+                earlier = rows.worker_snapshots.get(key)
+                rows.worker_snapshots[key] = row if earlier is None else merged(earlier, row)
 
     def flush(self) -> dict[str, int]:
         """Write what is pending now; on failure the rows stay pending for the next try."""

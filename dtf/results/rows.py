@@ -270,3 +270,11 @@ def worker_snapshot_row(
         "tasks_completed": worker.tasks_completed,
         "tasks_failed": worker.tasks_failed,
     }
+
+
+def merged(earlier: Row, later: Row) -> Row:
+    """One command that changed a worker twice (its status and its health) is one
+    snapshot, keyed by its journal seq, naming both changes and both reasons."""
+    events = dict.fromkeys([*str(earlier["event"]).split("+"), str(later["event"])])
+    reasons = dict.fromkeys(r for r in (earlier["reason"], later["reason"]) if r)
+    return {**later, "event": "+".join(events), "reason": "; ".join(reasons) or None}

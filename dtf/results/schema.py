@@ -8,7 +8,8 @@ a message rather than half-read.
 Keys: a task row is written once, when the task is terminal (``task_id``);
 an attempt row, with all of its metric samples and test cases, is written
 once, in one transaction, when the attempt has finished (``task_id``,
-``attempt``); a worker snapshot is keyed by (``worker_id``, ``journal_seq``).
+``attempt``); a worker snapshot is keyed by (``worker_id``, ``journal_seq``):
+one row per command that changed the worker, naming each change (``status+health``).
 ``runs`` is a view over ``tasks``. ``regression_alerts`` is written by the
 online check at ingest: one row per state of an alert, keyed by (``alert_id``,
 ``times_seen``), so a step seen again adds a row and the newest row of an

@@ -17,8 +17,9 @@ from click.testing import CliRunner
 
 from dtf.cli import cli
 from dtf.cli.results import parse_since
-from dtf.core.events import Event
+from dtf.core.events import Event, WorkerHealthChanged, WorkerStatusChanged
 from dtf.core.model import Outcome
+from dtf.core.records import WorkerStatus
 from dtf.errors import InvalidRequest
 from dtf.results.export import export_table
 from dtf.results.ingest import ResultsIngester
@@ -265,3 +266,23 @@ def test_cli_names_a_results_file_that_is_not_there(tmp_path: Path) -> None:
 )
 def test_since_takes_epoch_seconds_or_a_duration_ago(text: str, since: float) -> None:
     assert parse_since(text, now=1000.0) == since
+
+
+def test_a_command_that_changes_a_worker_twice_keeps_both_changes(
+    driver: StateDriver, store: ResultsStore
+) -> None:
+    driver.register("w1")
+    events: list[Event] = [
+        WorkerStatusChanged(
+            "w1", WorkerStatus.ONLINE, WorkerStatus.OFFLINE, "no heartbeat for 30s"
+        ),
+        WorkerHealthChanged("w1", True, "health 62 (3 faults) is below 70"),
+    ]
+    ingester = ResultsIngester(store, driver.state, clock=lambda: 5.0)
+    ingester.on_events(events)
+    ingester.on_events(events)
+    assert ingester.flush()["worker_snapshots"] == 1
+    with store.reader() as cursor:
+        [(event, reason)] = cursor.execute("SELECT event, reason FROM worker_snapshots").fetchall()
+    assert event == "status+health"
+    assert reason == "no heartbeat for 30s; health 62 (3 faults) is below 70"
