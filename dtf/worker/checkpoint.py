@@ -113,8 +113,9 @@ class TaskCheckpoints:
         return response.content
 
     def available(self) -> bool:
-        """Does the task have a checkpoint to load?"""
-        return self.load(default=None) is not None
+        """Does the task have a checkpoint to load? (A saved JSON ``null`` counts.)"""
+        missing = object()
+        return self.load(default=missing) is not missing
 
     def request(
         self,

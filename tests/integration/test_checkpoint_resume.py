@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -238,3 +239,18 @@ def test_a_task_killed_mid_way_resumes_from_its_checkpoint(tmp_path: Path) -> No
     assert task["checkpoint"]["step"] == 30
     assert stale.status_code == 409
     assert "no longer holds its lease" in stale.json()["error"]["message"]
+
+
+@pytest.mark.integration
+def test_the_sdk_in_a_real_task_sees_a_saved_null_as_a_checkpoint(tmp_path: Path) -> None:
+    script = (
+        "from dtf.worker import checkpoint; "
+        "before = checkpoint.available(); checkpoint.save(None, step=1); "
+        "print('available', before, checkpoint.available(), checkpoint.load('absent'))"
+    )
+    spec = {"type": "command", "config": {"command": [sys.executable, "-c", script]}}
+    settings = ClusterSettings(tmp_path / "data", workers=1, slots=1)
+    with LocalCluster(settings) as cluster, cluster.client() as client:
+        [task] = client.wait([client.submit(spec)], timeout_s=60)
+    assert task["status"] == "completed", task
+    assert "available False True None" in task["attempts"][0]["outcome"]["stdout_tail"]
