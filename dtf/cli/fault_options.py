@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
+from dtf.cli.output import with_options
 from dtf.errors import InvalidRequest
 from dtf.worker.faults import FaultKind, FaultSettings, parse_kinds
 
@@ -31,45 +32,46 @@ def fault_settings(
         raise click.BadParameter(exc.message, param_hint=f"--{exc.field or 'fault'}") from None
 
 
+FAULT_OPTIONS = [
+    click.option(
+        "--fault-injection",
+        is_flag=True,
+        help="Inject real faults (crashes, hangs, OOM, emulated device errors, "
+        "dropped connections, agent crashes) into attempts, to watch recovery work.",
+    ),
+    click.option(
+        "--fault-rate",
+        default=0.1,
+        show_default=True,
+        type=click.FloatRange(0.0, 1.0),
+        help="Probability that an attempt gets a fault.",
+    ),
+    click.option(
+        "--fault-seed",
+        default=0,
+        show_default=True,
+        type=int,
+        help="Faults follow from (seed, task id, attempt): the same seed repeats a run.",
+    ),
+    click.option(
+        "--fault-kinds",
+        default="all",
+        show_default=True,
+        help=f"Comma-separated, from: {', '.join(FaultKind)}.",
+    ),
+]
+
+LOG_OPTION = click.option(
+    "--fault-log",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Append each injected fault to this JSON Lines file.",
+)
+
+
 def fault_options(*, with_log: bool) -> Callable[[Callable[..., R]], Callable[..., R]]:
     """Add ``--fault-injection/--fault-rate/--fault-seed/--fault-kinds`` (and
     ``--fault-log`` when ``with_log``) and pass them on as ``faults``."""
-    options = [
-        click.option(
-            "--fault-injection",
-            is_flag=True,
-            help="Inject real faults (crashes, hangs, OOM, emulated device errors, "
-            "dropped connections, agent crashes) into attempts, to watch recovery work.",
-        ),
-        click.option(
-            "--fault-rate",
-            default=0.1,
-            show_default=True,
-            type=click.FloatRange(0.0, 1.0),
-            help="Probability that an attempt gets a fault.",
-        ),
-        click.option(
-            "--fault-seed",
-            default=0,
-            show_default=True,
-            type=int,
-            help="Faults follow from (seed, task id, attempt): the same seed repeats a run.",
-        ),
-        click.option(
-            "--fault-kinds",
-            default="all",
-            show_default=True,
-            help=f"Comma-separated, from: {', '.join(FaultKind)}.",
-        ),
-    ]
-    if with_log:
-        options.append(
-            click.option(
-                "--fault-log",
-                type=click.Path(dir_okay=False, path_type=Path),
-                help="Append each injected fault to this JSON Lines file.",
-            )
-        )
+    options = [*FAULT_OPTIONS, LOG_OPTION] if with_log else FAULT_OPTIONS
 
     def decorate(command: Callable[..., R]) -> Callable[..., R]:
         @functools.wraps(command)
@@ -91,9 +93,6 @@ def fault_options(*, with_log: bool) -> Callable[[Callable[..., R]], Callable[..
             )
             return command(*args, faults=faults, **kwargs)
 
-        decorated: Callable[..., R] = with_faults
-        for option in reversed(options):
-            decorated = option(decorated)
-        return decorated
+        return with_options(with_faults, options)
 
     return decorate

@@ -5,18 +5,29 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import click
 from rich.console import Console
 
 from dtf.client import DEFAULT_COORDINATOR, Client
 
+R = TypeVar("R")
+
 console = Console(highlight=False)
 error_console = Console(stderr=True, highlight=False)
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+
+
+def with_options(
+    command: Callable[..., R], options: Sequence[Callable[[Any], Any]]
+) -> Callable[..., R]:
+    """``command`` decorated with click ``options``, the first listed shown first in --help."""
+    for option in reversed(options):
+        command = option(command)
+    return command
 
 
 def print_json(data: Any) -> None:

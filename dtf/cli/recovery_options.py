@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from dtf.cli.output import with_options
 from dtf.core.breakers import DEFAULT_RESET_TIME_S, DEFAULT_THRESHOLD
 from dtf.core.health import DEFAULT_HALF_LIFE_S
 from dtf.core.health import DEFAULT_THRESHOLD as DEFAULT_HEALTH_THRESHOLD
@@ -124,7 +125,4 @@ def recovery_options(command: Callable[..., R]) -> Callable[..., R]:
         )
         return command(*args, recovery=flags, **kwargs)
 
-    decorated: Callable[..., R] = with_recovery
-    for option in reversed(OPTIONS):
-        decorated = option(decorated)
-    return decorated
+    return with_options(with_recovery, OPTIONS)

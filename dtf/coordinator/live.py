@@ -97,9 +97,9 @@ class LiveChannel:
         runtime.bus.subscribe(self.on_events)
 
     def on_events(self, events: list[Event]) -> None:
-        updates = [u for u in map(update_of, events) if u is not None]
-        if not updates or not self.clients:
+        if not self.clients:
             return
+        updates = [u for u in map(update_of, events) if u is not None]
         for client in list(self.clients):
             wanted = (message for topic, message in updates if topic in client.topics)
             if not all(client.send(message) for message in wanted):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -28,6 +28,7 @@ from dtf.results.queries import Filters, aggregate
 from dtf.results.store import ResultsStore
 
 Authorization = Annotated[str | None, Header()]
+Reader = Callable[[str | None, Callable[[Any], Any]], Awaitable[Any]]
 Since = Annotated[float | None, Query(description="Epoch seconds")]
 Answer = TypeVar("Answer")
 MEDIA_TYPES = {
@@ -83,6 +84,21 @@ def results_router(rt: Runtime, store: ResultsStore) -> APIRouter:
 
 def add_insight_routes(router: APIRouter, rt: Runtime, store: ResultsStore) -> None:
     """The analyses; errors name the unknown run or metric, or the environments that differ."""
+    read = _authorized_reader(rt, store)
+    _change_routes(router, read)
+    _outlier_routes(router, read)
+
+
+def _authorized_reader(rt: Runtime, store: ResultsStore) -> Reader:
+    async def read(authorization: str | None, query: Callable[[Any], Any]) -> Any:
+        rt.auth.require(authorization, "read")
+        return await _read(store, query)
+
+    return read
+
+
+def _change_routes(router: APIRouter, read: Reader) -> None:
+    """Regressions, run comparisons, trends and the alerts stored at ingest."""
 
     @router.get("/regressions")
     async def regressions(
@@ -93,9 +109,8 @@ def add_insight_routes(router: APIRouter, rt: Runtime, store: ResultsStore) -> N
     ) -> Response:
         """Change points of every metric series, Benjamini-Hochberg over all of them; alerts
         dated at or after ``since``, grouped by commit range."""
-        rt.auth.require(authorization, "read")
-        report = await _read(
-            store,
+        report = await read(
+            authorization,
             lambda cursor: insights.regressions(
                 cursor, Filters(metric=metric), since=since, min_relative_change=min_change
             ),
@@ -106,25 +121,10 @@ def add_insight_routes(router: APIRouter, rt: Runtime, store: ResultsStore) -> N
     async def compare(run_a: str, run_b: str, authorization: Authorization = None) -> Response:
         """Run A (baseline) against run B: per metric the change, its bootstrap interval and a
         verdict; per test the failure counts; metrics from different environments refused."""
-        rt.auth.require(authorization, "read")
-        return json_response(
-            await _read(store, lambda cursor: insights.compare_runs(cursor, run_a, run_b))
+        comparison = await read(
+            authorization, lambda cursor: insights.compare_runs(cursor, run_a, run_b)
         )
-
-    @router.get("/flaky")
-    async def flaky(since: Since = None, authorization: Authorization = None) -> Response:
-        """Tests that passed and failed on one commit (or run), with flake and flip rates."""
-        rt.auth.require(authorization, "read")
-        found = await _read(store, lambda cursor: insights.flaky_tests(cursor, since=since))
-        return json_response({"flaky": found})
-
-    @router.get("/anomalies")
-    async def anomalies(since: Since = None, authorization: Authorization = None) -> Response:
-        """Robust z-scores of task durations and metric series; an isolation forest over workers."""
-        rt.auth.require(authorization, "read")
-        return json_response(
-            await _read(store, lambda cursor: insights.anomalies(cursor, since=since))
-        )
+        return json_response(comparison)
 
     @router.get("/trends")
     async def trends(
@@ -133,18 +133,35 @@ def add_insight_routes(router: APIRouter, rt: Runtime, store: ResultsStore) -> N
         authorization: Authorization = None,
     ) -> Response:
         """Per series: Theil-Sen slope with its interval, and a forecast ``steps`` ahead."""
-        rt.auth.require(authorization, "read")
-        found = await _read(
-            store, lambda cursor: insights.trends(cursor, Filters(metric=metric), steps=steps)
+        found = await read(
+            authorization,
+            lambda cursor: insights.trends(cursor, Filters(metric=metric), steps=steps),
         )
         return json_response({"trends": found})
 
     @router.get("/alerts")
     async def alerts(since: Since = None, authorization: Authorization = None) -> Response:
         """The alerts of the online check at ingest, each in its newest state."""
-        rt.auth.require(authorization, "read")
-        found = await _read(store, lambda cursor: insights.stored_alerts(cursor, since=since))
+        found = await read(
+            authorization, lambda cursor: insights.stored_alerts(cursor, since=since)
+        )
         return json_response({"alerts": found})
+
+
+def _outlier_routes(router: APIRouter, read: Reader) -> None:
+    """Flaky tests and anomalies."""
+
+    @router.get("/flaky")
+    async def flaky(since: Since = None, authorization: Authorization = None) -> Response:
+        """Tests that passed and failed on one commit (or run), with flake and flip rates."""
+        found = await read(authorization, lambda cursor: insights.flaky_tests(cursor, since=since))
+        return json_response({"flaky": found})
+
+    @router.get("/anomalies")
+    async def anomalies(since: Since = None, authorization: Authorization = None) -> Response:
+        """Robust z-scores of task durations and metric series; an isolation forest over workers."""
+        findings = await read(authorization, lambda cursor: insights.anomalies(cursor, since=since))
+        return json_response(findings)
 
 
 async def _read(store: ResultsStore, query: Callable[[Any], Answer]) -> Answer:

@@ -12,7 +12,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
@@ -51,9 +53,32 @@ log = logging.getLogger(__name__)
 CLOCK_MAX_SLEEP_S = 0.5
 
 
+@dataclass
+class _Parts:
+    """What a coordinator opens at start, closed in reverse order at shutdown."""
+
+    lock: DataDirLock
+    journal: SqliteJournal
+    results: ResultsStore
+    ingester: ResultsIngester
+    grants: GrantIssuer
+    runtime: Runtime
+
+
 def create_app(settings: CoordinatorSettings) -> FastAPI:
+    parts = _open(settings)
+    app = FastAPI(title="dtf coordinator", version=__version__, lifespan=_lifespan(parts))
+    app.state.runtime = parts.runtime
+    _mount(app, parts)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    install_error_handlers(app)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _open(settings: CoordinatorSettings) -> _Parts:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    data_dir_lock = DataDirLock(settings.data_dir)
+    lock = DataDirLock(settings.data_dir)
     admin_key, created = load_or_create_admin_key(settings.data_dir, settings.admin_key)
     if created is not None:
         log.warning("no DTF_ADMIN_KEY set: created an admin key in %s (mode 0600)", created)
@@ -69,31 +94,37 @@ def create_app(settings: CoordinatorSettings) -> FastAPI:
         heartbeat_interval_s=settings.heartbeat_interval_s,
         grants=grants,
     )
-    runtime = Runtime(
-        settings, bus, hub, Authenticator(admin_key, bus.state.api_keys), str(journal.path)
-    )
+    auth = Authenticator(admin_key, bus.state.api_keys)
+    runtime = Runtime(settings, bus, hub, auth, str(journal.path))
+    return _Parts(lock, journal, results, ingester, grants, runtime)
 
+
+def _lifespan(parts: _Parts) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        ingester.start()
-        clock = await start_serving(runtime)
+        parts.ingester.start()
+        clock = await start_serving(parts.runtime)
         try:
             yield
         finally:
             clock.cancel()
-            await bus.stop()
-            ingester.stop()
-            results.close()
-            journal.close()
-            data_dir_lock.release()
+            await parts.runtime.bus.stop()
+            parts.ingester.stop()
+            parts.results.close()
+            parts.journal.close()
+            parts.lock.release()
 
-    app = FastAPI(title="dtf coordinator", version=__version__, lifespan=lifespan)
-    app.state.runtime = runtime
+    return lifespan
+
+
+def _mount(app: FastAPI, parts: _Parts) -> None:
+    """The REST routers, the live channel and the unauthenticated liveness check."""
+    runtime, results, settings = parts.runtime, parts.results, parts.runtime.settings
     app.include_router(build_router(runtime))
     checkpoints = CheckpointStore(
         settings.data_dir / "checkpoints", max_bytes=settings.max_body_bytes
     )
-    app.include_router(checkpoint_router(runtime, checkpoints, grants))
+    app.include_router(checkpoint_router(runtime, checkpoints, parts.grants))
     app.include_router(results_router(runtime, results))
     app.include_router(reports_router(runtime, results))
     live = LiveChannel(runtime, results)
@@ -103,16 +134,10 @@ def create_app(settings: CoordinatorSettings) -> FastAPI:
         """Requests (get_status, get_aggregated_results) and pushed updates (subscribe)."""
         await live.serve(websocket)
 
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    install_error_handlers(app)
-
     @app.get("/health", tags=["status"])
     async def health() -> Any:
         """Liveness: no authentication."""
-        return json_response({"ok": True, "journal_seq": bus.state.applied_seq})
-
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
-    return app
+        return json_response({"ok": True, "journal_seq": runtime.state.applied_seq})
 
 
 async def start_serving(runtime: Runtime) -> asyncio.Task[None]:

@@ -4,7 +4,7 @@ heartbeat, started, outcome and assignments for workers that poll."""
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Header, Request, Response, WebSocket
 
@@ -17,11 +17,21 @@ from dtf.core.effective import effective_spec
 from dtf.errors import NotFound
 
 Authorization = Annotated[str | None, Header()]
+T = TypeVar("T")
 
 
 def worker_protocol_routes(router: APIRouter, rt: Runtime) -> None:
     _session_routes(router, rt)
+    _polling_routes(router, rt)
     _report_routes(router, rt)
+
+
+async def _worker_body(
+    rt: Runtime, request: Request, authorization: str | None, kind: type[T]
+) -> T:
+    """A worker's request body, after checking its key may do worker things."""
+    rt.auth.require(authorization, "work")
+    return decode_body(await request.body(), kind)
 
 
 def _session_routes(router: APIRouter, rt: Runtime) -> None:
@@ -40,8 +50,7 @@ def _session_routes(router: APIRouter, rt: Runtime) -> None:
     )
     async def register(request: Request, authorization: Authorization = None) -> Response:
         """Register over HTTP (workers that cannot hold a WebSocket)."""
-        rt.auth.require(authorization, "work")
-        body = decode_body(await request.body(), p.Register)
+        body = await _worker_body(rt, request, authorization, p.Register)
         await rt.bus.execute(
             c.RegisterWorker(
                 time.time(),
@@ -71,8 +80,7 @@ def _session_routes(router: APIRouter, rt: Runtime) -> None:
         worker_id: str, request: Request, authorization: Authorization = None
     ) -> Response:
         """Renew the leases the worker holds; 409 means: reconnect and register."""
-        rt.auth.require(authorization, "work")
-        body = decode_body(await request.body(), p.HeartbeatRequest)
+        body = await _worker_body(rt, request, authorization, p.HeartbeatRequest)
         await rt.bus.execute(
             c.Heartbeat(time.time(), worker_id, body.session, body.held, body.max_fence_seen)
         )
@@ -80,7 +88,7 @@ def _session_routes(router: APIRouter, rt: Runtime) -> None:
         return json_response(p.HeartbeatReply(rt.settings.lease_timeout_s, renewed))
 
 
-def _report_routes(router: APIRouter, rt: Runtime) -> None:
+def _polling_routes(router: APIRouter, rt: Runtime) -> None:
     @router.get("/workers/{worker_id}/assignments", tags=["worker protocol"])
     async def assignments(worker_id: str, authorization: Authorization = None) -> Response:
         """The attempts this worker currently holds, for HTTP-polling workers."""
@@ -112,8 +120,7 @@ def _report_routes(router: APIRouter, rt: Runtime) -> None:
         worker_id: str, request: Request, authorization: Authorization = None
     ) -> Response:
         """Report the health check an HTTP worker ran because its record says ``pending``."""
-        rt.auth.require(authorization, "work")
-        body = decode_body(await request.body(), p.HealthCheckRequest)
+        body = await _worker_body(rt, request, authorization, p.HealthCheckRequest)
         await rt.bus.execute(
             c.ReportHealthCheck(
                 time.time(), worker_id, body.session, body.passed, body.detail, body.duration_s
@@ -121,6 +128,8 @@ def _report_routes(router: APIRouter, rt: Runtime) -> None:
         )
         return json_response({"ok": True})
 
+
+def _report_routes(router: APIRouter, rt: Runtime) -> None:
     @router.post(
         "/workers/{worker_id}/started",
         openapi_extra=request_body(p.Started),
@@ -129,8 +138,7 @@ def _report_routes(router: APIRouter, rt: Runtime) -> None:
     async def started(
         worker_id: str, request: Request, authorization: Authorization = None
     ) -> Response:
-        rt.auth.require(authorization, "work")
-        body = decode_body(await request.body(), p.Started)
+        body = await _worker_body(rt, request, authorization, p.Started)
         await rt.bus.execute(c.TaskStarted(time.time(), worker_id, body.lease, body.ran_for_s))
         return json_response({"ok": True})
 
@@ -143,8 +151,7 @@ def _report_routes(router: APIRouter, rt: Runtime) -> None:
         worker_id: str, request: Request, authorization: Authorization = None
     ) -> Response:
         """Report an attempt's outcome; safe to resend until acknowledged."""
-        rt.auth.require(authorization, "work")
-        body = decode_body(await request.body(), p.OutcomeReport)
+        body = await _worker_body(rt, request, authorization, p.OutcomeReport)
         events = await rt.bus.execute(
             c.ReportOutcome(time.time(), worker_id, body.lease, body.outcome)
         )
