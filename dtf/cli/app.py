@@ -11,7 +11,7 @@ import logging
 import click
 
 from dtf import __version__
-from dtf.cli import failures, inspect, local, report, results, serve, submit, workers
+from dtf.cli import cluster, failures, inspect, local, report, results, serve, submit, workers
 from dtf.errors import DtfError, Forbidden, Unauthorized
 
 
@@ -58,6 +58,7 @@ for command in (
     report.report,
     inspect.keys,
     failures.failures,
+    cluster.cluster,
 ):
     cli.add_command(command)
 
