@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
@@ -23,6 +24,7 @@ from fastapi.openapi.utils import get_openapi
 
 from dtf import __version__
 from dtf import protocol as p
+from dtf.cluster.view import ClusterView, StandaloneCluster
 from dtf.coordinator.api import build_router
 from dtf.coordinator.auth import Authenticator, load_or_create_admin_key
 from dtf.coordinator.bodies import KeyRequest, SubmitBatch, schema_components
@@ -30,6 +32,7 @@ from dtf.coordinator.bus import CommandBus
 from dtf.coordinator.checkpoint_grants import GrantIssuer
 from dtf.coordinator.checkpoint_store import CheckpointStore
 from dtf.coordinator.checkpoints_api import checkpoint_router
+from dtf.coordinator.cluster_api import cluster_router
 from dtf.coordinator.datadir import DataDirLock
 from dtf.coordinator.errors import install_error_handlers
 from dtf.coordinator.limits import BodySizeLimit
@@ -63,6 +66,7 @@ class _Parts:
     ingester: ResultsIngester
     grants: GrantIssuer
     runtime: Runtime
+    cluster: ClusterView
 
 
 def create_app(settings: CoordinatorSettings) -> FastAPI:
@@ -96,7 +100,10 @@ def _open(settings: CoordinatorSettings) -> _Parts:
     )
     auth = Authenticator(admin_key, bus.state.api_keys)
     runtime = Runtime(settings, bus, hub, auth, str(journal.path))
-    return _Parts(lock, journal, results, ingester, grants, runtime)
+    url = f"http://{settings.host}:{settings.port}"
+    node_id = f"{socket.gethostname().split('.')[0]}-{settings.port}"
+    cluster = StandaloneCluster(node_id, url, lambda: bus.state.applied_seq, runtime.started_at)
+    return _Parts(lock, journal, results, ingester, grants, runtime, cluster)
 
 
 def _lifespan(parts: _Parts) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
@@ -127,7 +134,8 @@ def _mount(app: FastAPI, parts: _Parts) -> None:
     app.include_router(checkpoint_router(runtime, checkpoints, parts.grants))
     app.include_router(results_router(runtime, results))
     app.include_router(reports_router(runtime, results))
-    live = LiveChannel(runtime, results)
+    app.include_router(cluster_router(runtime, parts.cluster))
+    live = LiveChannel(runtime, results, parts.cluster)
 
     @app.websocket("/ws")
     async def live_channel(websocket: WebSocket) -> None:
