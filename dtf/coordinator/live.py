@@ -2,11 +2,14 @@
 
 How this works: a client authenticates with an ``Authorization`` header or,
 where it cannot set one (a browser), with an ``authenticate`` message first.
-It then sends requests (``get_status``, ``get_aggregated_results``) and
-subscribes to topics (tasks, workers, breakers). The channel is a bus
-subscriber: every applied batch of events is turned into update messages and
-put on each subscribed client's bounded outbox, never awaited, so a slow
-client cannot hold up the coordinator; one that falls ``OUTBOX_LIMIT``
+It then sends requests (``get_status``, ``get_cluster_status``,
+``get_aggregated_results``) and subscribes to topics (tasks, workers, breakers,
+cluster). The channel is a bus subscriber: every applied batch of events is
+turned into update messages. It also listens to the cluster view, whose
+``cluster_status_update`` and ``leadership_update`` go out as they are; a new
+``cluster`` subscriber gets both at once, so it starts from the current state.
+Messages are put on each subscribed client's bounded outbox, never awaited, so
+a slow client cannot hold up the coordinator; one that falls ``OUTBOX_LIMIT``
 messages behind is disconnected (close code 1013, "try again later") and may
 reconnect and re-read the state. Request errors are answered with an
 ``error`` message and the connection stays open.
@@ -23,10 +26,19 @@ from typing import Any
 import msgspec
 from fastapi import WebSocket, WebSocketDisconnect
 
+from dtf.cluster.view import (
+    LEADERSHIP_UPDATE,
+    STATUS_UPDATE,
+    ClusterView,
+    UpdateKind,
+    leadership_json,
+    status_json,
+)
 from dtf.coordinator.live_messages import (
     Authenticate,
     ClientMessage,
     GetAggregatedResults,
+    GetClusterStatus,
     GetStatus,
     Subscribe,
     Topic,
@@ -90,16 +102,23 @@ class _Client:
 
 
 class LiveChannel:
-    def __init__(self, runtime: Runtime, results: ResultsStore) -> None:
+    def __init__(self, runtime: Runtime, results: ResultsStore, cluster: ClusterView) -> None:
         self.runtime = runtime
         self.results = results
+        self.cluster = cluster
         self.clients: set[_Client] = set()
         runtime.bus.subscribe(self.on_events)
+        cluster.subscribe(self.on_cluster)
 
     def on_events(self, events: list[Event]) -> None:
-        if not self.clients:
-            return
-        updates = [u for u in map(update_of, events) if u is not None]
+        if self.clients:
+            self.broadcast([u for u in map(update_of, events) if u is not None])
+
+    def on_cluster(self, kind: UpdateKind, payload: dict[str, Any]) -> None:
+        if self.clients:
+            self.broadcast([(Topic.CLUSTER, _update(kind, **payload))])
+
+    def broadcast(self, updates: list[tuple[Topic, Message]]) -> None:
         for client in list(self.clients):
             wanted = (message for topic, message in updates if topic in client.topics)
             if not all(client.send(message) for message in wanted):
@@ -146,14 +165,26 @@ class LiveChannel:
                 raw = await client.websocket.receive_text()
             except (WebSocketDisconnect, RuntimeError):
                 return
-            try:
-                message = client_message_decoder.decode(raw)
-            except msgspec.DecodeError as exc:
-                reply: Message = {"type": "error", "request_id": None, "message": str(exc)}
-            else:
-                reply = await self.answer(client, message)
-            if not client.send(reply):
+            if not all(map(client.send, await self.replies(client, raw))):
                 return
+
+    async def replies(self, client: _Client, raw: str) -> list[Message]:
+        """The answer to one request, followed by the current cluster state for a
+        new ``cluster`` subscription."""
+        try:
+            message = client_message_decoder.decode(raw)
+        except msgspec.DecodeError as exc:
+            return [{"type": "error", "request_id": None, "message": str(exc)}]
+        was_subscribed = Topic.CLUSTER in client.topics
+        reply = await self.answer(client, message)
+        if was_subscribed or Topic.CLUSTER not in client.topics:
+            return [reply]
+        return [reply, *self.cluster_updates()]
+
+    def cluster_updates(self) -> list[Message]:
+        status = status_json(self.cluster.status())
+        leadership = leadership_json(self.cluster.leadership())
+        return [_update(STATUS_UPDATE, **status), _update(LEADERSHIP_UPDATE, **leadership)]
 
     async def answer(self, client: _Client, message: ClientMessage) -> Message:
         reply: Message
@@ -170,6 +201,8 @@ class LiveChannel:
         match message:
             case GetStatus():
                 return {"type": "status", **self.runtime.status()}
+            case GetClusterStatus():
+                return {"type": "cluster_status", **status_json(self.cluster.status())}
             case GetAggregatedResults():
                 filters = Filters(metric=message.metric, run_id=message.run_id, since=message.since)
                 groups = await asyncio.to_thread(

@@ -19,6 +19,7 @@ class Topic(enum.StrEnum):
     TASKS = "tasks"
     WORKERS = "workers"
     BREAKERS = "breakers"
+    CLUSTER = "cluster"  # cluster_status_update and leadership_update
 
 
 class Authenticate(Struct, frozen=True, tag="authenticate", forbid_unknown_fields=True):
@@ -29,6 +30,12 @@ class Authenticate(Struct, frozen=True, tag="authenticate", forbid_unknown_field
 
 
 class GetStatus(Struct, frozen=True, tag="get_status", forbid_unknown_fields=True):
+    request_id: str | None = None
+
+
+class GetClusterStatus(Struct, frozen=True, tag="get_cluster_status", forbid_unknown_fields=True):
+    """As ``GET /api/cluster/status``."""
+
     request_id: str | None = None
 
 
@@ -54,6 +61,8 @@ class Unsubscribe(Struct, frozen=True, tag="unsubscribe", forbid_unknown_fields=
     request_id: str | None = None
 
 
-ClientMessage = Authenticate | GetStatus | GetAggregatedResults | Subscribe | Unsubscribe
+ClientMessage = (
+    Authenticate | GetStatus | GetClusterStatus | GetAggregatedResults | Subscribe | Unsubscribe
+)
 
 client_message_decoder = msgspec.json.Decoder(ClientMessage)
