@@ -1,0 +1,1 @@
+"""Coordinator cluster: state replicated through etcd, leader election, node registry."""
