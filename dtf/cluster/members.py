@@ -1,0 +1,274 @@
+"""The cluster's coordinators: who is up (``P/nodes/<id>``) and who is disabled.
+
+How this works: each node keeps ``P/nodes/<id>`` attached to a lease of its
+own and rewrites it about every second with its applied log position, so the
+key vanishes within the TTL after the node dies and ``nodes()`` lists only live
+nodes. ``P/disabled/<id>`` (no lease; written through any node) takes a node
+out of elections and load balancing; each node watches ``P/disabled/`` and
+calls ``on_disabled`` when its own flag changes, which is how its election
+learns to resign.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+
+from dtf import __version__
+from dtf.cluster.etcd import Etcd, EtcdError, KeyValue, LeaseNotFound, WatchEvent, delete_op
+from dtf.cluster.history import (
+    CorruptRecord,
+    backoff_s,
+    cluster_prefix,
+    decode_leader,
+    disabled_key,
+    leader_key,
+)
+from dtf.cluster.view import NodeInfo
+
+log = logging.getLogger(__name__)
+
+DisabledCallback = Callable[[bool], None]
+"""Called with True when this node gets disabled and False when it is enabled again."""
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    """What ``P/nodes/<id>`` holds."""
+
+    node_id: str
+    url: str
+    applied_seq: int
+    started_at: float
+    updated_at: float
+    version: str
+
+
+def encode_node(record: NodeRecord) -> bytes:
+    return json.dumps(asdict(record)).encode()
+
+
+def decode_node(value: bytes) -> NodeRecord:
+    try:
+        data = json.loads(value)
+        return NodeRecord(
+            node_id=str(data["node_id"]),
+            url=str(data["url"]),
+            applied_seq=int(data["applied_seq"]),
+            started_at=float(data["started_at"]),
+            updated_at=float(data["updated_at"]),
+            version=str(data["version"]),
+        )
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise CorruptRecord(f"node record {value[:120]!r} is not valid ({exc})") from None
+
+
+def encode_disabled(reason: str, at: float) -> bytes:
+    return json.dumps({"reason": reason, "at": at}).encode()
+
+
+def decode_disabled(value: bytes) -> str:
+    """The reason a disabled flag gives (the raw value when it is not ours)."""
+    try:
+        data = json.loads(value)
+        return str(data["reason"])
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+        return value.decode(errors="replace")
+
+
+def node_infos(
+    records: list[NodeRecord], disabled: Mapping[str, str], leader_id: str | None, log_seq: int
+) -> list[NodeInfo]:
+    """Live nodes by id, their lag counted from the log tail or the furthest node."""
+    head = max([log_seq, *(record.applied_seq for record in records)])
+    return [
+        NodeInfo(
+            node_id=record.node_id,
+            url=record.url,
+            role="leader" if record.node_id == leader_id else "follower",
+            enabled=record.node_id not in disabled,
+            disabled_reason=disabled.get(record.node_id),
+            applied_seq=record.applied_seq,
+            lag=head - record.applied_seq,
+            started_at=record.started_at,
+            updated_at=record.updated_at,
+            healthy=record.node_id not in disabled,
+            version=record.version,
+        )
+        for record in sorted(records, key=lambda record: record.node_id)
+    ]
+
+
+class Members:
+    def __init__(
+        self,
+        etcd: Etcd,
+        cluster: str,
+        node_id: str,
+        url: str,
+        *,
+        ttl_s: int,
+        applied_seq: Callable[[], int],
+        on_disabled: DisabledCallback | None = None,
+        version: str = __version__,
+        report_every_s: float = 1.0,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.etcd = etcd
+        self.node_id = node_id
+        self.url = url
+        self.ttl_s = ttl_s
+        self.version = version
+        self.report_every_s = min(report_every_s, ttl_s / 3)
+        self._applied_seq = applied_seq
+        self._on_disabled = on_disabled
+        self._wall_clock = wall_clock
+        self._prefix = cluster_prefix(cluster)
+        self._node_key = self._prefix + b"nodes/" + node_id.encode()
+        self._disabled_prefix = disabled_key(self._prefix, "")
+        self._started_at = wall_clock()
+        self._lease: int | None = None
+        self._disabled: dict[str, str] = {}
+        self._is_self_disabled = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def disabled_reason(self) -> str | None:
+        """Why this node is disabled, as last seen; None while it is enabled."""
+        return self._disabled.get(self.node_id)
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._keep_registered(), name="dtf-members-report"),
+            asyncio.create_task(self._follow_disabled(), name="dtf-members-watch"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop reporting and give the lease back, which removes this node's record."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            try:
+                await self.etcd.revoke_lease(lease)
+            except EtcdError as exc:
+                log.warning(
+                    "node record of %s stays until its lease expires: %s", self.node_id, exc
+                )
+
+    async def nodes(self, *, log_seq: int = 0) -> list[NodeInfo]:
+        """The live nodes, each with its lag behind ``log_seq`` or the furthest node."""
+        (node_kvs, _), (flag_kvs, _), leader_kv = await asyncio.gather(
+            self.etcd.get_prefix(self._prefix + b"nodes/"),
+            self.etcd.get_prefix(self._disabled_prefix),
+            self.etcd.get(leader_key(self._prefix)),
+        )
+        records = []
+        for kv in node_kvs:
+            try:
+                records.append(decode_node(kv.value))
+            except CorruptRecord as exc:
+                log.warning("skipping %r: %s", kv.key, exc)
+        leader_id = None
+        if leader_kv is not None:
+            leader_id = decode_leader(leader_kv.value, leader_kv.create_revision).node_id
+        return node_infos(records, self._flags(flag_kvs), leader_id, log_seq)
+
+    async def set_enabled(self, node_id: str, enabled: bool, reason: str) -> None:
+        """Enable ``node_id`` again, or disable it (it resigns if it leads and never campaigns)."""
+        key = disabled_key(self._prefix, node_id)
+        if enabled:
+            await self.etcd.txn([], [delete_op(key)])
+        else:
+            await self.etcd.put(key, encode_disabled(reason, self._wall_clock()))
+        log.info(
+            "node %s %s: %s",
+            node_id,
+            "enabled" if enabled else "disabled",
+            reason,
+            extra={"event": "node_enabled" if enabled else "node_disabled", "node_id": node_id},
+        )
+
+    async def is_disabled(self, node_id: str) -> bool:
+        return await self.etcd.get(disabled_key(self._prefix, node_id)) is not None
+
+    async def _keep_registered(self) -> None:
+        failures = 0
+        while True:
+            try:
+                await self._report_position()
+                if failures:
+                    log.info("%s reports its position to etcd again", self.node_id)
+                failures = 0
+            except EtcdError as exc:
+                if not failures:
+                    log.warning("%s cannot report its position to etcd: %s", self.node_id, exc)
+                failures += 1
+            await asyncio.sleep(self.report_every_s)
+
+    async def _report_position(self) -> None:
+        if self._lease is not None and await self.etcd.refresh_lease(self._lease) <= 0:
+            self._lease = None
+        if self._lease is None:
+            self._lease = await self.etcd.grant_lease(self.ttl_s)
+        record = NodeRecord(
+            node_id=self.node_id,
+            url=self.url,
+            applied_seq=self._applied_seq(),
+            started_at=self._started_at,
+            updated_at=self._wall_clock(),
+            version=self.version,
+        )
+        try:
+            await self.etcd.put(self._node_key, encode_node(record), self._lease)
+        except LeaseNotFound:
+            self._lease = None
+            raise
+
+    async def _follow_disabled(self) -> None:
+        failures = 0
+        while True:
+            try:
+                kvs, revision = await self.etcd.get_prefix(self._disabled_prefix)
+                self._disabled = self._flags(kvs)
+                self._notice_own_flag()
+                async for events in self.etcd.watch_prefix(self._disabled_prefix, revision + 1):
+                    for event in events:
+                        self._take_flag(event)
+                    self._notice_own_flag()
+                    failures = 0
+            except EtcdError as exc:
+                log.warning("%s lost its watch on disabled nodes: %s", self.node_id, exc)
+            await asyncio.sleep(backoff_s(failures))
+            failures += 1
+
+    def _take_flag(self, event: WatchEvent) -> None:
+        node_id = event.kv.key[len(self._disabled_prefix) :].decode()
+        if event.kind == "put":
+            self._disabled[node_id] = decode_disabled(event.kv.value)
+        else:
+            self._disabled.pop(node_id, None)
+
+    def _flags(self, kvs: list[KeyValue]) -> dict[str, str]:
+        start = len(self._disabled_prefix)
+        return {kv.key[start:].decode(): decode_disabled(kv.value) for kv in kvs}
+
+    def _notice_own_flag(self) -> None:
+        is_disabled = self.node_id in self._disabled
+        if is_disabled == self._is_self_disabled:
+            return
+        self._is_self_disabled = is_disabled
+        log.warning(
+            "%s is %s",
+            self.node_id,
+            f"disabled: {self._disabled[self.node_id]}" if is_disabled else "enabled again",
+            extra={"event": "node_disabled" if is_disabled else "node_enabled"},
+        )
+        if self._on_disabled is not None:
+            self._on_disabled(is_disabled)
