@@ -108,7 +108,13 @@ class ClusterBus:
                 continue
             for seq, entry in entries:
                 apply_entry(state, seq, c.decode(entry))
-            log_recovered(state, len(entries))
+            logger.info(
+                "recovered state at log seq %d (%d entries replayed, %d tasks)",
+                state.applied_seq,
+                len(entries),
+                len(state.tasks),
+                extra={"event": "recovered", "seq": state.applied_seq},
+            )
             return cls(
                 log,
                 state,
@@ -356,9 +362,8 @@ class ClusterBus:
         vars(self.state).update(vars(restored))
         self._snapshot_seq = seq
         self._known_tail = max(self._known_tail, seq)
-        self._fail_pending(
-            CoordinatorUnavailable(f"the command's result was compacted away; {MAYBE_APPLIED}")
-        )
+        skipped = [p for s, p in self._by_seq.items() if s <= seq]
+        self._fail(skipped, CoordinatorUnavailable(f"its result was skipped here; {MAYBE_APPLIED}"))
         self._notify_waiters()
 
     def _apply_entries(self, entries: list[tuple[int, bytes]]) -> None:
@@ -436,14 +441,4 @@ def _unavailable(exc: EtcdUnavailable) -> CoordinatorUnavailable:
         return CoordinatorUnavailable(f"etcd failed while appending the command; {MAYBE_APPLIED}")
     return CoordinatorUnavailable(
         f"etcd is unavailable ({exc.message}); the command was not appended: retry"
-    )
-
-
-def log_recovered(state: State, replayed: int) -> None:
-    logger.info(
-        "recovered state at log seq %d (%d entries replayed, %d tasks)",
-        state.applied_seq,
-        replayed,
-        len(state.tasks),
-        extra={"event": "recovered", "seq": state.applied_seq},
     )

@@ -117,7 +117,13 @@ class SnapshotPointer(msgspec.Struct, frozen=True):
 
 @dataclass(frozen=True)
 class LogKeys:
-    root: bytes
+    """The etcd keys of one cluster (see the module docstring)."""
+
+    tail: bytes
+    leader: bytes
+    snapshot: bytes
+    log_prefix: bytes
+    snapshots_prefix: bytes
 
     @classmethod
     def of(cls, cluster: str) -> LogKeys:
@@ -126,27 +132,10 @@ class LogKeys:
                 f"cluster name {cluster!r} cannot name etcd keys: use letters, digits, '-', '_'",
                 field="cluster",
             )
-        return cls(f"/dtf/{cluster}".encode())
-
-    @property
-    def tail(self) -> bytes:
-        return self.root + b"/tail"
-
-    @property
-    def leader(self) -> bytes:
-        return self.root + b"/leader"
-
-    @property
-    def snapshot(self) -> bytes:
-        return self.root + b"/snapshot"
-
-    @property
-    def log_prefix(self) -> bytes:
-        return self.root + b"/log/"
-
-    @property
-    def snapshots_prefix(self) -> bytes:
-        return self.root + b"/snapshots/"
+        root = f"/dtf/{cluster}/".encode()
+        return cls(
+            *(root + name for name in (b"tail", b"leader", b"snapshot", b"log/", b"snapshots/"))
+        )
 
     def log(self, first_seq: int) -> bytes:
         return self.log_prefix + f"{first_seq:016d}".encode()
