@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from dtf.cli.cluster_options import ClusterFlags, cluster_options
 from dtf.cli.fault_options import fault_options
 from dtf.cli.output import parse_pairs
 from dtf.cli.recovery_options import RecoveryFlags, recovery_options
@@ -50,6 +51,7 @@ def configure_logging(level: str) -> None:
     envvar="DTF_ADMIN_KEY",
     help="Admin API key [env: DTF_ADMIN_KEY]; without it one is created in DATA_DIR/admin.key.",
 )
+@cluster_options
 def coordinator(
     host: str,
     port: int,
@@ -60,8 +62,14 @@ def coordinator(
     recovery: RecoveryFlags,
     db_path: Path | None,
     admin_key: str | None,
+    cluster: ClusterFlags,
 ) -> None:
-    """Run the coordinator until SIGINT or SIGTERM."""
+    """Run the coordinator until SIGINT or SIGTERM.
+
+    Standalone, it keeps its journal in DATA_DIR. With --cluster and --etcd it
+    joins a cluster: every node applies one log kept in etcd, one is elected
+    leader and runs the clock, and any node serves clients and workers. All
+    nodes of a cluster need the same admin key (DTF_ADMIN_KEY)."""
     from dtf.coordinator.server import run_coordinator
     from dtf.coordinator.settings import CoordinatorSettings
 
@@ -75,6 +83,7 @@ def coordinator(
         worker_timeout_s=worker_timeout_s,
         log_level=log_level,
         results_db_path=db_path.resolve() if db_path else None,
+        cluster=cluster.settings(host, port),
     )
     click.get_current_context().exit(run_coordinator(recovery.apply(settings)))
 

@@ -132,6 +132,11 @@ class ClusterBus:
     def applied_seq(self) -> int:
         return self.state.applied_seq
 
+    @property
+    def log_seq(self) -> int:
+        """The log's tail as last seen: the newest entry any coordinator appended."""
+        return self._known_tail
+
     def subscribe(self, subscriber: Subscriber) -> None:
         self._subscribers.append(subscriber)
 

@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from dtf.core.records import ApiKeyRecord, Role
@@ -42,7 +42,8 @@ def key_id_of(key: str) -> str | None:
 
 
 class Authenticator:
-    def __init__(self, admin_key: str, keys: Mapping[str, ApiKeyRecord]) -> None:
+    def __init__(self, admin_key: str, keys: Callable[[], Mapping[str, ApiKeyRecord]]) -> None:
+        """``keys`` gives the current state's keys (a cluster node may swap its state)."""
         self._admin_hash = hash_key(admin_key)
         self._keys = keys
 
@@ -55,7 +56,7 @@ class Authenticator:
         digest = hash_key(key)
         if hmac.compare_digest(digest, self._admin_hash):
             return Role.ADMIN
-        record = self._keys.get(key_id_of(key) or "")
+        record = self._keys().get(key_id_of(key) or "")
         if record is None or not hmac.compare_digest(digest, record.key_hash):
             raise Unauthorized("invalid API key; create one with `dtf keys create --role ...`")
         return record.role

@@ -16,6 +16,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from dtf.core import commands as c
 from dtf.core.events import Event
@@ -32,6 +33,24 @@ Subscriber = Callable[[list[Event]], None]
 class _Pending:
     command: c.Command
     future: asyncio.Future[list[Event]] = field(repr=False)
+
+
+class Bus(Protocol):
+    """What routes, the worker hub and the clock need of a bus: ``CommandBus``
+    here, ``dtf.cluster.bus.ClusterBus`` in a cluster."""
+
+    @property
+    def state(self) -> State: ...
+
+    def subscribe(self, subscriber: Subscriber) -> None: ...
+
+    def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def enqueue(self, command: c.Command) -> asyncio.Future[list[Event]]: ...
+
+    async def execute(self, command: c.Command) -> list[Event]: ...
 
 
 class CommandBus:

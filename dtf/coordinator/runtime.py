@@ -8,7 +8,7 @@ from typing import Any
 
 from dtf import __version__
 from dtf.coordinator.auth import Authenticator
-from dtf.coordinator.bus import CommandBus
+from dtf.coordinator.bus import Bus
 from dtf.coordinator.settings import CoordinatorSettings
 from dtf.coordinator.views import open_breakers, out_of_service
 from dtf.coordinator.worker_hub import WorkerHub
@@ -18,7 +18,7 @@ from dtf.core.state import State
 @dataclass
 class Runtime:
     settings: CoordinatorSettings
-    bus: CommandBus
+    bus: Bus
     hub: WorkerHub
     auth: Authenticator
     journal_path: str

@@ -11,12 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from fastapi import FastAPI, WebSocket
@@ -24,11 +23,12 @@ from fastapi.openapi.utils import get_openapi
 
 from dtf import __version__
 from dtf import protocol as p
+from dtf.cluster.settings import host_node_id
 from dtf.cluster.view import ClusterView, StandaloneCluster
 from dtf.coordinator.api import build_router
 from dtf.coordinator.auth import Authenticator, load_or_create_admin_key
 from dtf.coordinator.bodies import KeyRequest, SubmitBatch, schema_components
-from dtf.coordinator.bus import CommandBus
+from dtf.coordinator.bus import Bus, CommandBus
 from dtf.coordinator.checkpoint_grants import GrantIssuer
 from dtf.coordinator.checkpoint_store import CheckpointStore
 from dtf.coordinator.checkpoints_api import checkpoint_router
@@ -51,9 +51,13 @@ from dtf.journal.sqlite import SqliteJournal
 from dtf.results.ingest import ResultsIngester
 from dtf.results.store import ResultsStore
 
+if TYPE_CHECKING:
+    from dtf.cluster.node import ClusterNode
+
 log = logging.getLogger(__name__)
 
 CLOCK_MAX_SLEEP_S = 0.5
+FOLLOWER_POLL_S = 0.05
 
 
 @dataclass
@@ -61,16 +65,19 @@ class _Parts:
     """What a coordinator opens at start, closed in reverse order at shutdown."""
 
     lock: DataDirLock
-    journal: SqliteJournal
+    journal: SqliteJournal | None  # None in a cluster: the log is in etcd
     results: ResultsStore
     ingester: ResultsIngester
     grants: GrantIssuer
     runtime: Runtime
     cluster: ClusterView
+    node: ClusterNode | None
 
 
-def create_app(settings: CoordinatorSettings) -> FastAPI:
-    parts = _open(settings)
+def create_app(settings: CoordinatorSettings, node: ClusterNode | None = None) -> FastAPI:
+    """The coordinator's app: standalone with its journal in the data dir, or
+    serving ``node``'s cluster (opened and caught up by the caller)."""
+    parts = _open(settings, node)
     app = FastAPI(title="dtf coordinator", version=__version__, lifespan=_lifespan(parts))
     app.state.runtime = parts.runtime
     _mount(app, parts)
@@ -80,16 +87,16 @@ def create_app(settings: CoordinatorSettings) -> FastAPI:
     return app
 
 
-def _open(settings: CoordinatorSettings) -> _Parts:
+def _open(settings: CoordinatorSettings, node: ClusterNode | None) -> _Parts:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     lock = DataDirLock(settings.data_dir)
     admin_key, created = load_or_create_admin_key(settings.data_dir, settings.admin_key)
     if created is not None:
         log.warning("no DTF_ADMIN_KEY set: created an admin key in %s (mode 0600)", created)
-    journal = SqliteJournal(settings.data_dir)
-    bus = CommandBus.recover(journal, snapshot_every=settings.snapshot_every)
+    journal = None if node else SqliteJournal(settings.data_dir)
+    bus: Bus = node.bus if node else _recover(journal, settings)
     results = ResultsStore.open(settings.results_db)
-    ingester = ResultsIngester(results, bus.state)
+    ingester = ResultsIngester(results, lambda: bus.state)
     bus.subscribe(ingester.on_events)
     grants = GrantIssuer(admin_key)
     hub = WorkerHub(
@@ -98,27 +105,51 @@ def _open(settings: CoordinatorSettings) -> _Parts:
         heartbeat_interval_s=settings.heartbeat_interval_s,
         grants=grants,
     )
-    auth = Authenticator(admin_key, bus.state.api_keys)
-    runtime = Runtime(settings, bus, hub, auth, str(journal.path))
+    auth = Authenticator(admin_key, lambda: bus.state.api_keys)
+    where = _journal_description(journal, node)
+    runtime = Runtime(settings, bus, hub, auth, where)
+    cluster: ClusterView = node.view if node else _standalone(settings, runtime)
+    return _Parts(lock, journal, results, ingester, grants, runtime, cluster, node)
+
+
+def _recover(journal: SqliteJournal | None, settings: CoordinatorSettings) -> CommandBus:
+    assert journal is not None
+    return CommandBus.recover(journal, snapshot_every=settings.snapshot_every)
+
+
+def _journal_description(journal: SqliteJournal | None, node: ClusterNode | None) -> str:
+    if node is None:
+        assert journal is not None
+        return str(journal.path)
+    return f"etcd {','.join(node.settings.etcd.endpoints)} (cluster {node.settings.name})"
+
+
+def _standalone(settings: CoordinatorSettings, runtime: Runtime) -> StandaloneCluster:
     url = f"http://{settings.host}:{settings.port}"
-    node_id = f"{socket.gethostname().split('.')[0]}-{settings.port}"
-    cluster = StandaloneCluster(node_id, url, lambda: bus.state.applied_seq, runtime.started_at)
-    return _Parts(lock, journal, results, ingester, grants, runtime, cluster)
+    node_id = host_node_id(settings.port)
+    return StandaloneCluster(node_id, url, lambda: runtime.state.applied_seq, runtime.started_at)
 
 
 def _lifespan(parts: _Parts) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         parts.ingester.start()
-        clock = await start_serving(parts.runtime)
+        if parts.node is None:
+            clock = await start_serving(parts.runtime)
+        else:
+            clock = await start_cluster_serving(parts.runtime, parts.node)
         try:
             yield
         finally:
             clock.cancel()
-            await parts.runtime.bus.stop()
+            if parts.node is None:
+                await parts.runtime.bus.stop()
+            else:
+                await parts.node.stop()
             parts.ingester.stop()
             parts.results.close()
-            parts.journal.close()
+            if parts.journal is not None:
+                parts.journal.close()
             parts.lock.release()
 
     return lifespan
@@ -152,12 +183,29 @@ async def start_serving(runtime: Runtime) -> asyncio.Task[None]:
     """Start the journal writer, journal changed settings and the restart, start the clock."""
     bus, settings = runtime.bus, runtime.settings
     bus.start()
-    config = state_config(settings)
+    await journal_start(runtime)
+    log.info("coordinator serving on http://%s:%d", settings.host, settings.port)
+    return asyncio.create_task(run_clock(bus), name="dtf-clock")
+
+
+async def journal_start(runtime: Runtime) -> None:
+    """Journal changed settings and a fresh lease period: a coordinator (or a
+    cluster's new leader) does not charge running tasks for its own downtime."""
+    bus, config = runtime.bus, state_config(runtime.settings)
     if bus.state.config != config:
         await bus.execute(c.Configure(time.time(), config))
     await bus.execute(c.CoordinatorStarted(time.time()))
-    log.info("coordinator serving on http://%s:%d", settings.host, settings.port)
-    return asyncio.create_task(run_clock(bus), name="dtf-clock")
+
+
+async def start_cluster_serving(runtime: Runtime, node: ClusterNode) -> asyncio.Task[None]:
+    """Start the log writer and applier, join the election; the clock ticks
+    only while this node leads."""
+    node.bus.start()
+    await node.start(on_elected=lambda: journal_start(runtime))
+    log.info("coordinator %s serving on %s", node.settings.node_id, node.settings.advertise_url)
+    return asyncio.create_task(
+        run_clock(node.bus, lambda: node.election.is_leader), name="dtf-clock"
+    )
 
 
 def state_config(settings: CoordinatorSettings) -> StateConfig:
@@ -196,9 +244,13 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return app.openapi_schema
 
 
-async def run_clock(bus: CommandBus) -> None:
-    """Submit a ``Tick`` whenever a lease, retry, fallback or worker timeout is due."""
+async def run_clock(bus: Bus, may_tick: Callable[[], bool] = lambda: True) -> None:
+    """Submit a ``Tick`` whenever a lease, retry, fallback or worker timeout is
+    due (in a cluster, only while ``may_tick``: this node leads)."""
     while True:
+        if not may_tick():
+            await asyncio.sleep(FOLLOWER_POLL_S)
+            continue
         deadline = bus.state.next_deadline()
         now = time.time()
         if deadline is not None and deadline <= now:
@@ -213,8 +265,30 @@ async def run_clock(bus: CommandBus) -> None:
 
 def run_coordinator(settings: CoordinatorSettings) -> int:
     """Serve until SIGINT or SIGTERM. Returns the process exit code."""
-    app = create_app(settings)
-    config = uvicorn.Config(
+    if settings.cluster is not None:
+        return asyncio.run(_serve_cluster(settings))
+    uvicorn.Server(_server_config(create_app(settings), settings)).run()
+    return 0
+
+
+async def _serve_cluster(settings: CoordinatorSettings) -> int:
+    """Catch up with the cluster from etcd, then serve (etcd's gRPC channel
+    belongs to this event loop, so uvicorn runs on it too)."""
+    from dtf.cluster.node import ClusterNode
+
+    assert settings.cluster is not None
+    node = await ClusterNode.open(settings.cluster, snapshot_every=settings.snapshot_every)
+    try:
+        app = create_app(settings, node)
+    except BaseException:
+        await node.etcd.close()
+        raise
+    await uvicorn.Server(_server_config(app, settings)).serve()
+    return 0
+
+
+def _server_config(app: FastAPI, settings: CoordinatorSettings) -> uvicorn.Config:
+    return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -224,6 +298,3 @@ def run_coordinator(settings: CoordinatorSettings) -> int:
         access_log=False,
         lifespan="on",
     )
-    server = uvicorn.Server(config)
-    server.run()
-    return 0

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dtf.core.breakers import DEFAULT_RESET_TIME_S, DEFAULT_THRESHOLD
 from dtf.core.failures import DEFAULT_RULES, ClassificationRule
 from dtf.core.health import DEFAULT_HALF_LIFE_S
 from dtf.core.health import DEFAULT_THRESHOLD as DEFAULT_HEALTH_THRESHOLD
 from dtf.core.recovery import RecoveryPolicy
+
+if TYPE_CHECKING:
+    from dtf.cluster.settings import ClusterSettings
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,7 @@ class CoordinatorSettings:
     recovery: RecoveryPolicy = field(default_factory=RecoveryPolicy)
     classification_rules: tuple[ClassificationRule, ...] = DEFAULT_RULES
     results_db_path: Path | None = None  # None: results.duckdb in the data dir
+    cluster: ClusterSettings | None = None  # None: standalone, journal in the data dir
 
     @property
     def results_db(self) -> Path:

@@ -17,7 +17,7 @@ import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from dtf import protocol as p
-from dtf.coordinator.bus import CommandBus
+from dtf.coordinator.bus import Bus
 from dtf.coordinator.checkpoint_grants import GrantIssuer
 from dtf.core import commands as c
 from dtf.core.events import AssignTask, CancelAttempt, Event, OutcomeAccepted, RunHealthCheck
@@ -56,7 +56,7 @@ class _Connection:
 class WorkerHub:
     def __init__(
         self,
-        bus: CommandBus,
+        bus: Bus,
         *,
         lease_timeout_s: float,
         heartbeat_interval_s: float,

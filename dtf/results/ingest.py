@@ -123,7 +123,7 @@ class ResultsIngester:
     def __init__(
         self,
         store: ResultsStore,
-        state: State,
+        state: Callable[[], State],
         *,
         flush_interval_s: float = 0.5,
         max_pending_rows: int = 50_000,
@@ -131,7 +131,7 @@ class ResultsIngester:
         online: OnlineRegressions | None = None,
     ) -> None:
         self.store = store
-        self.state = state
+        self._state = state
         self.online = online if online is not None else OnlineRegressions(store, clock=clock)
         self.flush_interval_s = flush_interval_s
         self.max_pending_rows = max_pending_rows
@@ -142,6 +142,11 @@ class ResultsIngester:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @property
+    def state(self) -> State:
+        """The coordinator's current state (a cluster node may swap it for a snapshot's)."""
+        return self._state()
 
     def start(self) -> None:
         """Backfill from the restored state, then write in the background."""

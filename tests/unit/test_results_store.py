@@ -203,7 +203,7 @@ def test_ingester_writes_events_once_and_backfill_adds_no_duplicates(
 ) -> None:
     events: list[Event] = []
     run_benchmarks(driver, events, 3)
-    ingester = ResultsIngester(store, driver.state, clock=lambda: 5.0)
+    ingester = ResultsIngester(store, lambda: driver.state, clock=lambda: 5.0)
     ingester.on_events(events)
     ingester.on_events(events)  # the same events again: keyed, not added
     written = ingester.flush()
@@ -215,7 +215,7 @@ def test_ingester_writes_events_once_and_backfill_adds_no_duplicates(
 
 def test_backfill_writes_what_the_file_lacks(driver: StateDriver, store: ResultsStore) -> None:
     run_benchmarks(driver, [], 2)
-    ingester = ResultsIngester(store, driver.state)
+    ingester = ResultsIngester(store, lambda: driver.state)
     assert ingester.backfill() == 2 + 2 + 4  # tasks, attempts, samples
     assert ingester.backfill() == 0
     with store.reader() as cursor:
@@ -278,7 +278,7 @@ def test_a_command_that_changes_a_worker_twice_keeps_both_changes(
         ),
         WorkerHealthChanged("w1", True, "health 62 (3 faults) is below 70"),
     ]
-    ingester = ResultsIngester(store, driver.state, clock=lambda: 5.0)
+    ingester = ResultsIngester(store, lambda: driver.state, clock=lambda: 5.0)
     ingester.on_events(events)
     ingester.on_events(events)
     assert ingester.flush()["worker_snapshots"] == 1

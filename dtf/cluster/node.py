@@ -1,0 +1,135 @@
+"""One coordinator's membership of a cluster: its etcd connection, the shared log,
+the election, the node registry and the cluster view, opened and closed in order.
+
+How this works: ``open`` connects to etcd and rebuilds the state from the
+cluster's snapshot and log (so the coordinator serves nothing until it has
+caught up); ``start`` registers the node and joins the election. Each time this
+node becomes leader, ``on_elected`` runs (the coordinator journals its settings
+and a fresh lease period there). ``stop`` resigns first, so another node takes
+over at once instead of after the lease TTL, then stops the bus and closes etcd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from dtf.cluster.bus import ClusterBus
+from dtf.cluster.election import ChangeCallback, Election
+from dtf.cluster.etcd import Etcd
+from dtf.cluster.etcd_view import EtcdClusterView
+from dtf.cluster.history import LeaderInfo
+from dtf.cluster.log import EtcdLog
+from dtf.cluster.members import Members
+from dtf.cluster.settings import ClusterSettings
+from dtf.errors import DtfError
+
+log = logging.getLogger(__name__)
+
+OnElected = Callable[[], Awaitable[None]]
+
+
+@dataclass
+class ClusterNode:
+    settings: ClusterSettings
+    etcd: Etcd
+    bus: ClusterBus
+    election: Election
+    members: Members
+    view: EtcdClusterView
+    _on_elected: OnElected | None = None
+    _leading: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(cls, settings: ClusterSettings, *, snapshot_every: int) -> ClusterNode:
+        """Connect to etcd and catch up with the cluster's state."""
+        etcd = await Etcd.connect(settings.etcd)
+        try:
+            return await cls._build(settings, etcd, snapshot_every)
+        except BaseException:
+            await etcd.close()
+            raise
+
+    @classmethod
+    async def _build(
+        cls, settings: ClusterSettings, etcd: Etcd, snapshot_every: int
+    ) -> ClusterNode:
+        name, node_id, url = settings.name, settings.node_id, settings.advertise_url
+        listeners: list[ChangeCallback] = []
+
+        def on_change(previous: LeaderInfo | None, current: LeaderInfo | None) -> None:
+            for listener in listeners:
+                listener(previous, current)
+
+        election = Election(
+            etcd, name, node_id, url, ttl_s=settings.lease_ttl_s, on_change=on_change
+        )
+        bus = await ClusterBus.recover(
+            EtcdLog(etcd, name), snapshot_every=snapshot_every, fence=election.fence
+        )
+        members = Members(
+            etcd,
+            name,
+            node_id,
+            url,
+            ttl_s=settings.lease_ttl_s,
+            applied_seq=lambda: bus.applied_seq,
+            on_disabled=election.set_disabled,
+        )
+        view = EtcdClusterView(
+            name,
+            election,
+            members,
+            applied_seq=lambda: bus.applied_seq,
+            log_seq=lambda: bus.log_seq,
+        )
+        node = cls(settings, etcd, bus, election, members, view)
+        listeners.append(node._leader_changed)
+        return node
+
+    async def start(self, on_elected: OnElected) -> None:
+        """Register this node, start the view and join the election (the bus runs already)."""
+        self._on_elected = on_elected
+        await self.members.start()
+        self.view.start()
+        await self.election.start()
+        log.info(
+            "node %s joined cluster %s through etcd %s",
+            self.settings.node_id,
+            self.settings.name,
+            self.etcd.endpoint,
+            extra={"event": "cluster_joined"},
+        )
+
+    async def stop(self) -> None:
+        """Resign (instant hand-over), stop the bus, leave the registry, close etcd."""
+        await self.election.stop(resign=True)
+        if self._leading is not None:
+            self._leading.cancel()
+        await self.bus.stop()
+        await self.view.stop()
+        await self.members.stop()
+        await self.etcd.close()
+
+    def _leader_changed(self, previous: LeaderInfo | None, current: LeaderInfo | None) -> None:
+        self.view.on_leader_change(previous, current)
+        me = self.settings.node_id
+        gained = current is not None and current.node_id == me
+        if gained and (previous is None or previous.node_id != me) and self._on_elected:
+            self._leading = asyncio.create_task(self._lead(current), name="dtf-leader-start")
+
+    async def _lead(self, term: LeaderInfo | None) -> None:
+        assert self._on_elected is not None and term is not None
+        log.info(
+            "%s leads cluster %s (epoch %d)",
+            self.settings.node_id,
+            self.settings.name,
+            term.epoch,
+            extra={"event": "leader_elected", "epoch": term.epoch},
+        )
+        try:
+            await self._on_elected()
+        except DtfError as exc:
+            log.warning("could not journal the start of epoch %d: %s", term.epoch, exc)
