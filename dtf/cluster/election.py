@@ -33,27 +33,25 @@ from dtf.cluster.etcd import (
     KeyValue,
     LeaseNotFound,
     create_revision_equals,
-    delete_op,
     get_op,
     put_op,
-    value_equals,
     version_equals,
 )
 from dtf.cluster.history import (
     CorruptRecord,
     LeaderInfo,
     LeaseClock,
+    StoredTerms,
     backoff_s,
+    closing_txn,
     cluster_prefix,
     decode_leader,
-    decode_term,
     disabled_key,
     encode_leader,
-    encode_term,
-    ended,
-    expired_terms,
     leader_key,
     oldest_kept_epoch,
+    opening_txn,
+    read_terms,
     term_key,
     terms_prefix,
 )
@@ -75,6 +73,11 @@ class _Observed:
     leader: LeaderInfo | None
     lease: int
     revision: int
+
+
+def _level(failures: int) -> int:
+    """Warn of the first failure in a row; the retries after it are debug noise."""
+    return logging.DEBUG if failures else logging.WARNING
 
 
 class Election:
@@ -105,6 +108,8 @@ class Election:
         self._abandoned: set[int] = set()
         self._observed = _Observed(None, 0, 0)
         self._term: LeaderInfo | None = None
+        self._last_seen: LeaderInfo | None = None
+        self._predecessor: LeaderInfo | None = None
         self._recorded_epoch = 0
         self._reported: LeaderInfo | None = None
         self._is_disabled = False
@@ -169,45 +174,27 @@ class Election:
         self._term = None
         self._hold_until = self._clock() + self.ttl_s
         self._report()
-        closed = ended(term.as_term(), self._wall_clock(), reason)
+        compare, ops = closing_txn(self._prefix, term, self._wall_clock(), reason)
         try:
-            result = await self.etcd.txn(
-                [create_revision_equals(self._leader_key, term.epoch)],
-                [
-                    put_op(term_key(self._prefix, term.epoch), encode_term(closed)),
-                    delete_op(self._leader_key),
-                ],
-            )
+            result = await self.etcd.txn(compare, ops)
         except EtcdError as exc:
             if self._lease is not None:
                 self._lose_lease(self._lease, f"its resignation did not reach etcd ({exc})")
             return
         if result.succeeded:
-            log.info(
-                "%s resigned epoch %d: %s",
-                self.node_id,
-                term.epoch,
-                reason,
-                extra={"event": "leader_resigned", "epoch": term.epoch},
-            )
+            self._log_term(logging.INFO, "leader_resigned", term.epoch, reason)
 
     async def history(self) -> list[LeaderTerm]:
         """The recorded terms, newest first."""
         terms = await self._read_terms()
         return [term for term, _ in reversed(terms.values())]
 
-    async def _read_terms(self) -> dict[int, tuple[LeaderTerm, bytes]]:
-        """Each recorded term and its stored value, oldest first; unreadable ones skipped."""
+    async def _read_terms(self) -> StoredTerms:
         kvs, _ = await self.etcd.get_prefix(terms_prefix(self._prefix))
-        terms: dict[int, tuple[LeaderTerm, bytes]] = {}
-        for kv in kvs:
-            try:
-                term = decode_term(kv.value)
-            except CorruptRecord as exc:
-                log.warning("skipping leadership record %r: %s", kv.key, exc)
-                continue
-            terms[term.epoch] = (term, kv.value)
-        return terms
+        stored, skipped = read_terms(kv.value for kv in kvs)
+        for why in skipped:
+            log.warning("skipping a leadership record: %s", why)
+        return stored
 
     # the lease keeper
 
@@ -224,7 +211,7 @@ class Election:
                 failures = 0
                 delay_s = self.ttl_s / 3
             except EtcdError as exc:
-                log.warning("%s cannot keep its etcd lease: %s", self.node_id, exc)
+                log.log(_level(failures), "%s cannot keep its etcd lease: %s", self.node_id, exc)
                 delay_s = backoff_s(failures, max_s=self.ttl_s / 3)
                 failures += 1
             await asyncio.sleep(delay_s)
@@ -258,13 +245,7 @@ class Election:
         self._lease_clock.lost()
         term, self._term = self._term, None
         if term is not None:
-            log.warning(
-                "%s steps down from epoch %d: %s",
-                self.node_id,
-                term.epoch,
-                why,
-                extra={"event": "leader_fenced", "epoch": term.epoch},
-            )
+            self._log_term(logging.WARNING, "leader_fenced", term.epoch, f"steps down: {why}")
         self._report()
         self._wake()
 
@@ -291,7 +272,9 @@ class Election:
                             self._see(kv, event.kv.mod_revision)
                     failures = 0
             except (EtcdError, CorruptRecord) as exc:
-                log.warning("%s lost its watch on the leader key: %s", self.node_id, exc)
+                log.log(
+                    _level(failures), "%s lost its watch on the leader key: %s", self.node_id, exc
+                )
             await asyncio.sleep(backoff_s(failures))
             failures += 1
 
@@ -306,27 +289,31 @@ class Election:
             return
         leader = None if kv is None else decode_leader(kv.value, kv.create_revision)
         lease = 0 if kv is None else kv.lease
-        is_news = (leader, lease) != (self._observed.leader, self._observed.lease)
+        is_first = self._observed.revision == 0
+        is_news = is_first or (leader, lease) != (self._observed.leader, self._observed.lease)
         self._observed = _Observed(leader, lease, revision)
         term = self._term
         if term is not None and (leader is None or leader.epoch != term.epoch):
-            log.warning("%s was deposed from epoch %d", self.node_id, term.epoch)
+            self._log_term(logging.WARNING, "leader_deposed", term.epoch, "was deposed")
             self._term = None
-        elif term is None and leader is not None and self._holds(leader, lease):
-            log.info(
-                "%s leads, epoch %d",
-                self.node_id,
-                leader.epoch,
-                extra={"event": "leader_elected", "epoch": leader.epoch},
-            )
+        elif term is None and is_news and leader is not None and self._holds(leader, lease):
+            self._log_term(logging.INFO, "leader_elected", leader.epoch, "leads")
             self._term = leader
+            self._predecessor = self._last_seen
+        if leader is not None:
+            self._last_seen = leader
         self._report()
         if is_news or term != self._term:
             self._wake()
 
     def _holds(self, leader: LeaderInfo, lease: int) -> bool:
         is_live = self._lease_clock.is_valid(self._clock())
-        return leader.node_id == self.node_id and lease == self._lease and is_live
+        is_ours = leader.node_id == self.node_id and lease == self._lease
+        return is_ours and is_live and not self._is_stopping
+
+    def _log_term(self, level: int, event: str, epoch: int, what: str) -> None:
+        extra = {"event": event, "epoch": epoch}
+        log.log(level, "%s (epoch %d) %s", self.node_id, epoch, what, extra=extra)
 
     def _report(self) -> None:
         current = self.leader
@@ -354,7 +341,7 @@ class Election:
                 await self._act()
                 failures = 0
             except (EtcdError, CorruptRecord) as exc:
-                log.warning("%s could not act on the election: %s", self.node_id, exc)
+                log.log(_level(failures), "%s could not act on the election: %s", self.node_id, exc)
                 await asyncio.sleep(backoff_s(failures))
                 failures += 1
                 self._wake()
@@ -409,25 +396,19 @@ class Election:
             return
         self._see(result.gets[0], result.revision)
         if result.gets[1] is not None:
-            log.info("%s is disabled and does not campaign", self.node_id)
+            # a flag may come and go unseen by Members: look again after a while
+            self._hold_until = self._clock() + self.ttl_s
+            log.debug("%s is disabled and does not campaign", self.node_id)
 
     async def _record_term(self, term: LeaderInfo) -> None:
-        """Write this term's record and close the open ones before it, fenced by the epoch."""
-        terms = await self._read_terms()
-        closing = expired_terms([t for t, _ in terms.values()], term.epoch, term.since)
-        result = await self.etcd.txn(
-            [create_revision_equals(self._leader_key, term.epoch)]
-            + [value_equals(term_key(self._prefix, t.epoch), terms[t.epoch][1]) for t in closing],
-            [
-                put_op(term_key(self._prefix, t.epoch), encode_term(t))
-                for t in [term.as_term(), *closing]
-            ],
-            [get_op(self._leader_key)],
-        )
+        """Write this term's record and close the expired ones before it."""
+        stored = await self._read_terms()
+        compare, puts = opening_txn(self._prefix, term, stored, self._predecessor)
+        result = await self.etcd.txn(compare, puts, [get_op(self._leader_key)])
         if not result.succeeded:
             self._see(result.gets[0], result.revision)
             return
         self._recorded_epoch = term.epoch
-        oldest = oldest_kept_epoch([*terms, term.epoch])
+        oldest = oldest_kept_epoch([*stored, term.epoch])
         if oldest is not None:
             await self.etcd.delete_range(terms_prefix(self._prefix), term_key(self._prefix, oldest))

@@ -18,9 +18,19 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from dtf.cluster.etcd import (
+    Compare,
+    Op,
+    create_revision_equals,
+    delete_op,
+    put_op,
+    value_equals,
+    version_equals,
+)
 from dtf.cluster.view import LeaderTerm
 from dtf.errors import DtfError
 
@@ -125,9 +135,68 @@ def ended(term: LeaderTerm, at: float, reason: str) -> LeaderTerm:
     return replace(term, ended_at=at, end_reason=reason)
 
 
-def expired_terms(terms: list[LeaderTerm], new_epoch: int, at: float) -> list[LeaderTerm]:
-    """The terms before ``new_epoch`` still open, closed at ``at`` because their lease expired."""
-    return [ended(t, at, EXPIRED) for t in terms if t.ended_at is None and t.epoch < new_epoch]
+def expired_terms(
+    terms: list[LeaderTerm], new: LeaderInfo, predecessor: LeaderInfo | None
+) -> list[LeaderTerm]:
+    """The terms before ``new`` to close as expired when ``new`` starts.
+
+    Those recorded and still open, and the ``predecessor`` the new leader saw
+    lead if it died before recording its own term.
+    """
+    closing = [
+        ended(t, new.since, EXPIRED) for t in terms if t.ended_at is None and t.epoch < new.epoch
+    ]
+    is_unrecorded = predecessor is not None and predecessor.epoch not in {t.epoch for t in terms}
+    if predecessor is not None and is_unrecorded and predecessor.epoch < new.epoch:
+        closing.append(ended(predecessor.as_term(), new.since, EXPIRED))
+    return closing
+
+
+StoredTerms = dict[int, tuple[LeaderTerm, bytes]]
+"""Recorded terms by epoch, each with the value etcd holds (compared before it is replaced)."""
+
+
+def read_terms(values: Iterable[bytes]) -> tuple[StoredTerms, list[str]]:
+    """The readable terms among stored ``values``, and why the others were skipped."""
+    stored: StoredTerms = {}
+    skipped: list[str] = []
+    for value in values:
+        try:
+            term = decode_term(value)
+        except CorruptRecord as exc:
+            skipped.append(exc.message)
+            continue
+        stored[term.epoch] = (term, value)
+    return stored, skipped
+
+
+def opening_txn(
+    prefix: bytes, term: LeaderInfo, stored: StoredTerms, predecessor: LeaderInfo | None
+) -> tuple[list[Compare], list[Op]]:
+    """How a new leader records ``term``: fenced by its epoch, closing the expired terms
+    before it unless someone changed their records since they were read."""
+    closing = expired_terms([t for t, _ in stored.values()], term, predecessor)
+    compare = [create_revision_equals(leader_key(prefix), term.epoch)]
+    for t in closing:
+        key = term_key(prefix, t.epoch)
+        is_stored = t.epoch in stored
+        compare.append(
+            value_equals(key, stored[t.epoch][1]) if is_stored else version_equals(key, 0)
+        )
+    puts = [put_op(term_key(prefix, t.epoch), encode_term(t)) for t in [term.as_term(), *closing]]
+    return compare, puts
+
+
+def closing_txn(
+    prefix: bytes, term: LeaderInfo, at: float, reason: str
+) -> tuple[list[Compare], list[Op]]:
+    """How a resigning leader closes ``term`` and frees the leader key, fenced by its epoch."""
+    closed = ended(term.as_term(), at, reason)
+    record = put_op(term_key(prefix, term.epoch), encode_term(closed))
+    return [create_revision_equals(leader_key(prefix), term.epoch)], [
+        record,
+        delete_op(leader_key(prefix)),
+    ]
 
 
 def oldest_kept_epoch(epochs: list[int], keep: int = HISTORY_KEEP) -> int | None:
