@@ -91,7 +91,7 @@ class EtcdSettings:
         if not self.endpoints:
             raise InvalidRequest("no etcd endpoint given; pass e.g. http://127.0.0.1:2379")
         for endpoint in self.endpoints:
-            address(endpoint)
+            _address(endpoint)
         if (self.user is None) != (self.password is None):
             raise InvalidRequest("etcd user and password go together; give both or neither")
         if (self.cert_file is None) != (self.key_file is None):
@@ -123,7 +123,7 @@ class EtcdSettings:
         )
 
 
-def address(endpoint: str) -> tuple[str, int, bool]:
+def _address(endpoint: str) -> tuple[str, int, bool]:
     """``(host, port, is_tls)`` of an ``http://`` or ``https://`` endpoint."""
     parts = urlsplit(endpoint)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -208,7 +208,7 @@ def delete_op(key: bytes) -> Op:
     return Op("delete", key)
 
 
-def compare_message(compare: Compare) -> Any:
+def _compare_message(compare: Compare) -> Any:
     field = {"VALUE": "value", "VERSION": "version", "CREATE": "create_revision"}[compare.target]
     return rpc.Compare(
         key=compare.key,
@@ -218,7 +218,7 @@ def compare_message(compare: Compare) -> Any:
     )
 
 
-def op_message(op: Op) -> Any:
+def _op_message(op: Op) -> Any:
     if op.kind == "put":
         return rpc.RequestOp(
             request_put=rpc.PutRequest(key=op.key, value=op.value, lease=op.lease or 0)
@@ -228,7 +228,7 @@ def op_message(op: Op) -> Any:
     return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=op.key))
 
 
-def key_value(kv: Any) -> KeyValue:
+def _key_value(kv: Any) -> KeyValue:
     return KeyValue(
         key=bytes(kv.key),
         value=bytes(kv.value),
@@ -239,45 +239,47 @@ def key_value(kv: Any) -> KeyValue:
     )
 
 
-def watch_events(response: Any) -> list[WatchEvent]:
+def _watch_events(response: Any) -> list[WatchEvent]:
     return [
-        WatchEvent("delete" if event.type == rpc.Event.DELETE else "put", key_value(event.kv))
+        WatchEvent("delete" if event.type == rpc.Event.DELETE else "put", _key_value(event.kv))
         for event in response.events
     ]
 
 
-def is_unsent(error: Any) -> bool:
+def _is_unsent(error: Any) -> bool:
     """Whether etcd provably never received the request, so a write may be re-sent."""
     details = error.details() or ""
     if error.code() is grpc.StatusCode.UNAVAILABLE:
         # A pick failure means no transport took the request; "no leader" is the
         # require-leader check, made before the request is proposed.
         return "failed to connect to all addresses" in details or "no leader" in details
-    return is_token_expired(error)
+    return _is_token_expired(error)
 
 
-def is_token_expired(error: Any) -> bool:
+def _is_token_expired(error: Any) -> bool:
     return bool(
         error.code() is grpc.StatusCode.UNAUTHENTICATED
         and "invalid auth token" in (error.details() or "")
     )
 
 
-def is_retryable(error: Any) -> bool:
-    return error.code() in RETRYABLE_CODES or is_token_expired(error)
+def _is_retryable(error: Any) -> bool:
+    return error.code() in RETRYABLE_CODES or _is_token_expired(error)
 
 
-def refused(what: str, endpoint: str, error: Any) -> EtcdError:
+def _refused(what: str, endpoint: str, error: Any) -> EtcdError:
     code, details = error.code(), error.details() or ""
     message = f"etcd at {endpoint} refused {what}: {details} ({code.name})"
     if code is grpc.StatusCode.NOT_FOUND and "lease not found" in details:
         return LeaseNotFound(message, code=code.name)
-    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED) or any(
+        sign in details for sign in ("authentication failed", "user name is empty")
+    ):
         message += "; check the etcd user, its password and its role's permissions"
     return EtcdError(message, code=code.name)
 
 
-def read_pem(path: Path | None, what: str) -> bytes | None:
+def _read_pem(path: Path | None, what: str) -> bytes | None:
     if path is None:
         return None
     try:
@@ -286,11 +288,11 @@ def read_pem(path: Path | None, what: str) -> bytes | None:
         raise InvalidRequest(f"cannot read the etcd {what} file {path}: {error}") from error
 
 
-class AetcdClient(aetcd.Client):  # type: ignore[misc]
+class _AetcdClient(aetcd.Client):  # type: ignore[misc]
     """aetcd's client over a TLS or plain channel, with require-leader metadata."""
 
     def __init__(self, endpoint: str, settings: EtcdSettings) -> None:
-        host, port, self.is_tls = address(endpoint)
+        host, port, self.is_tls = _address(endpoint)
         super().__init__(
             host=host,
             port=port,
@@ -325,9 +327,9 @@ class AetcdClient(aetcd.Client):  # type: ignore[misc]
 
     def credentials(self) -> Any:
         return grpc.ssl_channel_credentials(
-            root_certificates=read_pem(self.settings.ca_file, "CA certificate"),
-            private_key=read_pem(self.settings.key_file, "client key"),
-            certificate_chain=read_pem(self.settings.cert_file, "client certificate"),
+            root_certificates=_read_pem(self.settings.ca_file, "CA certificate"),
+            private_key=_read_pem(self.settings.key_file, "client key"),
+            certificate_chain=_read_pem(self.settings.cert_file, "client certificate"),
         )
 
     async def close(self, grace_s: float | None = None) -> None:
@@ -339,33 +341,33 @@ class AetcdClient(aetcd.Client):  # type: ignore[misc]
         self._connected.clear()
 
 
-async def open_client(endpoint: str, settings: EtcdSettings) -> AetcdClient:
+async def _open_client(endpoint: str, settings: EtcdSettings) -> _AetcdClient:
     """A client whose member answered a status probe (and so has a leader)."""
-    client = AetcdClient(endpoint, settings)
+    client, is_open = _AetcdClient(endpoint, settings), False
     try:
         await client.connect()
         await client.maintenancestub.Status(
             rpc.StatusRequest(), timeout=settings.timeout_s, metadata=client.metadata
         )
+        is_open = True
     except grpc.aio.AioRpcError as error:
-        await client.close()
-        if is_retryable(error):
+        if _is_retryable(error):
             raise EtcdUnavailable(f"{endpoint}: {error.details()}") from error
-        raise refused("connecting", endpoint, error) from error
-    except BaseException:
-        await client.close()
-        raise
+        raise _refused("connecting", endpoint, error) from error
+    finally:
+        if not is_open:
+            await client.close()
     return client
 
 
-async def open_first(settings: EtcdSettings, start: int) -> tuple[AetcdClient, int]:
+async def _open_first(settings: EtcdSettings, start: int) -> tuple[_AetcdClient, int]:
     """The first endpoint from ``start`` on (wrapping around) that answers, and its index."""
     reasons = []
     count = len(settings.endpoints)
     for offset in range(count):
         index = (start + offset) % count
         try:
-            return await open_client(settings.endpoints[index], settings), index
+            return await _open_client(settings.endpoints[index], settings), index
         except EtcdUnavailable as error:
             reasons.append(error.message)
     raise EtcdUnavailable(
@@ -374,7 +376,7 @@ async def open_first(settings: EtcdSettings, start: int) -> tuple[AetcdClient, i
     )
 
 
-async def is_connected(channel: Any, timeout_s: float) -> bool:
+async def _is_connected(channel: Any, timeout_s: float) -> bool:
     """Whether the channel has a live connection, waiting up to ``timeout_s`` while it dials."""
     state = channel.get_state(try_to_connect=True)
     failed = (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN)
@@ -393,7 +395,7 @@ async def is_connected(channel: Any, timeout_s: float) -> bool:
 class Etcd:
     """etcd through one endpoint at a time, moving to the next when it fails."""
 
-    def __init__(self, settings: EtcdSettings, client: AetcdClient, index: int) -> None:
+    def __init__(self, settings: EtcdSettings, client: _AetcdClient, index: int) -> None:
         self._settings = settings
         self._client = client
         self._index = index
@@ -404,7 +406,7 @@ class Etcd:
     @classmethod
     async def connect(cls, settings: EtcdSettings) -> Etcd:
         """Connect to the first endpoint, in order, whose member answers and has a leader."""
-        client, index = await open_first(settings, start=0)
+        client, index = await _open_first(settings, start=0)
         return cls(settings, client, index)
 
     @property
@@ -417,13 +419,13 @@ class Etcd:
 
     async def get(self, key: bytes) -> KeyValue | None:
         response = await self._unary("get", "kvstub", "Range", rpc.RangeRequest(key=key))
-        return key_value(response.kvs[0]) if response.kvs else None
+        return _key_value(response.kvs[0]) if response.kvs else None
 
     async def get_prefix(self, prefix: bytes) -> tuple[list[KeyValue], int]:
         """Every key under ``prefix``, sorted by key, and the revision they were read at."""
         request = rpc.RangeRequest(key=prefix, range_end=utils.prefix_range_end(prefix))
         response = await self._unary("get prefix", "kvstub", "Range", request)
-        return [key_value(kv) for kv in response.kvs], int(response.header.revision)
+        return [_key_value(kv) for kv in response.kvs], int(response.header.revision)
 
     async def put(self, key: bytes, value: bytes, lease: int | None = None) -> int:
         request = rpc.PutRequest(key=key, value=value, lease=lease or 0)
@@ -445,13 +447,13 @@ class Etcd:
     ) -> TxnResult:
         """Run ``success`` if every comparison holds, else ``failure``, atomically."""
         request = rpc.TxnRequest(
-            compare=[compare_message(item) for item in compare],
-            success=[op_message(op) for op in success],
-            failure=[op_message(op) for op in failure],
+            compare=[_compare_message(item) for item in compare],
+            success=[_op_message(op) for op in success],
+            failure=[_op_message(op) for op in failure],
         )
         response = await self._unary("txn", "kvstub", "Txn", request, is_write=True)
         gets = [
-            key_value(item.response_range.kvs[0]) if item.response_range.kvs else None
+            _key_value(item.response_range.kvs[0]) if item.response_range.kvs else None
             for item in response.responses
             if item.WhichOneof("response") == "response_range"
         ]
@@ -468,7 +470,7 @@ class Etcd:
     async def refresh_lease(self, lease_id: int) -> int:
         """Keep the lease alive; its remaining TTL in seconds, 0 when it is gone."""
 
-        async def keep_alive(client: AetcdClient) -> int:
+        async def keep_alive(client: _AetcdClient) -> int:
             call = client.leasestub.LeaseKeepAlive(
                 timeout=self._settings.timeout_s, metadata=client.metadata
             )
@@ -536,7 +538,7 @@ class Etcd:
             while True:
                 response = await call.read()
                 self._check_watch(response, prefix, start_revision)
-                events = watch_events(response)
+                events = _watch_events(response)
                 if events:
                     yield events
         except (grpc.aio.AioRpcError, TimeoutError) as error:
@@ -564,9 +566,9 @@ class Etcd:
         self, error: BaseException, generation: int, prefix: bytes
     ) -> EtcdError:
         if isinstance(error, grpc.aio.AioRpcError) and not (
-            is_retryable(error) or error.code() is grpc.StatusCode.CANCELLED
+            _is_retryable(error) or error.code() is grpc.StatusCode.CANCELLED
         ):
-            return refused(f"a watch on {prefix!r}", self.endpoint, error)
+            return _refused(f"a watch on {prefix!r}", self.endpoint, error)
         failed_endpoint = self.endpoint
         await self._rotate_quietly(generation)
         details = error.details() if isinstance(error, grpc.aio.AioRpcError) else "timed out"
@@ -575,7 +577,7 @@ class Etcd:
     async def _unary(
         self, what: str, stub: str, method: str, request: Any, *, is_write: bool = False
     ) -> Any:
-        async def send(client: AetcdClient) -> Any:
+        async def send(client: _AetcdClient) -> Any:
             rpc_method = getattr(getattr(client, stub), method)
             return await rpc_method(
                 request, timeout=self._settings.timeout_s, metadata=client.metadata
@@ -584,23 +586,23 @@ class Etcd:
         return await self._call(what, send, is_write=is_write)
 
     async def _call(
-        self, what: str, send: Callable[[AetcdClient], Awaitable[T]], *, is_write: bool = False
+        self, what: str, send: Callable[[_AetcdClient], Awaitable[T]], *, is_write: bool = False
     ) -> T:
         """``send`` on the current endpoint, moving on while endpoints fail (see module doc)."""
         reasons: list[str] = []
         for _ in range(len(self._settings.endpoints) + 1):
             client, generation = self._client, self._generation
-            if is_write and not await is_connected(client.channel, self._settings.timeout_s):
+            if is_write and not await _is_connected(client.channel, self._settings.timeout_s):
                 reasons.append(f"{client.endpoint}: not connected")
                 await self._rotate(generation)
                 continue
             try:
                 return await send(client)
             except grpc.aio.AioRpcError as error:
-                if not is_retryable(error):
-                    raise refused(what, client.endpoint, error) from error
+                if not _is_retryable(error):
+                    raise _refused(what, client.endpoint, error) from error
                 reasons.append(f"{client.endpoint}: {error.details()}")
-                if is_write and not is_unsent(error):
+                if is_write and not _is_unsent(error):
                     await self._rotate_quietly(generation)
                     raise EtcdUnavailable(
                         f"etcd {what} at {client.endpoint} failed after it was sent "
@@ -616,7 +618,7 @@ class Etcd:
             if generation != self._generation:
                 return
             failed = self._client
-            self._client, self._index = await open_first(self._settings, start=self._index + 1)
+            self._client, self._index = await _open_first(self._settings, start=self._index + 1)
             self._generation += 1
             self._retire(failed)
             logger.warning(
@@ -633,7 +635,7 @@ class Etcd:
         except EtcdUnavailable as error:
             logger.warning("no etcd endpoint to move to: %s", error.message)
 
-    def _retire(self, client: AetcdClient) -> None:
+    def _retire(self, client: _AetcdClient) -> None:
         """Close a replaced client once the calls still on it have had their timeout."""
         task = asyncio.get_running_loop().create_task(client.close(self._settings.timeout_s))
         self._closing.add(task)
