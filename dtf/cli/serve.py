@@ -40,6 +40,13 @@ def configure_logging(level: str) -> None:
 @click.option("--lease-timeout", "lease_timeout_s", default=10.0, show_default=True, type=float)
 @click.option("--worker-timeout", "worker_timeout_s", default=30.0, show_default=True, type=float)
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(LOG_LEVELS))
+@click.option(
+    "--snapshot-every",
+    default=10_000,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Journal entries between state snapshots (the journal before one is compacted).",
+)
 @recovery_options
 @click.option(
     "--db-path",
@@ -59,6 +66,7 @@ def coordinator(
     lease_timeout_s: float,
     worker_timeout_s: float,
     log_level: str,
+    snapshot_every: int,
     recovery: RecoveryFlags,
     db_path: Path | None,
     admin_key: str | None,
@@ -82,6 +90,7 @@ def coordinator(
         lease_timeout_s=lease_timeout_s,
         worker_timeout_s=worker_timeout_s,
         log_level=log_level,
+        snapshot_every=snapshot_every,
         results_db_path=db_path.resolve() if db_path else None,
         cluster=cluster.settings(host, port),
     )
