@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypedDict, TypeVar
@@ -35,9 +35,17 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 DEFAULT_PORT = 2379
 REQUIRE_LEADER = ("hasleader", "true")
-# Log batches and snapshot chunks run up to 1 MiB each; a watch response or prefix read
-# carries several, beyond gRPC's default 4 MiB receive limit.
-CHANNEL_OPTIONS = {"grpc.max_receive_message_length": -1, "grpc.max_send_message_length": -1}
+CHANNEL_OPTIONS = {
+    # Log batches and snapshot chunks run up to 1 MiB each; a watch response or prefix read
+    # carries several, beyond gRPC's default 4 MiB receive limit.
+    "grpc.max_receive_message_length": -1,
+    "grpc.max_send_message_length": -1,
+    # Pings find a connection that died silently (a partition) under a long watch; etcd
+    # answers pings more often than every 5 s, or on a connection with no call, with GOAWAY.
+    "grpc.keepalive_time_ms": 10_000,
+    "grpc.keepalive_timeout_ms": 5_000,
+    "grpc.keepalive_permit_without_calls": 0,
+}
 RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 
@@ -519,7 +527,7 @@ class Etcd:
 
     async def watch_prefix(
         self, prefix: bytes, start_revision: int
-    ) -> AsyncIterator[list[WatchEvent]]:
+    ) -> AsyncGenerator[list[WatchEvent], None]:
         """Changes under ``prefix`` from ``start_revision`` on, one list per etcd response.
 
         Ends with ``EtcdUnavailable`` when the member fails or loses its leader (watch again
