@@ -28,6 +28,7 @@ import msgspec
 
 from dtf import errors
 from dtf.core.model import TaskSpec, validate_config
+from dtf.protocol import APPLIED_SEQ_HEADER, MIN_SEQ_HEADER
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +123,7 @@ class Client:
     ) -> None:
         self.urls = parse_coordinators(coordinator)
         self._current = 0
+        self._seen_seq = 0
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.Client(headers=headers, timeout=timeout_s, transport=transport)
         self._clock = clock
@@ -160,7 +162,9 @@ class Client:
         for _ in range(len(self.urls)):
             url = self.url
             try:
-                response = self._http.request(method, url + path, json=json, params=params)
+                response = self._http.request(
+                    method, url + path, json=json, params=params, headers=self._position()
+                )
             except httpx.TransportError as exc:
                 if not (idempotent or isinstance(exc, httpx.ConnectError)):
                     raise self._unreachable([f"{url} ({exc_text(exc)})"], sent=True) from None
@@ -173,7 +177,15 @@ class Client:
             self._current = (self._current + 1) % len(self.urls)
         raise self._unreachable(failures, sent=False)
 
+    def _position(self) -> dict[str, str]:
+        """Ask for a state at least as new as the newest this client has seen, so a
+        read from a lagging cluster node never goes back in time."""
+        return {MIN_SEQ_HEADER: str(self._seen_seq)} if self._seen_seq else {}
+
     def _decode(self, response: httpx.Response) -> Any:
+        applied = response.headers.get(APPLIED_SEQ_HEADER, "")
+        if applied.isdigit():
+            self._seen_seq = max(self._seen_seq, int(applied))
         if response.is_error:
             raise error_from_response(response)
         return response.json()

@@ -23,6 +23,11 @@ from msgspec import Struct
 
 from dtf.core.model import Capabilities, LeaseRef, Outcome, TaskSpec
 
+APPLIED_SEQ_HEADER = "X-DTF-Applied-Seq"
+"""On every HTTP response: how far the answering coordinator has applied the log."""
+MIN_SEQ_HEADER = "X-DTF-Min-Seq"
+"""On a request: answer from a state that has applied at least this far."""
+
 
 class Register(Struct, frozen=True, tag="register", forbid_unknown_fields=True):
     worker_id: str

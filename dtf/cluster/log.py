@@ -24,7 +24,6 @@ import zlib
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import cast
 
 import msgspec
 
@@ -35,7 +34,6 @@ from dtf.cluster.etcd import (
     KeyValue,
     Op,
     TxnResult,
-    WatchEvent,
     create_revision_equals,
     get_op,
     put_op,
@@ -232,11 +230,7 @@ class EtcdLog:
 
     async def watch(self, after_revision: int) -> AsyncGenerator[list[tuple[int, bytes]], None]:
         """The entries of each log key put after ``after_revision``, in seq order."""
-        # The adapter's watch is an async generator; closing it ends the etcd watch at once.
-        watch = cast(
-            AsyncGenerator[list[WatchEvent], None],
-            self.etcd.watch_prefix(self.keys.log_prefix, after_revision + 1),
-        )
+        watch = self.etcd.watch_prefix(self.keys.log_prefix, after_revision + 1)
         async with aclosing(watch) as responses:
             async for events in responses:
                 entries = [

@@ -33,6 +33,7 @@ from dtf.coordinator.checkpoint_grants import GrantIssuer
 from dtf.coordinator.checkpoint_store import CheckpointStore
 from dtf.coordinator.checkpoints_api import checkpoint_router
 from dtf.coordinator.cluster_api import cluster_router
+from dtf.coordinator.consistency import AppliedPosition
 from dtf.coordinator.datadir import DataDirLock
 from dtf.coordinator.errors import install_error_handlers
 from dtf.coordinator.limits import BodySizeLimit
@@ -82,6 +83,11 @@ def create_app(settings: CoordinatorSettings, node: ClusterNode | None = None) -
     app.state.runtime = parts.runtime
     _mount(app, parts)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        AppliedPosition,
+        applied_seq=lambda: parts.runtime.state.applied_seq,
+        wait_applied=node.bus.wait_applied if node else None,
+    )
     install_error_handlers(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
