@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -123,7 +124,7 @@ class Members:
         self.url = url
         self.ttl_s = ttl_s
         self.version = version
-        self.report_every_s = min(report_every_s, ttl_s / 3)
+        self.report_every_s = report_every_s
         self._applied_seq = applied_seq
         self._on_disabled = on_disabled
         self._wall_clock = wall_clock
@@ -199,10 +200,17 @@ class Members:
         return await self.etcd.get(disabled_key(self._prefix, node_id)) is not None
 
     async def _keep_registered(self) -> None:
+        """Refresh the lease every TTL/3 and rewrite the record every ``report_every_s``."""
         failures = 0
+        reported_at = -math.inf
         while True:
             try:
-                await self._report_position()
+                if (
+                    await self._keep_lease()
+                    or time.monotonic() - reported_at >= self.report_every_s
+                ):
+                    reported_at = time.monotonic()
+                    await self._report_position()
                 if failures:
                     log.info("%s reports its position to etcd again", self.node_id)
                 failures = 0
@@ -210,13 +218,17 @@ class Members:
                 if not failures:
                     log.warning("%s cannot report its position to etcd: %s", self.node_id, exc)
                 failures += 1
-            await asyncio.sleep(self.report_every_s)
+                reported_at = -math.inf
+            await asyncio.sleep(min(self.report_every_s, self.ttl_s / 3))
+
+    async def _keep_lease(self) -> bool:
+        """Keep this node's lease alive; whether it had to take a new one."""
+        if self._lease is not None and await self.etcd.refresh_lease(self._lease) > 0:
+            return False
+        self._lease = await self.etcd.grant_lease(self.ttl_s)
+        return True
 
     async def _report_position(self) -> None:
-        if self._lease is not None and await self.etcd.refresh_lease(self._lease) <= 0:
-            self._lease = None
-        if self._lease is None:
-            self._lease = await self.etcd.grant_lease(self.ttl_s)
         record = NodeRecord(
             node_id=self.node_id,
             url=self.url,

@@ -288,3 +288,23 @@ async def eventually_async(
         if time.monotonic() > deadline:
             raise AssertionError(f"gave up after {within_s:g}s waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+def test_registry_lists_live_nodes_with_their_applied_position(
+    etcd_cluster: EtcdCluster, name: str
+) -> None:
+    async def scenario() -> None:
+        settings = [etcd_cluster.settings()] * 2
+        async with cluster_of(settings, name, with_members=True) as (_, members):
+            await eventually_async(
+                lambda: listed_positions(members[0], {"n0": 0, "n1": 10}),
+                "both nodes to be listed at their applied positions",
+            )
+            await members[1].stop()
+            assert [node.node_id for node in await members[0].nodes()] == ["n0"]
+
+    asyncio.run(scenario())
+
+
+async def listed_positions(members: Members, expected: dict[str, int]) -> bool:
+    return {node.node_id: node.applied_seq for node in await members.nodes()} == expected
