@@ -41,6 +41,7 @@ from dtf.cluster.history import (
     CorruptRecord,
     LeaderInfo,
     LeaseClock,
+    RecordsChanged,
     StoredTerms,
     backoff_s,
     closing_txn,
@@ -340,7 +341,7 @@ class Election:
             try:
                 await self._act()
                 failures = 0
-            except (EtcdError, CorruptRecord) as exc:
+            except (EtcdError, CorruptRecord, RecordsChanged) as exc:
                 log.log(_level(failures), "%s could not act on the election: %s", self.node_id, exc)
                 await asyncio.sleep(backoff_s(failures))
                 failures += 1
@@ -407,6 +408,8 @@ class Election:
         result = await self.etcd.txn(compare, puts, [get_op(self._leader_key)])
         if not result.succeeded:
             self._see(result.gets[0], result.revision)
+            if self._term == term:
+                raise RecordsChanged(f"leadership records changed while epoch {term.epoch} wrote")
             return
         self._recorded_epoch = term.epoch
         oldest = oldest_kept_epoch([*stored, term.epoch])

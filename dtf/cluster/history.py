@@ -63,6 +63,12 @@ class CorruptRecord(DtfError):
     status_code = 500
 
 
+class RecordsChanged(DtfError):
+    """Leadership records changed between reading and rewriting them; read them again."""
+
+    status_code = 409
+
+
 @dataclass(frozen=True)
 class LeaderInfo:
     """The current leader: who, where, its epoch, and since when (unix seconds)."""
