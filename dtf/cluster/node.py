@@ -29,6 +29,8 @@ from dtf.errors import DtfError
 log = logging.getLogger(__name__)
 
 OnElected = Callable[[], Awaitable[None]]
+REGISTRY_TTL_FACTOR = 3
+"""A node's registry record outlives an etcd stall that costs it leadership."""
 
 
 @dataclass
@@ -74,7 +76,7 @@ class ClusterNode:
             name,
             node_id,
             url,
-            ttl_s=settings.lease_ttl_s,
+            ttl_s=REGISTRY_TTL_FACTOR * settings.lease_ttl_s,
             applied_seq=lambda: bus.applied_seq,
             on_disabled=election.set_disabled,
         )
