@@ -150,6 +150,13 @@ def parse_hardware(values: tuple[str, ...]) -> list[HardwareClass]:
     type=click.FloatRange(0, min_open=True),
     help="Seconds before a running health check is killed and counted as failed.",
 )
+@click.option(
+    "--audit-log",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Append a JSON line for every task process this worker starts and stops (task, "
+    "attempt, fence, pid, started/exited/killed, monotonic and wall time, why): what "
+    "ran on this machine when.",
+)
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(LOG_LEVELS))
 @fault_options(with_log=True)
 def worker(
@@ -164,6 +171,7 @@ def worker(
     burst: bool,
     health_check: str | None,
     health_check_timeout_s: float,
+    audit_log: Path | None,
     log_level: str,
     faults: FaultSettings | None,
 ) -> None:
@@ -185,6 +193,7 @@ def worker(
         health_check_timeout_s=health_check_timeout_s,
         worker_id=worker_id or socket.gethostname(),
         faults=faults,
+        audit_log=audit_log.resolve() if audit_log else None,
     )
     from dtf.worker.agent import run_worker
 

@@ -49,6 +49,7 @@ from dtf.protocol import (
     frame_messages,
     json_encoder,
 )
+from dtf.worker.audit import AuditLog
 from dtf.worker.connection import Backoff, Channel, Endpoints
 from dtf.worker.executors import execute
 from dtf.worker.fault_actions import FaultInjector
@@ -92,9 +93,13 @@ class WorkerAgent:
         )
         self.incarnation = uuid.uuid4().hex
         self.checking_health = False
+        self.audit = (
+            AuditLog(settings.audit_log, settings.worker_id) if settings.audit_log else None
+        )
         loop = asyncio.get_running_loop()
 
         def on_fenced(fenced: FencedLease) -> None:
+            self.note_dropped(fenced.lease, f"self-fenced: {fenced.reason}")
             loop.call_soon_threadsafe(self.on_fenced, fenced)
 
         self.watchdog = Watchdog(self.leases, on_fenced)
@@ -303,6 +308,7 @@ class WorkerAgent:
         task = self.running.get(lease)
         if task is not None and self.leases.remove(lease):
             logger.info("cancelling task %s attempt %d", lease.task_id, lease.attempt)
+            self.note_dropped(lease, "cancelled by the coordinator")
             task.cancel()
 
     def on_outcome_ack(self, lease: LeaseRef) -> None:
@@ -340,7 +346,7 @@ class WorkerAgent:
         """Run one attempt and report its outcome. Cancelling this task (the
         attempt was cancelled or fenced) kills the attempt and reports nothing."""
         lease = assign.lease
-        observer = AttemptObserver(lease, self.reaper, self.leases, self.send)
+        observer = AttemptObserver(lease, self.reaper, self.leases, self.send, self.audit)
         faults = self.faults.watch(assign, observer) if self.faults else None
         try:
             outcome = await execute(assign, workdir=self.workdir, observer=faults or observer)
@@ -375,13 +381,20 @@ class WorkerAgent:
         attempts = list(self.running.items())
         for lease, task in attempts:
             self.leases.remove(lease)
+            self.note_dropped(lease, "worker stopping")
             task.cancel()
         await asyncio.gather(*(task for _, task in attempts), return_exceptions=True)
         await asyncio.gather(*self.background, return_exceptions=True)
         self.watchdog.stop()
         self.heartbeats.stop(release_all=True)
         self.heartbeats.join(HEARTBEAT_JOIN_S)
+        if self.audit is not None:
+            self.audit.close()
         logger.info("worker %s stopped", self.settings.worker_id)
+
+    def note_dropped(self, lease: LeaseRef, reason: str) -> None:
+        if self.audit is not None:
+            self.audit.note_dropped(lease, reason)
 
     def in_background(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coroutine)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from dtf.core.model import LeaseRef
 from dtf.protocol import Started, WorkerMessage
+from dtf.worker.audit import AuditLog
 from dtf.worker.leases import LeaseTable
 from dtf.worker.reaper import Reaper
 
@@ -31,8 +32,10 @@ class AttemptObserver:
         reaper: Reaper,
         leases: LeaseTable,
         send: Callable[[WorkerMessage], None],
+        audit: AuditLog | None = None,
     ) -> None:
         self.lease, self.reaper, self.leases, self.send = lease, reaper, leases, send
+        self.audit = audit
         self.started_timer: asyncio.TimerHandle | None = None
         self.is_started_reported = False
         self.started_at = 0.0
@@ -41,11 +44,16 @@ class AttemptObserver:
         self.reaper.ensure_running()
         self.leases.set_process(self.lease, pgid)
         self.started_at = time.monotonic()
+        if self.audit is not None:
+            self.audit.started(self.lease, pgid)
         loop = asyncio.get_running_loop()
         self.started_timer = loop.call_later(STARTED_DELAY_S, self.report_started)
 
     def process_ended(self, pgid: int) -> None:
         self.leases.set_process(self.lease, None)
+        if self.audit is not None:
+            is_dropped = self.lease not in self.leases.held()[0]
+            self.audit.ended(self.lease, pgid, is_dropped=is_dropped)
 
     def report_started(self) -> None:
         """Send ``Started`` now if a process started and it has not been sent."""

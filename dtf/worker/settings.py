@@ -17,7 +17,8 @@ class WorkerSettings:
     """``burst``: exit once idle, after at least one task ran and its outcome was
     acknowledged, when no assignment arrived for ``burst_idle_s``.
     ``work_dir`` None means a fresh temporary directory, removed at exit.
-    ``faults``: inject real faults into this worker's attempts (see ``faults.py``)."""
+    ``faults``: inject real faults into this worker's attempts (see ``faults.py``).
+    ``audit_log``: append a line per task process start and end (see ``audit.py``)."""
 
     coordinator_urls: list[str]
     api_key: str
@@ -34,6 +35,7 @@ class WorkerSettings:
     faults: FaultSettings | None = None
     health_check: str | None = None
     health_check_timeout_s: float = 300.0
+    audit_log: Path | None = None
 
     def __post_init__(self) -> None:
         if not self.coordinator_urls:
