@@ -9,6 +9,7 @@ from urllib.parse import quote
 import click
 from rich.table import Table
 
+from dtf.cli.cluster_local import local
 from dtf.cli.output import age_text, clock_text, console, json_option, print_json, with_client
 from dtf.cli.render import id_column
 from dtf.client import Client
@@ -24,6 +25,9 @@ def cluster() -> None:
     A coordinator started without --cluster is a standalone cluster of one
     node that is always the leader.
     """
+
+
+cluster.add_command(local)
 
 
 @cluster.command("status")
