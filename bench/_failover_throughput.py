@@ -1,0 +1,134 @@
+"""Throughput for bench/failover.py: committed commands/s and end-to-end tasks/s.
+
+Commands: ``concurrency`` loops, each sending ``POST /api/tasks`` with one new
+``true`` task (one ``SubmitTasks`` command) after another for ``seconds``, loop
+``i`` to ``urls[i % len(urls)]``. A command counts once acknowledged (201): it is
+in the journal (SQLite, fsync'd; or the etcd log) and applied. Concurrent
+requests let the bus append several commands per journal write. The log seq
+advance over the same time is reported too: it also counts what the
+coordinators appended on their own.
+
+Tasks: bench/_dtf.py's ``run_batch`` (batches of 500 through
+``POST /api/tasks/batch``, clock stopped when ``/api/status`` counts all
+completed) after a warm-up batch, against workers that are already online.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy
+from _dtf import TRUE_TASK, coordinator, run_batch, workers
+
+from dtf.local.ha_cluster import HaCluster
+
+REQUEST_TIMEOUT_S = 10.0
+
+
+def measure_commands(
+    urls: list[str], admin_key: str, seconds: float, concurrency: int, prefix: str
+) -> dict[str, Any]:
+    """Acknowledged single-task submits per second, ``concurrency`` at a time."""
+    headers = {"Authorization": f"Bearer {admin_key}"}
+    with httpx.Client(headers=headers, timeout=REQUEST_TIMEOUT_S) as http:
+        seq_before = log_seq(http, urls)
+        figures = asyncio.run(_hammer(urls, headers, seconds, concurrency, prefix))
+        seq_after = log_seq(http, urls)
+    figures["log_entries_per_s"] = (seq_after - seq_before) / figures["seconds"]
+    return figures
+
+
+def log_seq(http: httpx.Client, urls: list[str]) -> int:
+    """The highest applied seq any of ``urls`` reports on ``/health``."""
+    seqs = []
+    for url in urls:
+        with contextlib.suppress(httpx.HTTPError):
+            seqs.append(int(http.get(f"{url}/health").json()["journal_seq"]))
+    return max(seqs, default=0)
+
+
+async def _hammer(
+    urls: list[str], headers: dict[str, str], seconds: float, concurrency: int, prefix: str
+) -> dict[str, Any]:
+    latencies: list[float] = []
+    errors: list[str] = []
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(headers=headers, timeout=REQUEST_TIMEOUT_S, limits=limits) as http:
+        started = time.perf_counter()
+        deadline = started + seconds
+
+        async def one_loop(index: int) -> None:
+            url, number = f"{urls[index % len(urls)]}/api/tasks", 0
+            while time.perf_counter() < deadline:
+                body = {"id": f"{prefix}-{index}-{number}", **TRUE_TASK}
+                sent = time.perf_counter()
+                try:
+                    response = await http.post(url, json=body)
+                except httpx.HTTPError as exc:
+                    errors.append(type(exc).__name__)
+                else:
+                    if response.status_code == 201:
+                        latencies.append(time.perf_counter() - sent)
+                    else:
+                        errors.append(str(response.status_code))
+                number += 1
+
+        await asyncio.gather(*(one_loop(index) for index in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return {
+        "commands": len(latencies),
+        "seconds": elapsed,
+        "commands_per_s": len(latencies) / elapsed,
+        "errors": len(errors),
+        "latency_p50_s": float(numpy.percentile(latencies, 50)) if latencies else None,
+        "latency_p99_s": float(numpy.percentile(latencies, 99)) if latencies else None,
+    }
+
+
+@contextlib.contextmanager
+def node_client(url: str, admin_key: str) -> Iterator[httpx.Client]:
+    headers = {"Authorization": f"Bearer {admin_key}"}
+    with httpx.Client(base_url=url, headers=headers, timeout=120) as client:
+        yield client
+
+
+def measure_tasks(client: httpx.Client, tasks: int, warm_up: int, timeout_s: float) -> float:
+    run_batch(client, warm_up, timeout_s)
+    tasks_per_s, _ = run_batch(client, tasks, timeout_s)
+    return tasks_per_s
+
+
+def cluster_tasks(cluster: HaCluster, tasks: int, warm_up: int, timeout_s: float) -> dict[str, Any]:
+    """Start the cluster's workers, run the batches through the first node, stop the workers."""
+    cluster.start_workers()
+    try:
+        with node_client(cluster.urls[0], cluster.admin_key) as client:
+            return {"tasks_per_s": measure_tasks(client, tasks, warm_up, timeout_s)}
+    finally:
+        for process in cluster.worker_processes().values():
+            process.stop(timeout_s=10)
+
+
+def standalone(work_dir: Path, options: Any, prefix: str) -> dict[str, Any]:
+    """A standalone coordinator (SQLite journal): commands/s without workers, then
+    tasks/s with ``options.workers`` workers of ``options.slots`` slots."""
+    figures: dict[str, Any] = {}
+    with coordinator(work_dir, "standalone") as single:
+        figures["commands"] = measure_commands(
+            [single.url], single.admin_key, options.seconds, options.concurrency, prefix
+        )
+    with (
+        coordinator(work_dir, "standalone-tasks") as single,
+        workers(single, options.workers, options.slots, work_dir),
+    ):
+        warm_up = options.workers * options.slots * 2
+        figures["tasks"] = {
+            "tasks_per_s": measure_tasks(single.client, options.tasks, warm_up, options.timeout)
+        }
+    return figures
