@@ -9,17 +9,25 @@ with its digest, step and attempt in headers; ``GET /api/checkpoints/{digest}``
 returns any stored blob. A task's process authenticates with the attempt's
 checkpoint token (see ``checkpoint_grants.py``); a worker or admin key may
 save, and any key may read.
+
+In a cluster (``peers`` given) a save is copied to another coordinator before
+it is journaled, a blob missing here is fetched from the others, and the
+coordinators copy blobs among themselves with ``PUT`` and ``GET
+/api/internal/blobs/{digest}`` (admin key only; see ``blob_peers.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
 import msgspec
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, FastAPI, Header, Query, Request, Response
 
+from dtf.coordinator.blob_peers import BlobPeers, is_blob_of
 from dtf.coordinator.checkpoint_grants import TOKEN_PREFIX, GrantIssuer
 from dtf.coordinator.checkpoint_store import CheckpointStore
 from dtf.coordinator.responses import json_response
@@ -39,8 +47,12 @@ MEDIA_TYPES = {
 UNUSED_DIGEST = "0" * 64
 
 
-def checkpoint_router(rt: Runtime, store: CheckpointStore, grants: GrantIssuer) -> APIRouter:
-    router = APIRouter(prefix="/api", tags=["checkpoints"])
+def checkpoint_router(
+    rt: Runtime, store: CheckpointStore, grants: GrantIssuer, peers: BlobPeers | None = None
+) -> APIRouter:
+    """The checkpoint routes; with ``peers`` (a cluster node) also the internal blob routes."""
+    lifespan = None if peers is None else _closing(peers)
+    router = APIRouter(prefix="/api", tags=["checkpoints"], lifespan=lifespan)
 
     @router.post("/tasks/{task_id}/checkpoints", status_code=201)
     async def save_checkpoint(
@@ -62,6 +74,8 @@ def checkpoint_router(rt: Runtime, store: CheckpointStore, grants: GrantIssuer) 
         if kind is CheckpointKind.JSON:
             check_json(data)
         digest = await asyncio.to_thread(store.put, data)
+        if peers is not None:
+            await peers.replicate(digest, data)
         command = c.RecordCheckpoint(time.time(), worker_id, lease, digest, len(data), kind, step)
         await rt.bus.execute(command)
         saved = rt.state.tasks[task_id].attempts[attempt - 1].last_checkpoint
@@ -74,17 +88,67 @@ def checkpoint_router(rt: Runtime, store: CheckpointStore, grants: GrantIssuer) 
         checkpoint = _task(rt, task_id).checkpoint
         if checkpoint is None:
             raise NotFound(f"task {task_id!r} has no checkpoint yet")
-        data = await asyncio.to_thread(store.get, checkpoint.digest)
+        data = await load_blob(store, peers, checkpoint.digest)
         return Response(data, media_type=MEDIA_TYPES[checkpoint.kind], headers=headers(checkpoint))
 
     @router.get("/checkpoints/{digest}")
     async def checkpoint_blob(digest: str, authorization: Authorization = None) -> Response:
         """A stored checkpoint blob by its SHA-256."""
         rt.auth.require(authorization, "read")
+        data = await load_blob(store, peers, digest)
+        return Response(data, media_type=MEDIA_TYPES[CheckpointKind.BYTES])
+
+    if peers is not None:
+        _add_internal_routes(router, rt, store)
+    return router
+
+
+def _add_internal_routes(router: APIRouter, rt: Runtime, store: CheckpointStore) -> None:
+    """What coordinators of one cluster ask each other: blobs from this node's store only."""
+
+    @router.put("/internal/blobs/{digest}", tags=["internal"])
+    async def store_blob(
+        digest: str, request: Request, authorization: Authorization = None
+    ) -> Response:
+        """Store a peer's copy of a blob (admin key); storing it again changes nothing."""
+        rt.auth.require(authorization, "admin")
+        data = await read_body(request, store)
+        if not is_blob_of(digest, data):
+            raise InvalidRequest(
+                f"the {len(data)} bytes sent are not blob {digest} (their SHA-256 differs); "
+                "send the blob's exact bytes",
+                field="body",
+            )
+        await asyncio.to_thread(store.put, data)
+        return json_response({"digest": digest, "bytes": len(data)}, 201)
+
+    @router.get("/internal/blobs/{digest}", tags=["internal"])
+    async def stored_blob(digest: str, authorization: Authorization = None) -> Response:
+        """A blob if this node stores it (admin key); never asks other nodes."""
+        rt.auth.require(authorization, "admin")
         data = await asyncio.to_thread(store.get, digest)
         return Response(data, media_type=MEDIA_TYPES[CheckpointKind.BYTES])
 
-    return router
+
+def _closing(peers: BlobPeers) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await peers.close()
+
+    return lifespan
+
+
+async def load_blob(store: CheckpointStore, peers: BlobPeers | None, digest: str) -> bytes:
+    """A blob from this node's store, else (in a cluster) from a peer's."""
+    try:
+        return await asyncio.to_thread(store.get, digest)
+    except NotFound:
+        if peers is None:
+            raise
+    return await peers.fetch(digest)
 
 
 def _authorize(

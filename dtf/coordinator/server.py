@@ -27,6 +27,7 @@ from dtf.cluster.settings import host_node_id
 from dtf.cluster.view import ClusterView, StandaloneCluster
 from dtf.coordinator.api import build_router
 from dtf.coordinator.auth import Authenticator, load_or_create_admin_key
+from dtf.coordinator.blob_peers import BlobPeers
 from dtf.coordinator.bodies import KeyRequest, SubmitBatch, schema_components
 from dtf.coordinator.bus import Bus, CommandBus
 from dtf.coordinator.checkpoint_grants import GrantIssuer
@@ -168,7 +169,12 @@ def _mount(app: FastAPI, parts: _Parts) -> None:
     checkpoints = CheckpointStore(
         settings.data_dir / "checkpoints", max_bytes=settings.max_body_bytes
     )
-    app.include_router(checkpoint_router(runtime, checkpoints, parts.grants))
+    peers = None
+    if parts.node is not None:
+        admin_key, _ = load_or_create_admin_key(settings.data_dir, settings.admin_key)
+        node_id = parts.node.settings.node_id
+        peers = BlobPeers.of_cluster(checkpoints, parts.cluster, node_id, admin_key)
+    app.include_router(checkpoint_router(runtime, checkpoints, parts.grants, peers))
     app.include_router(results_router(runtime, results))
     app.include_router(reports_router(runtime, results))
     app.include_router(cluster_router(runtime, parts.cluster))
