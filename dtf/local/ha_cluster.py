@@ -23,7 +23,6 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import httpx
@@ -140,7 +139,7 @@ def newest_leader(leadership_replies: list[Record | None]) -> Record | None:
 
 
 class HaCluster:
-    """``with HaCluster(HaSettings(tmp), on_event) as cluster: Client(cluster.urls, ...)``"""
+    """``HaCluster(HaSettings(tmp), on_event).start()``, then ``stop()`` in a ``finally``."""
 
     def __init__(self, settings: HaSettings, on_event: EventSink) -> None:
         self.settings = settings
@@ -171,28 +170,16 @@ class HaCluster:
         return [node.url for node in self.nodes]
 
     @property
+    def node_ids(self) -> list[str]:
+        return [node.node_id for node in self.nodes]
+
+    @property
     def logs_dir(self) -> Path:
         return self.data_dir / "logs"
 
     @property
     def admin_key_path(self) -> Path:
         return self.data_dir / "admin.key"
-
-    def __enter__(self) -> HaCluster:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def notice(self, text: str) -> None:
         self.emit("notice", {"text": text})
@@ -239,10 +226,9 @@ class HaCluster:
 
     def wait_formed(self) -> None:
         """Wait (bounded) until every node lists all nodes and they agree on one leader."""
-        node_ids = [node.node_id for node in self.nodes]
         self._wait_for(
-            lambda: formation_problem(self.statuses(), node_ids),
-            f"{', '.join(node_ids)} to form one cluster with one leader",
+            lambda: formation_problem(self.statuses(), self.node_ids),
+            f"{', '.join(self.node_ids)} to form one cluster with one leader",
         )
 
     def start_workers(self) -> None:
@@ -411,7 +397,7 @@ class HaCluster:
 
 
 class LeaderKiller:
-    """Every ``every_s``: SIGKILL the leader coordinator (when all nodes run), then time
+    """Every ``every_s``: SIGKILL the leader coordinator (when all nodes are up), then time
     how long until ``/api/cluster/leader`` on any node shows a leader of a later epoch."""
 
     def __init__(self, cluster: HaCluster, every_s: float) -> None:
@@ -427,14 +413,14 @@ class LeaderKiller:
             self.thread.join()
 
     def kill_leader(self, http: httpx.Client) -> None:
-        processes = self.cluster.coordinator_processes()
-        down = sorted(node_id for node_id, process in processes.items() if not process.is_running)
-        leader = self.cluster.current_leader(http)
-        if down or leader is None:
-            why = f"{', '.join(down)} not running" if down else "no leader right now"
-            self.cluster.notice(f"fault injection: skipped a kill ({why})")
+        """Kill only a cluster that is whole again, so one node at most is ever down."""
+        statuses = self.cluster.statuses()
+        problem = formation_problem(statuses, self.cluster.node_ids)
+        leader = newest_leader(list(statuses.values()))
+        if problem is not None or leader is None:
+            self.cluster.notice(f"fault injection: skipped a kill ({problem or 'no leader'})")
             return
-        process = processes[leader["node_id"]]
+        process = self.cluster.coordinator_processes()[leader["node_id"]]
         killed_at = time.monotonic()
         self.cluster.emit(
             "leader_killed",
