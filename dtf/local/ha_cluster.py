@@ -199,11 +199,14 @@ class HaCluster:
     def start_etcd(self) -> None:
         """Check the data dir and ports, then start etcd and wait (bounded) until it is healthy."""
         _require_fresh(self.data_dir)
-        ports = self._coordinator_ports()
+        ports = self._fixed_ports() if self.settings.base_port else []
         self.etcd = EtcdCluster(self.data_dir / "etcd", size=self.settings.nodes)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.etcd.start()
         self.etcd.wait_healthy(self.settings.startup_timeout_s)
+        # Free ports are picked only now: etcd members starting meanwhile, here or in
+        # another run, take theirs from the same range.
+        ports = ports or free_ports(self.settings.nodes)
         self.nodes = plan_nodes(self.data_dir, ports, self.etcd.client_urls)
 
     def start_coordinators(self) -> None:
@@ -357,11 +360,9 @@ class HaCluster:
         )
         return process
 
-    def _coordinator_ports(self) -> list[int]:
-        count, base = self.settings.nodes, self.settings.base_port
-        if base == 0:
-            return free_ports(count)
-        ports = list(range(base, base + count))
+    def _fixed_ports(self) -> list[int]:
+        base = self.settings.base_port
+        ports = list(range(base, base + self.settings.nodes))
         for port in ports:
             if not is_port_free(LOOPBACK, port):
                 raise ClusterError(
