@@ -9,21 +9,26 @@ A ``History`` holds every client-visible operation of a run:
 - ``TaskSeen``: each task as each coordinator node shows it at the end: its status and
   its attempts (worker, fence, and the outcome accepted: succeeded, failed, lost, ...).
 
-Times are ``time.monotonic()`` values, one clock for every process on one machine.
+Times are ``time.monotonic()`` values, one clock for every process on one machine
+(audit records and attempts also carry wall times).
 ``check`` returns what breaks the three rules (nothing: the history is sound):
 
-- no acknowledged task lost: every node shows it, terminal, and the nodes agree on it;
+- no acknowledged task lost: every node shows it, terminal; nodes that show a task
+  terminal agree on its status and attempts;
 - never two live runs of one task: its process intervals do not overlap (a process with
   no recorded end counts as running until ``History.ended_at``);
 - no attempt recorded twice: a node numbers a task's attempts once each, one process
   runs an attempt, under the worker and fence the coordinator recorded for it, and an
   attempt accepted as succeeded was run by a process that exited (a killed one reports
-  nothing).
+  nothing); no process of an attempt starts after the coordinator ended that attempt
+  (its ``finished_at`` and the audit record's ``time`` are both ``time.time()``), unless
+  it was cancelled (an assignment and its cancellation may cross on the wire).
 
 It assumes every worker of the run kept an audit log.
 
 Recording (I/O, for integration tests): a ``Submitter`` thread submits tasks with ids
 of its own and notes each acknowledged one in a ``Recorder``; at the end
+``wait_settled`` waits until every node shows them finished, and
 ``Recorder.history`` reads the workers' audit logs and every node's tasks.
 """
 
@@ -62,6 +67,7 @@ class AttemptSeen(msgspec.Struct, frozen=True):
     worker_id: str
     fence: int
     status: str
+    finished_at: float | None = None  # wall time the coordinator ended the attempt
 
 
 class TaskSeen(msgspec.Struct, frozen=True):
@@ -74,7 +80,7 @@ class TaskSeen(msgspec.Struct, frozen=True):
     def from_view(cls, node: str, view: Mapping[str, Any]) -> TaskSeen:
         """From a task as ``GET /api/tasks`` shows it."""
         attempts = tuple(
-            AttemptSeen(a["number"], a["worker_id"], a["fence"], a["status"])
+            AttemptSeen(a["number"], a["worker_id"], a["fence"], a["status"], a.get("finished_at"))
             for a in view.get("attempts", [])
         )
         return cls(node, view["id"], view["status"], attempts)
@@ -97,6 +103,7 @@ class Rule(enum.StrEnum):
     DUPLICATE_ATTEMPT = "duplicate_attempt"
     MISATTRIBUTED = "misattributed"
     UNRUN_SUCCESS = "unrun_success"
+    STALE_RUN = "stale_run"
 
 
 class Violation(msgspec.Struct, frozen=True):
@@ -168,9 +175,11 @@ def check_acknowledged(history: History, by_task: Mapping[str, list[TaskSeen]]) 
         if unfinished:
             violations.append(Violation(Rule.UNFINISHED, task_id, ", ".join(unfinished)))
     for task_id, seen in by_task.items():
-        versions = {(s.status, s.attempts) for s in seen}
-        if len(versions) > 1:
-            detail = "; ".join(f"{s.node}: {s.status}, {len(s.attempts)} attempts" for s in seen)
+        finished = [s for s in seen if s.status in TERMINAL]  # others may only lag
+        if len({(s.status, s.attempts) for s in finished}) > 1:
+            detail = "; ".join(
+                f"{s.node}: {s.status}, {len(s.attempts)} attempts" for s in finished
+            )
             violations.append(Violation(Rule.DIVERGED, task_id, detail))
     return violations
 
@@ -200,16 +209,33 @@ def _end(run: Run, ended_at: float) -> float:
 def check_attempts(runs: list[Run], by_task: Mapping[str, list[TaskSeen]]) -> list[Violation]:
     violations = [*_numbered_twice(by_task), *_run_twice(runs)]
     for run in runs:
-        s = run.started
-        for seen in by_task.get(s.task_id, []):
-            recorded = {a.number: a for a in seen.attempts}.get(s.attempt)
-            if recorded is None or (recorded.worker_id, recorded.fence) != (s.worker_id, s.fence):
-                what = (
-                    "none" if recorded is None else f"{recorded.worker_id} fence {recorded.fence}"
-                )
-                detail = f"{run.describe()} fence {s.fence}; {seen.node} recorded {what}"
-                violations.append(Violation(Rule.MISATTRIBUTED, s.task_id, detail))
+        violations += _misattributed(run, by_task.get(run.started.task_id, []))
     return [*violations, *_unrun_successes(runs, by_task)]
+
+
+def _misattributed(run: Run, seen: list[TaskSeen]) -> list[Violation]:
+    """A run under another worker or fence than a node recorded (one violation per
+    node), or started after the attempt had ended (one, from the first node showing it)."""
+    s, violations, is_stale = run.started, [], False
+    for view in seen:
+        recorded = {a.number: a for a in view.attempts}.get(s.attempt)
+        if recorded is None or (recorded.worker_id, recorded.fence) != (s.worker_id, s.fence):
+            what = "none" if recorded is None else f"{recorded.worker_id} fence {recorded.fence}"
+            detail = f"{run.describe()} fence {s.fence}; {view.node} recorded {what}"
+            violations.append(Violation(Rule.MISATTRIBUTED, s.task_id, detail))
+        elif (
+            not is_stale
+            and recorded.status != "cancelled"
+            and s.time > (recorded.finished_at or s.time)
+        ):
+            is_stale = True
+            late_s = s.time - (recorded.finished_at or s.time)
+            detail = (
+                f"{run.describe()} started {late_s:.3f}s after {view.node} "
+                f"ended the attempt ({recorded.status})"
+            )
+            violations.append(Violation(Rule.STALE_RUN, s.task_id, detail))
+    return violations
 
 
 def _numbered_twice(by_task: Mapping[str, list[TaskSeen]]) -> list[Violation]:
@@ -293,6 +319,30 @@ def node_tasks(node: str, url: str, admin_key: str) -> list[TaskSeen]:
     with Client(url, admin_key) as client:
         page = client.list_page(limit=100_000)
     return [TaskSeen.from_view(node, view) for view in page["tasks"]]
+
+
+def wait_settled(
+    nodes: Mapping[str, str], admin_key: str, task_ids: list[str], timeout_s: float
+) -> None:
+    """Return once every node shows every task of ``task_ids`` finished; fail naming a
+    node and task still unfinished after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while (unfinished := _first_unfinished(nodes, admin_key, task_ids)) is not None:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"after {timeout_s:g}s {unfinished}")
+        time.sleep(0.2)
+
+
+def _first_unfinished(nodes: Mapping[str, str], admin_key: str, task_ids: list[str]) -> str | None:
+    for node, url in nodes.items():
+        try:
+            statuses = {seen.task_id: seen.status for seen in node_tasks(node, url, admin_key)}
+        except DtfError as exc:
+            return f"{node} does not answer: {exc}"
+        for task_id in task_ids:
+            if statuses.get(task_id) not in TERMINAL:
+                return f"{node} shows {task_id} {statuses.get(task_id, 'missing')}"
+    return None
 
 
 class Submitter(threading.Thread):

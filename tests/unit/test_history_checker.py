@@ -97,6 +97,16 @@ def test_a_task_seen_but_never_acknowledged_need_not_finish() -> None:
     assert check(history) == []
 
 
+def test_a_node_behind_the_others_is_no_divergence() -> None:
+    history = sound()
+    history.tasks += [
+        TaskSeen("n1", "t3", "completed", (AttemptSeen(1, "w1", 10, "succeeded"),)),
+        TaskSeen("n2", "t3", "running", (AttemptSeen(1, "w1", 10, "running"),)),
+    ]
+    history.processes += run("t3", 1, 7.0, 8.0)
+    assert check(history) == []
+
+
 def with_tasks(*replaced: TaskSeen) -> History:
     """The sound history with some nodes' views replaced."""
     history = sound()
@@ -248,6 +258,43 @@ def test_a_history_survives_a_json_round_trip() -> None:
     decoded = msgspec.json.decode(msgspec.json.encode(history), type=History)
     assert decoded == history
     assert check(decoded) == []
+
+
+def ended_at(*wall_times: float) -> list[TaskSeen]:
+    """t2 as in the sound history, its attempts ended by the nodes at ``wall_times``."""
+    attempts = (
+        AttemptSeen(1, "w1", 10, "lost", wall_times[0]),
+        AttemptSeen(2, "w2", 20, "succeeded", wall_times[1]),
+    )
+    return [TaskSeen(node, "t2", "completed", attempts) for node in NODES]
+
+
+def test_runs_started_before_their_attempts_ended_pass() -> None:
+    assert check(with_tasks(*ended_at(1e9 + 4.5, 1e9 + 6.0))) == []
+
+
+def test_a_run_started_after_its_attempt_ended_is_stale() -> None:
+    """w1 starts attempt 1 of t2 long after the nodes ended it as lost (and t2 completed
+    elsewhere): an assignment delivered late, which no overlap reveals."""
+    history = with_tasks(*ended_at(1e9 + 4.5, 1e9 + 6.0))
+    history.processes = [r for r in history.processes if r.task_id != "t2"]
+    history.processes += [*run("t2", 2, 5.0, 6.0, worker="w2"), *killed("t2", 1, 7.0, 8.0)]
+    [violation] = check(history)
+    assert violation.rule is Rule.STALE_RUN
+    assert "started 2.500s after n1 ended the attempt (lost)" in violation.detail
+
+
+def test_a_run_of_a_cancelled_attempt_may_start_after_the_cancel() -> None:
+    """The assignment and its cancellation crossed on the wire: no stale run."""
+    cancelled = (AttemptSeen(1, "w1", 10, "cancelled", 1e9 + 1.0),)
+    history = History(
+        list(NODES),
+        [Submitted("t4", 0.0)],
+        killed("t4", 1, 1.2, 1.5),
+        [TaskSeen(node, "t4", "cancelled", cancelled) for node in NODES],
+        9.0,
+    )
+    assert check(history) == []
 
 
 def test_violations_are_reported_per_node() -> None:
