@@ -148,7 +148,7 @@ class EtcdClusterView:
 
     async def _refresh_forever(self) -> None:
         while True:
-            if self._leadership_changed.is_set() or not self._terms:
+            if self._leadership_changed.is_set() or not self._history_agrees():
                 self._leadership_changed.clear()
                 await self._refresh_terms()
             await self._refresh_nodes()
@@ -176,6 +176,15 @@ class EtcdClusterView:
             self._terms = terms
             self._push(LEADERSHIP_UPDATE, leadership_json(terms))
             self._push(STATUS_UPDATE, status_json(self.status()))
+
+    def _history_agrees(self) -> bool:
+        """Whether the history read last shows the term the election sees (a new
+        leader records its term just after winning, so a read can come too early)."""
+        leader = self.election.leader
+        current = self._terms[0] if self._terms and self._terms[0].ended_at is None else None
+        if leader is None:
+            return current is None
+        return current is not None and current.epoch == leader.epoch
 
     def _shape(self) -> tuple[object, ...]:
         """What a status update is about: who is up, their role, flags, health."""

@@ -200,20 +200,21 @@ async def start_serving(runtime: Runtime) -> asyncio.Task[None]:
     return asyncio.create_task(run_clock(bus), name="dtf-clock")
 
 
-async def journal_start(runtime: Runtime) -> None:
+async def journal_start(runtime: Runtime, *, connections_lost: bool = True) -> None:
     """Journal changed settings and a fresh lease period: a coordinator (or a
-    cluster's new leader) does not charge running tasks for its own downtime."""
+    cluster's new leader) does not charge running tasks for its own downtime.
+    A new cluster leader keeps its workers' connections (``connections_lost=False``)."""
     bus, config = runtime.bus, state_config(runtime.settings)
     if bus.state.config != config:
         await bus.execute(c.Configure(time.time(), config))
-    await bus.execute(c.CoordinatorStarted(time.time()))
+    await bus.execute(c.CoordinatorStarted(time.time(), connections_lost))
 
 
 async def start_cluster_serving(runtime: Runtime, node: ClusterNode) -> asyncio.Task[None]:
     """Start the log writer and applier, join the election; the clock ticks
     only while this node leads."""
     node.bus.start()
-    await node.start(on_elected=lambda: journal_start(runtime))
+    await node.start(on_elected=lambda: journal_start(runtime, connections_lost=False))
     log.info("coordinator %s serving on %s", node.settings.node_id, node.settings.advertise_url)
     return asyncio.create_task(
         run_clock(node.bus, lambda: node.election.is_leader), name="dtf-clock"

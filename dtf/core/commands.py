@@ -102,10 +102,15 @@ class Tick(Struct, frozen=True, tag="tick"):
 
 
 class CoordinatorStarted(Struct, frozen=True, tag="coordinator_started"):
-    """A coordinator (re)started. Its downtime is not held against workers:
-    every live lease gets a fresh lease period from ``at``."""
+    """A coordinator (re)started, or a cluster's new leader took over the clock.
+    Its downtime is not held against workers: every live lease gets a fresh
+    lease period from ``at``. ``connections_lost``: every worker connection
+    died with the coordinator, so connected workers become suspect until they
+    register again; False for a new cluster leader, whose workers stay
+    connected to the other coordinators (and to itself)."""
 
     at: float
+    connections_lost: bool = True
 
 
 class Configure(Struct, frozen=True, tag="configure"):

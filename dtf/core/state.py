@@ -122,7 +122,7 @@ class State(SubmissionMixin, CheckpointMixin, HealthMixin):
             self.timers.push(
                 task.lease.expires_at, TimerKind.LEASE, task.seq, task.id, task.lease.fence
             )
-        self.forgive_downtime(now)
+        self.forgive_downtime(now, connections_lost=command.connections_lost)
 
     # -- the clock ---------------------------------------------------------
 

@@ -167,12 +167,12 @@ class WorkerMixin(Lifecycle):
         self.lose_attempt(task, reason, now)
         return True
 
-    def forgive_downtime(self, now: float) -> None:
-        """After a coordinator restart every connection is gone, but the
-        coordinator's own downtime is not counted as worker silence."""
+    def forgive_downtime(self, now: float, *, connections_lost: bool) -> None:
+        """The coordinator's own downtime is not counted as worker silence;
+        after a restart (``connections_lost``) every connection is gone too."""
         for worker in self.workers.values():
             worker.last_seen_at = max(worker.last_seen_at, now)
-            if worker.status is WorkerStatus.ONLINE:
+            if connections_lost and worker.status is WorkerStatus.ONLINE:
                 self.set_worker_status(worker, WorkerStatus.SUSPECT, "coordinator restarted")
 
     def set_worker_status(self, worker: WorkerRecord, status: WorkerStatus, reason: str) -> None:

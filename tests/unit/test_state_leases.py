@@ -196,6 +196,17 @@ def test_coordinator_restart_extends_leases_and_suspects_workers(
     assert attempt_status(leased, "t", 1) is AttemptStatus.RUNNING
 
 
+def test_a_new_cluster_leader_extends_leases_and_keeps_workers_online(
+    leased: StateDriver, make_spec: MakeSpec
+) -> None:
+    assert leased.apply(c.CoordinatorStarted(50.0, connections_lost=False)) == []
+    assert expires_at(leased, "t") == 60.0
+    assert leased.state.workers["w1"].status is WorkerStatus.ONLINE
+    leased.heartbeat("w1", at=51.0)
+    leased.report("t", Outcome(), lease=LeaseRef("t", 1, 1), worker_id="w1", at=52.0)
+    assert events_of(leased.submit(("u", make_spec()), at=53.0), AssignTask) != []
+
+
 def test_coordinator_restart_never_shortens_a_lease(leased: StateDriver) -> None:
     leased.heartbeat("w1", at=9.0)
     leased.apply(c.CoordinatorStarted(1.0))
