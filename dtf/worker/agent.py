@@ -7,7 +7,9 @@ task runs in its own process group, marked so that the reaper sidecar
 kills it should the agent die. Tasks keep running while the connection is down;
 their outcomes are kept until acknowledged and sent again after each
 reconnect. Connection failures rotate through the coordinator URLs with
-capped exponential backoff, forever, until the agent is stopped.
+capped exponential backoff, forever, until the agent is stopped; when an
+established session ends and there are other URLs, the next one is tried at
+once (its coordinator most likely died).
 
 An attempt is dropped, with no outcome reported, when the coordinator
 cancels it or its lease is fenced: the lease table no longer holds it, and
@@ -66,6 +68,7 @@ __all__ = ["WorkerAgent", "WorkerSettings", "run_worker"]
 logger = logging.getLogger(__name__)
 
 OPEN_TIMEOUT_S = 10.0
+MIN_SESSION_FOR_QUICK_SWITCH_S = 1.0
 CLOSE_TIMEOUT_S = 2.0
 REGISTER_TIMEOUT_S = 10.0
 HEARTBEAT_JOIN_S = 5.0
@@ -146,6 +149,7 @@ class WorkerAgent:
         index = 0
         while not self.stopping.is_set():
             target = endpoints[index % len(endpoints)]
+            began = time.monotonic()
             try:
                 registered = await self.serve(target)
             except InvalidStatus as exc:
@@ -154,10 +158,12 @@ class WorkerAgent:
             except (OSError, TimeoutError, WebSocketException, msgspec.DecodeError) as exc:
                 logger.warning("cannot reach coordinator %s: %s", target.base_url, exc)
                 registered = False
+            index += 1
             if registered:
                 backoff.reset()
-            else:
-                index += 1
+                lasted_s = time.monotonic() - began
+                if len(endpoints) > 1 and lasted_s >= MIN_SESSION_FOR_QUICK_SWITCH_S:
+                    continue  # a long session ended: try another coordinator at once
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), backoff.next_delay())
 
