@@ -149,9 +149,19 @@ class KillRounds:
                 return f"{', '.join(down)} not running"
             if not is_flowing(self.writers, FLOWING_WITHIN_S):
                 return "a writer has no recent acknowledged write"
-            return formation_problem(self.cluster.statuses(), node_ids)
+            return formation_problem(self.cluster.statuses(), node_ids) or self.off_leader()
 
         self.wait_for(problem, "the cluster to be whole")
+
+    def off_leader(self) -> str | None:
+        """Whether the leader-only writer last wrote to someone other than the leader."""
+        with self.cluster.http_client() as http:
+            leader = self.cluster.current_leader(http)
+        url = None if leader is None else leader["url"]
+        for writer in self.writers:
+            if writer.name == "leader-only" and writer.serving != url:
+                return f"the leader-only writer writes to {writer.serving}, the leader is {url}"
+        return None
 
     def wait_for(self, problem: Callable[[], str | None], what: str) -> None:
         deadline = time.monotonic() + self.timeout_s

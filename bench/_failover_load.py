@@ -32,6 +32,7 @@ from dtf.errors import DtfError
 POOL = 1000
 REQUEST_TIMEOUT_S = 5.0
 RETRY_PAUSE_S = 0.01
+LEADER_RECHECK_S = 0.5
 
 
 def task_body(writer: str, number: int) -> dict[str, Any]:
@@ -70,7 +71,9 @@ class AnyCoordinator:
 
 
 class LeaderOnly:
-    """Writes only to the leader; after a failure asks the nodes for the leader again."""
+    """Writes only to the leader: asks the nodes for it after a failed write and every
+    ``LEADER_RECHECK_S`` (any node here would take the write, so without the check a
+    leader that stepped down but lives on would keep getting them)."""
 
     name = "leader-only"
 
@@ -79,8 +82,11 @@ class LeaderOnly:
         headers = {"Authorization": f"Bearer {admin_key}"}
         self._http = httpx.Client(headers=headers, timeout=REQUEST_TIMEOUT_S)
         self._leader: str | None = None
+        self._checked_at = 0.0
 
     def write(self, body: dict[str, Any]) -> Written:
+        if time.monotonic() - self._checked_at > LEADER_RECHECK_S:
+            self._leader = None
         leader = self._leader or self._find_leader()
         if leader is None:
             return Written(None, "no leader")
@@ -104,6 +110,7 @@ class LeaderOnly:
             if response.status_code == 200:
                 leader = response.json()["leader"]
                 self._leader = None if leader is None else str(leader["url"])
+                self._checked_at = time.monotonic()
                 return self._leader
         return None
 

@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import numpy
 from _dtf import TRUE_TASK, coordinator, run_batch, workers
+from _procs import BenchError
 
 from dtf.local.ha_cluster import HaCluster
 
@@ -38,7 +39,9 @@ def measure_commands(
     headers = {"Authorization": f"Bearer {admin_key}"}
     with httpx.Client(headers=headers, timeout=REQUEST_TIMEOUT_S) as http:
         seq_before = log_seq(http, urls)
+        cpu_before = time.process_time()
         figures = asyncio.run(_hammer(urls, headers, seconds, concurrency, prefix))
+        figures["client_cpu_share"] = (time.process_time() - cpu_before) / figures["seconds"]
         seq_after = log_seq(http, urls)
     figures["log_entries_per_s"] = (seq_after - seq_before) / figures["seconds"]
     return figures
@@ -109,10 +112,22 @@ def cluster_tasks(cluster: HaCluster, tasks: int, warm_up: int, timeout_s: float
     cluster.start_workers()
     try:
         with node_client(cluster.urls[0], cluster.admin_key) as client:
-            return {"tasks_per_s": measure_tasks(client, tasks, warm_up, timeout_s)}
+            try:
+                return {"tasks_per_s": measure_tasks(client, tasks, warm_up, timeout_s)}
+            except BenchError as error:
+                raise BenchError(f"{error}; workers then: {worker_states(client)}") from error
     finally:
         for process in cluster.worker_processes().values():
             process.stop(timeout_s=10)
+
+
+def worker_states(client: httpx.Client) -> str:
+    """Each worker's status, why, and whether it takes work, as the coordinator says."""
+    listed = client.get("/api/workers").json()["workers"]
+    return "; ".join(
+        f"{w['id']} {w['status']} ({w.get('status_reason')}), takes work: {w.get('takes_work')}"
+        for w in listed
+    )
 
 
 def standalone(work_dir: Path, options: Any, prefix: str) -> dict[str, Any]:

@@ -45,16 +45,17 @@ KILL_ROWS = (
     ("host", "leader-only", "host"),
 )
 KIND_LABELS = {
-    "serving": "the client's coordinator",
-    "leader": "the leader coordinator",
+    "serving": "client's coordinator",
+    "leader": "leader coordinator",
     "host": "etcd leader's host",
 }
-WRITER_LABELS = {"any": "any-coordinator appends", "leader-only": "leader-only writes"}
+WRITER_LABELS = {"any": "any-coordinator", "leader-only": "leader-only"}
 TARGETS = {
     "coordinator": {"p50_s": 1.0, "max_s": 2.0, "stretch_s": 0.3},
     "host": {"p50_s": 1.5, "max_s": 2.5},
 }
 TASKS_TARGET_PER_S = 1000.0
+WIDTH = 120  # the tables' columns, unsqueezed, when the output is not a terminal
 stderr = Console(stderr=True)
 
 
@@ -75,6 +76,8 @@ def parse_options() -> argparse.Namespace:
     parser.add_argument("--tasks", type=int, default=2000, help="tasks per tasks/s run")
     parser.add_argument("--timeout", type=float, default=60.0, help="bound on each wait, s")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--keep", action="store_true", help="keep the data dirs and logs")
+    parser.add_argument("--log-level", default="warning", help="the coordinators' log level")
     options = parser.parse_args()
     if options.quick:
         options.kills, options.seconds, options.tasks = 3, 2.0, 1000
@@ -116,7 +119,7 @@ def measure_all(options: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         workers=options.workers,
         slots=options.slots,
         base_port=0,
-        log_level="warning",
+        log_level=options.log_level,
         startup_timeout_s=options.timeout,
     )
     cluster = HaCluster(settings, on_event)
@@ -173,7 +176,6 @@ def cluster_throughput(cluster: HaCluster, options: argparse.Namespace) -> dict[
 def kill_figures(
     cluster: HaCluster, kinds: list[Kind], options: argparse.Namespace
 ) -> dict[str, Any]:
-    """Kinds take turns, so drift in the machine's load spreads over all of them."""
     writers = [
         Writer(AnyCoordinator(cluster.urls, cluster.admin_key), options.write_interval),
         Writer(LeaderOnly(cluster.urls, cluster.admin_key), options.write_interval),
@@ -184,10 +186,15 @@ def kill_figures(
     done: list[Round] = []
     stopped_early = None
     try:
-        for number in range(options.kills):
-            for kind in kinds:
-                done.append(rounds.run(kind))
-                stderr.print(f"[dim]round {number + 1} {round_text(done[-1])}[/dim]")
+        for number, kind in enumerate(schedule(kinds, options.kills), start=1):
+            done.append(rounds.run(kind))
+            stderr.print(f"[dim]kill {number}: {round_text(done[-1])}[/dim]")
+            stranded = [name for name, gap in done[-1].gaps_s.items() if gap is None]
+            if stranded:
+                raise RoundFailed(
+                    f"{', '.join(stranded)}: no write accepted within {options.timeout:g} s "
+                    "of the kill"
+                )
     except RoundFailed as error:
         stopped_early = f"after {len(done)} kills: {error}"
         stderr.print(f"[red]kill rounds stopped {escape(stopped_early)}[/red]")
@@ -201,6 +208,13 @@ def kill_figures(
         "writes_acknowledged": {w.name: w.acks for w in writers},
         "writes_failed": {w.name: dict(w.failures) for w in writers},
     }
+
+
+def schedule(kinds: list[Kind], kills: int) -> list[Kind]:
+    """Coordinator kills take turns, so drift in the machine's load spreads over both
+    kinds; the etcd leader's host kills come after them."""
+    turns = [kind for _ in range(kills) for kind in kinds if kind != "host"]
+    return turns + [kind for kind in kinds if kind == "host"] * kills
 
 
 def round_text(done: Round) -> str:
@@ -256,7 +270,7 @@ def ratios(summary: dict[str, Any]) -> dict[str, float]:
 
 
 def render(figures: dict[str, Any]) -> None:
-    console = Console()
+    console = Console(width=max(Console().width, WIDTH))
     kills = figures.get("kills")
     if kills and "error" not in kills:
         console.print(kill_table(kills["summary"]))
@@ -282,7 +296,8 @@ def render(figures: dict[str, Any]) -> None:
 
 def kill_table(summary: dict[str, Any]) -> Table:
     table = Table(title="SIGKILL → next accepted write, seconds")
-    for column in ("killed", "client", "kills (leader)", "p50", "p99", "max", "target", "met"):
+    columns = ("killed", "client", "kills (leader)", "p50", "p99", "max", "target p50/max", "met")
+    for column in columns:
         table.add_column(column, justify="left" if column in ("killed", "client") else "right")
     for key, row in summary.items():
         if key == "ratios":
@@ -291,7 +306,7 @@ def kill_table(summary: dict[str, Any]) -> Table:
         values = [row.get(stat) for stat in ("p50_s", "p99_s", "max_s")]
         cells = ["-" if v is None else f"{v:.3f}" for v in values]
         if row["missed"]:
-            cells[2] = f"{row['missed']} without a write"
+            cells[2] = f"{row['missed']} never"
         table.add_row(
             KIND_LABELS[row["kind"]],
             WRITER_LABELS[row["writer"]],
@@ -304,9 +319,9 @@ def kill_table(summary: dict[str, Any]) -> Table:
 
 
 def target_text(target: dict[str, float]) -> str:
-    text = f"p50 ≤ {target['p50_s']:g}, max ≤ {target['max_s']:g}"
+    text = f"≤{target['p50_s']:.1f} / ≤{target['max_s']:.1f}"
     if "stretch_s" in target:
-        text += f" (stretch < {target['stretch_s']:g})"
+        text += f" (<{target['stretch_s']:.1f})"
     return text
 
 
@@ -317,8 +332,8 @@ def verdict(row: dict[str, Any], target: dict[str, float]) -> str:
     text = "yes" if met else "no"
     if "stretch_s" in target and row["writer"] == "any":
         stretch = row["max_s"] < target["stretch_s"]
-        text += ", stretch " + (
-            "yes" if stretch else "p50 only" if row["p50_s"] < target["stretch_s"] else "no"
+        text += "; stretch " + (
+            "yes" if stretch else "p50" if row["p50_s"] < target["stretch_s"] else "no"
         )
     return text
 
@@ -342,23 +357,20 @@ def ratio_lines(found: dict[str, float]) -> list[str]:
 
 def throughput_table(figures: dict[str, Any]) -> Table:
     table = Table(title="Throughput, same run")
-    for column in ("system", "commands/s", "p50 ms", "p99 ms", "tasks/s end to end"):
+    columns = ("system", "commands/s", "p50 ms", "p99 ms", "client CPU", "tasks/s end to end")
+    for column in columns:
         table.add_column(column, justify="left" if column == "system" else "right")
     single, cluster = figures.get("standalone", {}), figures.get("cluster", {})
     rows = (
-        ("standalone coordinator (SQLite)", single.get("commands"), single.get("tasks")),
-        (
-            "3-node cluster, writes to all nodes",
-            cluster.get("commands", {}).get("spread"),
-            cluster.get("tasks"),
-        ),
-        ("3-node cluster, writes to the leader", cluster.get("commands", {}).get("leader"), None),
+        ("standalone (SQLite)", single.get("commands"), single.get("tasks")),
+        ("cluster, to all nodes", cluster.get("commands", {}).get("spread"), cluster.get("tasks")),
+        ("cluster, to the leader", cluster.get("commands", {}).get("leader"), None),
     )
     for label, commands, tasks in rows:
         table.add_row(label, *command_cells(commands), task_cell(tasks))
     for source in (single, cluster):
         if "error" in source:
-            table.add_row("[red]error[/red]", escape(source["error"][:100]), "", "", "")
+            table.add_row("[red]error[/red]", escape(source["error"][:300]), "", "", "", "")
     single_tasks = single.get("tasks", {}).get("tasks_per_s")
     cluster_tasks_per_s = cluster.get("tasks", {}).get("tasks_per_s")
     single_commands = single.get("commands", {}).get("commands_per_s")
@@ -367,19 +379,20 @@ def throughput_table(figures: dict[str, Any]) -> Table:
     ratio_tasks = (
         f"{cluster_tasks_per_s / single_tasks:.2f}" if cluster_tasks_per_s and single_tasks else "-"
     )
-    table.add_row("ratio cluster / standalone", ratio_commands, "", "", ratio_tasks)
-    table.add_row("target (cluster)", "", "", "", f"≥ {TASKS_TARGET_PER_S:,.0f}")
+    table.add_row("cluster / standalone", ratio_commands, "", "", "", ratio_tasks)
+    table.add_row("target (cluster)", "", "", "", "", f"≥ {TASKS_TARGET_PER_S:,.0f}")
     return table
 
 
 def command_cells(commands: dict[str, Any] | None) -> list[str]:
     if not commands or "commands_per_s" not in commands:
-        return ["-", "-", "-"]
+        return ["-", "-", "-", "-"]
     p50, p99 = commands["latency_p50_s"], commands["latency_p99_s"]
     return [
         f"{commands['commands_per_s']:,.0f}",
         "-" if p50 is None else f"{1000 * p50:.1f}",
         "-" if p99 is None else f"{1000 * p99:.1f}",
+        f"{commands['client_cpu_share']:.2f}",
     ]
 
 
@@ -391,8 +404,13 @@ def task_cell(tasks: dict[str, Any] | None) -> str:
 
 def main() -> None:
     options = parse_options()
-    with tempfile.TemporaryDirectory(prefix="dtf-failover-") as work_dir:
+    if options.keep:
+        work_dir = tempfile.mkdtemp(prefix="dtf-failover-")
+        stderr.print(f"data dirs and logs stay in {work_dir}")
         figures = measure_all(options, Path(work_dir))
+    else:
+        with tempfile.TemporaryDirectory(prefix="dtf-failover-") as work_dir:
+            figures = measure_all(options, Path(work_dir))
     if options.json:
         json.dump(figures, sys.stdout, indent=2)
         print()
