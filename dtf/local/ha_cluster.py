@@ -6,9 +6,10 @@ through its own etcd member first, all with one generated admin key. Once every 
 ``/api/cluster/status`` lists all nodes and the same leader (a bounded wait) it creates
 a worker key and starts the workers, each given every coordinator URL. Two supervisors
 (``dtf.local.supervisor``) restart a coordinator or worker that dies, after a backoff.
-With ``kill_every_s`` a ``LeaderKiller`` thread SIGKILLs the leader now and then and
-times how long until ``/api/cluster/leader`` shows a successor; the supervisor brings
-the killed node back. Everything noteworthy goes to ``on_event(kind, fields)``.
+With ``kill_every_s`` a ``LeaderKiller`` thread (``dtf.local.leader_killer``) SIGKILLs
+the leader now and then and times how long until ``/api/cluster/leader`` shows a
+successor; the supervisor brings the killed node back. Everything noteworthy goes to
+``on_event(kind, fields)``.
 ``stop`` stops workers, then followers, then the leader (SIGTERM, so it resigns at
 once), then etcd.
 """
@@ -23,7 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -34,10 +35,12 @@ from dtf.local.processes import ManagedProcess, is_port_free, start_process, sto
 from dtf.local.supervisor import RestartBackoff, WorkerSupervisor, exit_text
 from dtf.testing.etcd import EtcdCluster, free_ports
 
+if TYPE_CHECKING:
+    from dtf.local.leader_killer import LeaderKiller
+
 logger = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
-POLL_INTERVAL_S = 0.05
 STARTUP_POLL_S = 0.2
 PROBE_TIMEOUT_S = 1.0
 COORDINATOR_BACKOFF = RestartBackoff(min_s=0.5, max_s=2.0)
@@ -64,6 +67,7 @@ class HaSettings:
     stop_timeout_s: float = 10.0
     python: str = sys.executable
     base_env: Mapping[str, str] | None = None  # None: inherit this process's environment
+    coordinator_flags: tuple[str, ...] = ()  # appended to every coordinator's command line
 
 
 @dataclass(frozen=True)
@@ -95,13 +99,15 @@ def plan_nodes(data_dir: Path, ports: list[int], etcd_urls: list[str]) -> list[N
     ]
 
 
-def coordinator_argv(python: str, node: Node, cluster_name: str, log_level: str) -> list[str]:
+def coordinator_argv(settings: HaSettings, node: Node) -> list[str]:
+    """Coordinator ``node``'s command line, ``settings.coordinator_flags`` last."""
     return [
-        *(python, "-m", "dtf.cli", "coordinator"),
-        *("--cluster", cluster_name, "--etcd", ",".join(node.etcd_endpoints)),
+        *(settings.python, "-m", "dtf.cli", "coordinator"),
+        *("--cluster", settings.cluster_name, "--etcd", ",".join(node.etcd_endpoints)),
         *("--advertise", node.url, "--node-id", node.node_id),
         *("--host", LOOPBACK, "--port", str(node.port)),
-        *("--data-dir", str(node.data_dir), "--log-level", log_level),
+        *("--data-dir", str(node.data_dir), "--log-level", settings.log_level),
+        *settings.coordinator_flags,
     ]
 
 
@@ -154,16 +160,16 @@ class HaCluster:
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.supervisors = [
-            # WorkerSupervisor calls whatever it watches a "worker" in its reports.
             WorkerSupervisor(
                 self.coordinator_processes,
                 self.restart_coordinator,
-                lambda line: self.notice(line.replace("worker", "coordinator", 1)),
+                self.notice,
                 COORDINATOR_BACKOFF,
+                kind="coordinator",
             ),
             WorkerSupervisor(self.worker_processes, self.restart_worker, self.notice),
         ]
-        self.killer = LeaderKiller(self, settings.kill_every_s) if settings.kill_every_s else None
+        self.killer = self._leader_killer()
 
     @property
     def urls(self) -> list[str]:
@@ -217,9 +223,7 @@ class HaCluster:
             self.start_coordinator(node)
 
     def start_coordinator(self, node: Node) -> ManagedProcess:
-        argv = coordinator_argv(
-            self.settings.python, node, self.settings.cluster_name, self.settings.log_level
-        )
+        argv = coordinator_argv(self.settings, node)
         log_path = self.logs_dir / f"{node.node_id}.log"
         env = self._child_env(DTF_ADMIN_KEY=self.admin_key)
         process = start_process(f"coordinator {node.node_id}", argv, log_path, env)
@@ -360,6 +364,12 @@ class HaCluster:
         )
         return process
 
+    def _leader_killer(self) -> LeaderKiller | None:
+        from dtf.local.leader_killer import LeaderKiller  # it imports this module
+
+        every_s = self.settings.kill_every_s
+        return LeaderKiller(self, every_s) if every_s else None
+
     def _fixed_ports(self) -> list[int]:
         base = self.settings.base_port
         ports = list(range(base, base + self.settings.nodes))
@@ -395,72 +405,6 @@ class HaCluster:
                 )
             if self.stopping.wait(STARTUP_POLL_S):
                 raise ClusterError(f"stopped while waiting for {what} ({last})")
-
-
-class LeaderKiller:
-    """Every ``every_s``: SIGKILL the leader coordinator (when all nodes are up), then time
-    how long until ``/api/cluster/leader`` on any node shows a leader of a later epoch."""
-
-    def __init__(self, cluster: HaCluster, every_s: float) -> None:
-        self.cluster = cluster
-        self.every_s = every_s
-        self.thread = threading.Thread(target=self._run, name="leader-killer", daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def join(self) -> None:
-        if self.thread.is_alive():
-            self.thread.join()
-
-    def kill_leader(self, http: httpx.Client) -> None:
-        """Kill only a cluster that is whole again, so one node at most is ever down."""
-        statuses = self.cluster.statuses()
-        problem = formation_problem(statuses, self.cluster.node_ids)
-        leader = newest_leader(list(statuses.values()))
-        if problem is not None or leader is None:
-            self.cluster.notice(f"fault injection: skipped a kill ({problem or 'no leader'})")
-            return
-        process = self.cluster.coordinator_processes()[leader["node_id"]]
-        killed_at = time.monotonic()
-        self.cluster.emit(
-            "leader_killed",
-            {"node_id": leader["node_id"], "epoch": leader["epoch"], "pid": process.pid},
-        )
-        process.kill_tree()
-        successor = self._wait_for_successor(http, leader["epoch"])
-        if successor is None:
-            return
-        self.cluster.emit(
-            "leader_elected",
-            {
-                "node_id": successor["node_id"],
-                "epoch": successor["epoch"],
-                "previous_node_id": leader["node_id"],
-                "previous_epoch": leader["epoch"],
-                "failover_s": round(time.monotonic() - killed_at, 3),
-            },
-        )
-
-    def _wait_for_successor(self, http: httpx.Client, epoch: int) -> Record | None:
-        timeout_s = self.cluster.settings.failover_timeout_s
-        deadline = time.monotonic() + timeout_s
-        while not self.cluster.stopping.wait(POLL_INTERVAL_S):
-            leader = self.cluster.current_leader(http)
-            if leader is not None and leader["epoch"] > epoch:
-                return leader
-            if time.monotonic() > deadline:
-                self.cluster.notice(f"fault injection: no new leader {timeout_s:g}s after the kill")
-                return None
-        return None
-
-    def _run(self) -> None:
-        with self.cluster.http_client() as http:
-            while not self.cluster.stopping.wait(self.every_s):
-                try:
-                    self.kill_leader(http)
-                except Exception:  # fault injection must outlive any one failed round
-                    logger.exception("leader kill round failed")
 
 
 def _require_fresh(data_dir: Path) -> None:

@@ -6,6 +6,8 @@ fault injection) is started again under the same id after a delay that
 doubles with each death in quick succession: 0.5 s, 1 s, 2 s... at most
 10 s; a worker that stayed up for a minute starts the count again. Every
 death and restart is reported through ``report`` (``dtf up`` prints it).
+``dtf cluster local`` runs one for its workers and one (``kind="coordinator"``) for its
+coordinators.
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ def exit_text(code: int | None) -> str:
 
 
 class WorkerSupervisor:
-    """Watches ``workers()`` (id -> process) and calls ``restart(id)`` for dead ones."""
+    """Watches ``workers()`` (id -> process) and calls ``restart(id)`` for dead ones;
+    its reports call each process a ``kind`` (``coordinator node-2 exited ...``)."""
 
     def __init__(
         self,
@@ -60,12 +63,14 @@ class WorkerSupervisor:
         restart: Callable[[str], ManagedProcess],
         report: Callable[[str], None],
         backoff: RestartBackoff = RestartBackoff(),
+        kind: str = "worker",
     ) -> None:
         self.workers, self.restart, self.report, self.backoff = workers, restart, report, backoff
+        self.kind = kind
         self.watched: dict[str, _Watched] = {}
         self.restarts = 0
         self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="worker-supervisor", daemon=True)
+        self.thread = threading.Thread(target=self._run, name=f"{kind}-supervisor", daemon=True)
 
     def start(self) -> None:
         self.thread.start()
@@ -76,7 +81,7 @@ class WorkerSupervisor:
             self.thread.join()
 
     def check(self, now: float) -> None:
-        """One look at every worker: schedule restarts of the dead, do those due."""
+        """One look at every process: schedule restarts of the dead, do those due."""
         for worker_id, process in self.workers().items():
             watched = self.watched.setdefault(worker_id, _Watched(started_at=now))
             if process.is_running:
@@ -94,7 +99,7 @@ class WorkerSupervisor:
         delay_s = self.backoff.delay_s(watched.quick_deaths)
         watched.restart_at = now + delay_s
         self.report(
-            f"worker {worker_id} {exit_text(process.exit_code)}; "
+            f"{self.kind} {worker_id} {exit_text(process.exit_code)}; "
             f"restarting it in {delay_s:g}s (see {process.log_path})"
         )
 
@@ -103,15 +108,15 @@ class WorkerSupervisor:
             process = self.restart(worker_id)
         except OSError as exc:
             watched.restart_at = now + self.backoff.max_s
-            self.report(f"could not restart worker {worker_id}: {exc}; trying again later")
+            self.report(f"could not restart {self.kind} {worker_id}: {exc}; trying again later")
             return
         watched.started_at, watched.restart_at = now, None
         self.restarts += 1
-        self.report(f"restarted worker {worker_id} (pid {process.pid})")
+        self.report(f"restarted {self.kind} {worker_id} (pid {process.pid})")
 
     def _run(self) -> None:
         while not self.stopping.wait(POLL_INTERVAL_S):
             try:
                 self.check(time.monotonic())
             except Exception:  # the supervisor must outlive any one failed look
-                logger.exception("worker supervisor check failed")
+                logger.exception("%s supervisor check failed", self.kind)

@@ -1,9 +1,9 @@
 """Failover tests on a real coordinator cluster: nodes killed and restarted by the test,
 and what the tasks themselves saw.
 
-How this works: ``FailoverCluster`` is ``dtf cluster local``'s ``HaCluster`` with two
-changes for tests: coordinators get extra flags (``--snapshot-every 200``), and no
-supervisor restarts a node by itself, so a test decides when a killed node returns.
+How this works: ``FailoverCluster`` is ``dtf cluster local``'s ``HaCluster`` with no
+supervisor restarting a node by itself, so a test decides when a killed node returns;
+extra coordinator flags (``--snapshot-every 200``) go in ``HaSettings.coordinator_flags``.
 ``recording_command`` is a shell command that appends ``start``, ``end`` (or
 ``stopped`` on SIGTERM) lines with its task id, attempt, pid and wall time to one
 file opened with O_APPEND; ``read_runs`` and ``run_problems`` check from those lines,
@@ -26,8 +26,8 @@ from typing import Any, TypeVar
 from dtf.client import Client
 from dtf.cluster.etcd import Etcd, EtcdSettings
 from dtf.cluster.log import EtcdLog
-from dtf.local.ha_cluster import HaCluster, HaSettings, Node, coordinator_argv
-from dtf.local.processes import ManagedProcess, start_process
+from dtf.local.ha_cluster import HaCluster, HaSettings
+from dtf.local.processes import ManagedProcess
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +49,13 @@ def poll(probe: Callable[[], T | None], timeout_s: float, what: str) -> T:
 
 
 class FailoverCluster(HaCluster):
-    """``FailoverCluster(HaSettings(tmp, base_port=0), ["--snapshot-every", "200"])``:
-    ``start()`` runs etcd members, coordinators (``node-1`` leading when the workers
-    start) and workers given every coordinator URL in node order; ``stop()`` (in a
-    ``finally``) ends them all. What the cluster reports is logged."""
+    """``FailoverCluster(HaSettings(tmp, base_port=0))``: ``start()`` runs etcd members,
+    coordinators (``node-1`` leading when the workers start) and workers given every
+    coordinator URL in node order; ``stop()`` (in a ``finally``) ends them all. What the
+    cluster reports is logged."""
 
-    def __init__(self, settings: HaSettings, coordinator_flags: Sequence[str] = ()) -> None:
+    def __init__(self, settings: HaSettings) -> None:
         super().__init__(settings, lambda kind, fields: log.info("%s: %s", kind, fields))
-        self.coordinator_flags = tuple(coordinator_flags)
 
     def start(self) -> None:
         """As ``HaCluster.start`` without supervisors, and with ``node-1`` leading, so the
@@ -66,19 +65,6 @@ class FailoverCluster(HaCluster):
         self.wait_formed()
         self.hand_leadership_to(self.nodes[0].node_id)
         self.start_workers()
-
-    def start_coordinator(self, node: Node) -> ManagedProcess:
-        settings = self.settings
-        argv = coordinator_argv(settings.python, node, settings.cluster_name, settings.log_level)
-        process = start_process(
-            f"coordinator {node.node_id}",
-            [*argv, *self.coordinator_flags],
-            self.logs_dir / f"{node.node_id}.log",
-            self._child_env(DTF_ADMIN_KEY=self.admin_key),
-        )
-        with self.lock:
-            self.coordinators[node.node_id] = process
-        return process
 
     def url_of(self, node_id: str) -> str:
         return next(node.url for node in self.nodes if node.node_id == node_id)

@@ -56,7 +56,10 @@ def test_each_node_talks_to_its_own_etcd_member_first(tmp_path: Path) -> None:
 
 def test_coordinator_command_line(tmp_path: Path) -> None:
     node = plan_nodes(tmp_path, [8090, 8091, 8092], ETCD_URLS)[2]
-    argv = coordinator_argv("python", node, "local", "info")
+    snapshot_flags = ("--snapshot-every", "200")
+    argv = coordinator_argv(
+        HaSettings(tmp_path, python="python", coordinator_flags=snapshot_flags), node
+    )
     assert argv[:4] == ["python", "-m", "dtf.cli", "coordinator"]
     flags = dict(zip(argv[4::2], argv[5::2], strict=True))
     assert flags == {
@@ -68,6 +71,7 @@ def test_coordinator_command_line(tmp_path: Path) -> None:
         "--port": "8092",
         "--data-dir": str(tmp_path / "node-3"),
         "--log-level": "info",
+        "--snapshot-every": "200",
     }
 
 

@@ -44,9 +44,13 @@ STRANDED_WAIT_S = 8.0
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FailoverCluster]:
     require_etcd()
     settings = HaSettings(
-        tmp_path_factory.mktemp("ha") / "cluster", workers=3, slots=6, base_port=0
+        tmp_path_factory.mktemp("ha") / "cluster",
+        workers=3,
+        slots=6,
+        base_port=0,
+        coordinator_flags=("--snapshot-every", str(SNAPSHOT_EVERY)),
     )
-    started = FailoverCluster(settings, ["--snapshot-every", str(SNAPSHOT_EVERY)])
+    started = FailoverCluster(settings)
     print(f"cluster logs in {started.logs_dir}")
     try:
         started.start()

@@ -39,9 +39,9 @@ class Fleet:
         self.processes[worker_id] = process
         return cast(ManagedProcess, process)
 
-    def supervisor(self, **backoff: Any) -> WorkerSupervisor:
+    def supervisor(self, kind: str = "worker", **backoff: Any) -> WorkerSupervisor:
         return WorkerSupervisor(
-            self.workers, self.restart, self.lines.append, RestartBackoff(**backoff)
+            self.workers, self.restart, self.lines.append, RestartBackoff(**backoff), kind
         )
 
 
@@ -68,6 +68,19 @@ def test_a_dead_worker_is_restarted_once_its_backoff_passed() -> None:
     assert fleet.processes["w1"].pid == 101
     assert fleet.lines[-1] == "restarted worker w1 (pid 101)"
     assert supervisor.restarts == 1
+
+
+def test_reports_name_what_is_supervised() -> None:
+    fleet = Fleet()
+    supervisor = fleet.supervisor("coordinator", min_s=0.5)
+    supervisor.check(now=0.0)
+    fleet.processes["w1"].exit_code = 1
+    supervisor.check(now=1.0)
+    supervisor.check(now=1.5)
+    assert fleet.lines == [
+        "coordinator w1 exited with code 1; restarting it in 0.5s (see /logs/worker.log)",
+        "restarted coordinator w1 (pid 101)",
+    ]
 
 
 def test_quick_deaths_wait_longer_and_a_stable_run_starts_the_count_again() -> None:
