@@ -83,7 +83,7 @@ class WorkerHub:
     def _send_assign(self, event: AssignTask) -> None:
         """An assignment, with the checkpoint grant for its process when there are grants."""
         connection = self._connections.get(event.worker_id)
-        if connection is None:
+        if connection is None or not self._is_current(event):
             return
         lease = LeaseRef(event.task_id, event.attempt, event.fence)
         grant = (
@@ -94,6 +94,14 @@ class WorkerHub:
                 lease.task_id, lease.attempt, lease.fence, event.spec, event.lease_timeout_s, grant
             )
         )
+
+    def _is_current(self, event: AssignTask) -> bool:
+        """Whether the assignment still stands once its whole batch is applied: a
+        cluster node catching up on the log applies assignments whose leases later
+        entries already ended, and those must not start a run now."""
+        task = self.bus.state.tasks.get(event.task_id)
+        lease = None if task is None else task.lease
+        return lease is not None and (lease.attempt, lease.fence) == (event.attempt, event.fence)
 
     def _send(self, worker_id: str, message: OutboundMessage) -> None:
         connection = self._connections.get(worker_id)
