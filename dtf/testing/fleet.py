@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -126,3 +126,43 @@ def leader_id(url: str, admin_key: str) -> str | None:
     status = cluster_status(url, admin_key)
     leader = status.get("leader") if status else None
     return str(leader["node_id"]) if leader else None
+
+
+def workers_summary(url: str, admin_key: str) -> str:
+    """``w1 online holding 1/2 ['t1'], w2 suspect (why) ... takes no work (breaker
+    open, health 40/50: why)``: the workers as node ``url`` shows them."""
+    reply = get_json(f"{url}/api/workers", admin_key)
+    if reply is None:
+        return f"{url} does not answer"
+    return ", ".join(_worker_summary(worker) for worker in reply["workers"])
+
+
+def _worker_summary(worker: dict[str, Any]) -> str:
+    leases = worker.get("leases", [])
+    text = f"{worker['id']} {worker['status']} holding {len(leases)}/{worker.get('slots')} {leases}"
+    if worker.get("status_reason"):
+        text += f" ({worker['status_reason']})"
+    if not worker.get("takes_work", True):
+        health, breaker = worker.get("health", {}), worker.get("breaker", {})
+        text += (
+            f" takes no work (breaker {breaker.get('state')}, health "
+            f"{health.get('score')}/{health.get('threshold')}: {health.get('summary')})"
+        )
+    return text
+
+
+def cluster_summary(nodes: Mapping[str, str], admin_key: str) -> str:
+    """Each node's applied position, the log's tail, the leader it sees and its workers:
+    what a failed wait on a cluster needs to say."""
+    lines = []
+    for node, url in nodes.items():
+        status = cluster_status(url, admin_key)
+        if status is None:
+            lines.append(f"{node}: does not answer")
+            continue
+        leader = (status.get("leader") or {}).get("node_id")
+        lines.append(
+            f"{node}: applied {status['applied_seq']} of {status['log_seq']}, leader {leader}; "
+            f"workers: {workers_summary(url, admin_key)}"
+        )
+    return "\n".join(lines)

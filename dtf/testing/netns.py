@@ -2,12 +2,15 @@
 
 How this works: ``Namespace.create`` (root or CAP_NET_ADMIN) makes a namespace and a
 veth pair carrying a private /30 picked from 10.231.0.0/16 (host side ``.1``,
-namespace side ``.2``); nothing is routed beyond the pair, so every packet stays on this
-machine. Processes started through ``wrap(argv)`` live in the namespace, where
-127.0.0.1 is the namespace's own loopback. ``cut`` takes the host side of the pair
-down: packets between the namespace and the host are dropped (connections stall, as
-in a real partition) while each side still reaches itself; ``heal`` brings it back.
-``delete`` removes the namespace and the pair.
+namespace side ``.2``). Processes started through ``wrap(argv)`` live in the namespace,
+where 127.0.0.1 is the namespace's own loopback and the pair is the only way out.
+``cut`` takes the namespace's end of the pair down, as if its cable were pulled: the
+host keeps its route to the /30 (marked linkdown) and its packets there are dropped,
+so connections stall as in a real partition, while each side still reaches itself;
+``heal`` brings the end back up. A blackhole route for the /30 (of lower priority than
+the pair's own) keeps packets on this machine should the host side lose that route:
+without it they would follow the default route off the machine. ``delete`` removes the
+namespace, the pair and the blackhole route.
 
 Servers on the host listen on 127.0.0.1; a ``TcpRelay`` on the host side address
 forwards connections from the namespace to one of them, so what the namespace
@@ -35,6 +38,7 @@ logger = logging.getLogger(__name__)
 SUBNETS = ipaddress.IPv4Network("10.231.0.0/16")
 IP_TIMEOUT_S = 10.0
 RELAY_BUFFER_BYTES = 65536
+BLACKHOLE_METRIC = "4000"
 
 
 class NetnsUnavailable(DtfError):
@@ -95,7 +99,12 @@ class Namespace:
             raise
         return namespace
 
+    @property
+    def network(self) -> str:
+        return str(ipaddress.ip_interface(f"{self.host_address}/30").network)
+
     def _build(self, prefix_length: int) -> None:
+        ip("route", "add", "blackhole", self.network, "metric", BLACKHOLE_METRIC)
         ip("netns", "add", self.name)
         ip("link", "add", self.host_veth, "type", "veth", "peer", "name", self.inner_veth)
         ip("link", "set", self.inner_veth, "netns", self.name)
@@ -111,16 +120,21 @@ class Namespace:
         return ["ip", "netns", "exec", self.name, *argv]
 
     def cut(self) -> None:
-        ip("link", "set", self.host_veth, "down")
+        ip("netns", "exec", self.name, "ip", "link", "set", self.inner_veth, "down")
         logger.info("namespace %s cut off", self.name)
 
     def heal(self) -> None:
-        ip("link", "set", self.host_veth, "up")
+        ip("netns", "exec", self.name, "ip", "link", "set", self.inner_veth, "up")
         logger.info("namespace %s joined again", self.name)
 
     def delete(self) -> None:
-        """Remove the namespace and the veth pair; safe to call on a half-built one."""
-        for args in (("netns", "del", self.name), ("link", "del", self.host_veth)):
+        """Remove the namespace, the veth pair and the blackhole route; safe to call on a
+        half-built one."""
+        for args in (
+            ("netns", "del", self.name),
+            ("link", "del", self.host_veth),
+            ("route", "del", "blackhole", self.network, "metric", BLACKHOLE_METRIC),
+        ):
             with contextlib.suppress(NetnsUnavailable):
                 ip(*args)
 
