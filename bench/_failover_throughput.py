@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import numpy
+import psutil
 from _dtf import TRUE_TASK, coordinator, run_batch, workers
 from _procs import BenchError
 
@@ -141,10 +142,41 @@ def node_client(url: str, admin_key: str) -> Iterator[httpx.Client]:
         yield client
 
 
-def measure_tasks(client: httpx.Client, tasks: int, warm_up: int, timeout_s: float) -> float:
+def measure_tasks(
+    client: httpx.Client, tasks: int, warm_up: int, timeout_s: float
+) -> dict[str, Any]:
+    """Tasks/s after a warm-up, and the CPU each role spent per task meanwhile."""
     run_batch(client, warm_up, timeout_s)
+    before = cpu_by_role()
     tasks_per_s, _ = run_batch(client, tasks, timeout_s)
-    return tasks_per_s
+    after = cpu_by_role()
+    per_task = {
+        name: 1000 * (seconds - before.get(name, 0.0)) / tasks
+        for name, seconds in sorted(after.items())
+    }
+    return {"tasks_per_s": tasks_per_s, "cpu_ms_per_task": per_task}
+
+
+def cpu_by_role() -> dict[str, float]:
+    """CPU seconds used so far by this script and the processes it started, by role.
+    A worker's count includes the task processes it has reaped."""
+    me = psutil.Process()
+    spent = {"this script": float(sum(me.cpu_times()[:2]))}
+    for process in me.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            name = role(process.cmdline())
+            spent[name] = spent.get(name, 0.0) + float(sum(process.cpu_times()[:4]))
+    return spent
+
+
+def role(argv: list[str]) -> str:
+    if argv and Path(argv[0]).name == "etcd":
+        return "etcd"
+    if "coordinator" in argv:
+        return "coordinators"
+    if "worker" in argv or "dtf.worker.reaper" in argv:
+        return "workers"
+    return "other"
 
 
 def cluster_tasks(cluster: HaCluster, tasks: int, warm_up: int, timeout_s: float) -> dict[str, Any]:
@@ -153,7 +185,7 @@ def cluster_tasks(cluster: HaCluster, tasks: int, warm_up: int, timeout_s: float
     try:
         with node_client(cluster.urls[0], cluster.admin_key) as client:
             try:
-                return {"tasks_per_s": measure_tasks(client, tasks, warm_up, timeout_s)}
+                return measure_tasks(client, tasks, warm_up, timeout_s)
             except BenchError as error:
                 raise BenchError(f"{error}; workers then: {worker_states(client)}") from error
     finally:
@@ -183,7 +215,5 @@ def standalone(work_dir: Path, options: Any, prefix: str) -> dict[str, Any]:
         workers(single, options.workers, options.slots, work_dir),
     ):
         warm_up = options.workers * options.slots * 2
-        figures["tasks"] = {
-            "tasks_per_s": measure_tasks(single.client, options.tasks, warm_up, options.timeout)
-        }
+        figures["tasks"] = measure_tasks(single.client, options.tasks, warm_up, options.timeout)
     return figures

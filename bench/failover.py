@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy
+from _baseline import measure_limit
 from _failover_kills import KINDS, KillRounds, Kind, Round, RoundFailed
 from _failover_load import AnyCoordinator, LeaderOnly, Writer
 from _failover_throughput import cluster_tasks, measure_commands, standalone
@@ -110,6 +111,10 @@ def measure_all(options: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         "load_average_before": os.getloadavg(),
     }
     if "throughput" not in options.skip:
+        figures["limit"] = attempt(
+            f"the limit: {options.workers} processes spawning `true`",
+            lambda: {"tasks_per_s": measure_limit(options.workers, options.tasks)},
+        )
         figures["standalone"] = attempt(
             "standalone coordinator: commands/s, tasks/s",
             lambda: standalone(work_dir, options, "single"),
@@ -287,6 +292,15 @@ def render(figures: dict[str, Any]) -> None:
             )
     if "standalone" in figures or "cluster" in figures:
         console.print(throughput_table(figures))
+        console.print(
+            f"tasks/s limit on this machine, {figures['config']['workers']} processes each "
+            f"running `true` back to back, no scheduler: {task_cell(figures.get('limit'))}"
+        )
+        for name in ("standalone", "cluster"):
+            spent = figures.get(name, {}).get("tasks", {}).get("cpu_ms_per_task")
+            if spent:
+                parts = ", ".join(f"{role} {ms:.2f}" for role, ms in spent.items() if ms >= 0.005)
+                console.print(f"CPU per task end to end, ms, {name}: {parts}")
     before, after = figures["load_average_before"], figures["load_average_after"]
     console.print(
         f"{figures['cpus']} CPUs; load average (1, 5, 15 min) before "
