@@ -205,8 +205,8 @@ def has_fresh_run(cluster: Cluster) -> bool:
 
 
 class LeaseWatch(threading.Thread):
-    """The latest lease expiry (wall time) the host side nodes show for each running
-    (task, attempt), polled until stopped."""
+    """The latest lease expiry (wall time) the host side nodes show for each leased
+    (task, attempt), assigned or running, polled until stopped."""
 
     def __init__(self, cluster: Cluster) -> None:
         super().__init__(name="lease-watch", daemon=True)
@@ -218,7 +218,7 @@ class LeaseWatch(threading.Thread):
         with self.client:
             while not self.stopping.wait(0.1):
                 try:
-                    tasks = self.client.list("running", limit=10_000)
+                    tasks = self.client.list(limit=10_000)
                 except (DtfError, httpx.HTTPError):  # a node busy or electing: poll again
                     continue
                 for task in tasks:
