@@ -276,20 +276,25 @@ class ClusterBus:
     async def _run_applier(self) -> None:
         try:
             await self._apply_forever()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise
+            self._stop_applying()
         except Exception:
-            logger.exception(
-                "cannot apply the log of cluster %s after seq %d; this coordinator stops "
-                "taking writes",
-                self.log.cluster,
-                self.state.applied_seq,
-            )
-            self._closed = True
-            self._wakeup.set()
-            self._fail_pending(
-                CoordinatorUnavailable(
-                    f"this coordinator stopped applying the log; {MAYBE_APPLIED}"
-                )
-            )
+            self._stop_applying()
+
+    def _stop_applying(self) -> None:
+        logger.exception(
+            "cannot apply the log of cluster %s after seq %d; this coordinator stops taking writes",
+            self.log.cluster,
+            self.state.applied_seq,
+        )
+        self._closed = True
+        self._wakeup.set()
+        self._fail_pending(
+            CoordinatorUnavailable(f"this coordinator stopped applying the log; {MAYBE_APPLIED}")
+        )
 
     async def _apply_forever(self) -> None:
         """Follow the watch; when it ends, catch up from the log and watch again

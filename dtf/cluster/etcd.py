@@ -355,7 +355,7 @@ class Etcd:
         from the revision after the last one seen) and ``WatchCompacted`` when the start
         revision is gone. Close it with ``contextlib.aclosing`` when leaving early.
         """
-        client, generation = self._channel.client, self._channel.generation
+        client, generation, endpoint = self._channel.client, self._channel.generation, self.endpoint
         create = rpc.WatchCreateRequest(
             key=prefix, range_end=utils.prefix_range_end(prefix), start_revision=start_revision
         )
@@ -372,6 +372,15 @@ class Etcd:
                     yield events
         except (grpc.aio.AioRpcError, TimeoutError) as error:
             raise await self._watch_failed(error, generation, prefix) from error
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            # grpc raises CancelledError from read() when the channel is closed under the
+            # call (an endpoint rotation retires the old channel): the watch ended, we did not.
+            raise EtcdUnavailable(
+                f"watch on {prefix!r} at {endpoint} ended: its channel was closed"
+            ) from None
         finally:
             call.cancel()
 
