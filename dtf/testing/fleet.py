@@ -142,11 +142,14 @@ def _worker_summary(worker: dict[str, Any]) -> str:
     text = f"{worker['id']} {worker['status']} holding {len(leases)}/{worker.get('slots')} {leases}"
     if worker.get("status_reason"):
         text += f" ({worker['status_reason']})"
+    breaker = worker.get("breaker", {})
+    if breaker.get("state", "closed") != "closed":
+        text += f", breaker {breaker['state']}"
     if not worker.get("takes_work", True):
-        health, breaker = worker.get("health", {}), worker.get("breaker", {})
+        health = worker.get("health", {})
         text += (
-            f" takes no work (breaker {breaker.get('state')}, health "
-            f"{health.get('score')}/{health.get('threshold')}: {health.get('summary')})"
+            f", takes no work (health {health.get('score')}/{health.get('threshold')}: "
+            f"{health.get('summary')})"
         )
     return text
 
