@@ -83,7 +83,7 @@ class WorkerHub:
     def _send_assign(self, event: AssignTask) -> None:
         """An assignment, with the checkpoint grant for its process when there are grants."""
         connection = self._connections.get(event.worker_id)
-        if connection is None or not self._is_current(event):
+        if connection is None or not self._is_current(event, connection):
             return
         lease = LeaseRef(event.task_id, event.attempt, event.fence)
         grant = (
@@ -95,11 +95,17 @@ class WorkerHub:
             )
         )
 
-    def _is_current(self, event: AssignTask) -> bool:
-        """Whether the assignment still stands once its whole batch is applied: a
-        cluster node catching up on the log applies assignments whose leases later
-        entries already ended, and those must not start a run now."""
-        task = self.bus.state.tasks.get(event.task_id)
+    def _is_current(self, event: AssignTask, connection: _Connection) -> bool:
+        """Whether the assignment still stands once its whole batch is applied, and
+        the state has applied this connection's registration. A cluster node catching
+        up on the log applies assignments whose leases later entries already ended;
+        and an assignment made before this session registered is settled by the
+        registration (kept if the worker holds it, ended if not), never sent late."""
+        state = self.bus.state
+        worker = state.workers.get(event.worker_id)
+        if worker is None or worker.session != connection.session:
+            return False
+        task = state.tasks.get(event.task_id)
         lease = None if task is None else task.lease
         return lease is not None and (lease.attempt, lease.fence) == (event.attempt, event.fence)
 
