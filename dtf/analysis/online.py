@@ -1,29 +1,27 @@
 """The check at ingest: has the newest stretch of a series stepped away from its past?
 
-How this works. When a result arrives, the last ``max_recent`` points of the
-series are compared with up to ``baseline_size`` points before them by the rank
-scan of ``dtf.analysis.changepoints``, restricted to splits that leave at least
-``min_recent`` points after and only in the bad direction of the metric
-(two-sided when the direction is unknown); the best split's p-value,
-corrected for the splits scanned, decides whether a step is there. A detection
-must also be large (``min_relative_change``) and, in ``online_checks``, survive
-Benjamini-Hochberg over every series checked in the same ingest.
+How this works. When a result arrives, spikes are set aside first: a point
+more than five robust standard deviations from the baseline and from the median
+of the eight points around it (``dtf.analysis.changepoints.spikes``; a step with
+three points after it is not a spike). A spike costs a rank test more than one
+point: every point after a step ranks below it, as if the step were smaller.
+Then the last ``max_recent`` points are compared with up to ``baseline_size``
+points before them by the rank scan of ``dtf.analysis.changepoints``,
+restricted to splits that leave at least ``min_recent`` points after and only in
+the bad direction of the metric (two-sided when the direction is unknown); the
+best split's p-value, corrected for the splits scanned, decides whether a step
+is there. A detection must also be large (``min_relative_change``, measured
+without the spikes) and, in ``online_checks``, survive Benjamini-Hochberg over
+every series checked in the same ingest.
 
-Where the step is, is a second question with less evidence at first: three to
-ten points after a 5 % step at 3 % noise date it only roughly. The step is dated
-by ``locate`` (the Gaussian maximum-likelihood split of values clipped around
-the baseline, so a spike counts as one high point) among the newest
-``dating_span`` splits, and as it keeps being detected, each repeat that could
-still choose the current dating re-dates it with its larger "after" stretch.
-The rank scan that decides detection dated early when the points just before
-the step ran high, and such a dating stayed wrong. In the bench (160 series per
-config, seeds 5 and 6, 3 % noise), dating by ``locate`` over 20 splits instead
-of by the rank scan over 40 took the 5 % steps seen within 10 results from
-0.963/0.863 to 0.938/0.925 (0.875/0.856 to 0.919/0.850 with spikes) and the 3 %
-steps within 20 from 0.725/0.787 to 0.769/0.856 (0.675/0.700 to 0.694/0.706);
-over 40 splits it did better on 5 % steps and worse on 3 %. A 3 % step at 3 %
-noise is at the limit of dating: with 30 points after it, about one in seven is
-dated more than five points off by either estimate.
+Where the step is, is a second question with less evidence at first. The step is
+dated by ``locate`` among the newest ``dating_span`` splits: the split most
+likely to lie within ``merge_tolerance`` of the step, rather than the single
+most likely split, which a few points running high next to a small step pull
+away. As the step keeps being detected, each repeat whose span still holds the
+current dating re-dates it with its longer "after" stretch. A 3 % step at 3 %
+noise is at the limit of dating: with 20 to 30 points after it, about one in
+seven is dated more than five points off even knowing the step is there.
 
 A step keeps being detected at every later check until the baseline has moved
 past it; ``merge_detections`` folds those repeats into the first detection.
@@ -39,10 +37,10 @@ import msgspec
 import numpy as np
 from msgspec import Struct
 
-from dtf.analysis.changepoints import Side, locate, scan
+from dtf.analysis.changepoints import Side, locate, robust_spread, scan, spikes
 from dtf.analysis.estimates import hodges_lehmann_shift, relative_change
 from dtf.analysis.fdr import benjamini_hochberg
-from dtf.analysis.series import Kind, Series, kind_of
+from dtf.analysis.series import FloatArray, Kind, Series, kind_of
 from dtf.analysis.units import Direction
 
 SIDE_OF_REGRESSION = {
@@ -58,7 +56,7 @@ class OnlineSettings:
     min_baseline: int = 10
     min_recent: int = 3
     max_recent: int = 20
-    dating_span: int = 20  # a detected step is dated among this many newest splits
+    dating_span: int = 25  # a detected step is dated among this many newest splits
     alpha: float = 0.01  # per-check bound on the scan-corrected p-value
     min_relative_change: float = 0.02
     merge_tolerance: int = 5  # repeats date the step within this many points of the first
@@ -115,22 +113,42 @@ def online_checks(
 def candidate(series: Series, settings: OnlineSettings) -> Detection | None:
     """The best recent split in the bad direction, whatever its p-value; ``None`` if too short.
 
-    The p-value is that of the best of the last ``max_recent`` splits; the dating,
-    and the values measured at it, come from the best of the last ``dating_span``.
+    Spikes (``dtf.analysis.changepoints.spikes``) are set aside, from the test and
+    from the medians and shift measured. The p-value is that of the best of the
+    last ``max_recent`` splits; the dating comes from ``locate`` among the last
+    ``dating_span``.
     """
     newest_run_start = series.environment_runs()[-1][0]
     window_start = max(newest_run_start, len(series) - settings.baseline_size - settings.max_recent)
     window = series.values[window_start:]
     first = max(settings.min_baseline, len(window) - settings.max_recent)
-    last = len(window) - settings.min_recent
-    if first > last:
+    dating_first = max(settings.min_baseline, len(window) - settings.dating_span)
+    centre, scale = robust_spread(window[:dating_first])
+    kept_at = np.flatnonzero(~spikes(window, centre, scale))
+    kept = window[kept_at]
+    scan_first, locate_first = (int(i) for i in np.searchsorted(kept_at, [first, dating_first]))
+    last = len(kept) - settings.min_recent
+    if scan_first > last or locate_first < 1:
         return None
     side = SIDE_OF_REGRESSION[series.direction]
-    split = scan(window, first=first, last=last, side=side)
-    dating_first = max(settings.min_baseline, len(window) - settings.dating_span)
-    dated = locate(window, first=dating_first, last=last, side=side)
-    before, after = window[:dated], window[dated:]
-    change_index = window_start + dated
+    split = scan(kept, first=scan_first, last=last, side=side)
+    dated = locate(
+        kept,
+        first=min(locate_first, last),
+        last=last,
+        side=side,
+        scale=scale,
+        tolerance=settings.merge_tolerance,
+    )
+    return detection_at(series, window_start + int(kept_at[dated]), kept, dated, split.p_value)
+
+
+def detection_at(
+    series: Series, change_index: int, kept: FloatArray, dated: int, p_value: float
+) -> Detection:
+    """The step at ``change_index`` of the series, measured on the points ``kept`` (spikes
+    set aside) before and from their position ``dated``."""
+    before, after = kept[:dated], kept[dated:]
     shift = hodges_lehmann_shift(before, after)
     before_median = float(np.median(before))
     return Detection(
@@ -146,8 +164,8 @@ def candidate(series: Series, settings: OnlineSettings) -> Detection | None:
         after_median=float(np.median(after)),
         shift=shift,
         relative_change=relative_change(shift, before_median),
-        p_value=split.p_value,
-        q_value=split.p_value,
+        p_value=p_value,
+        q_value=p_value,
         environment_fingerprint=series.environments[-1].fingerprint,
         seen_until_index=len(series) - 1,
     )
@@ -200,13 +218,17 @@ def merge_detections(
 def folded(merged: Detection, repeat: Detection, settings: OnlineSettings) -> Detection:
     """Both as one: first seen when ``merged`` was, dated by the more points after it.
 
-    A repeat re-dates the step if the current dating was among the splits it
-    dated from (inside its ``dating_span``, off the far edge): it weighed that
-    split against its own with more points after both. Otherwise it could not
-    have chosen that split and only extends when the step was seen.
+    A repeat re-dates the step if the current dating, and the ``merge_tolerance``
+    splits before it, were among the splits it dated from (its ``dating_span``):
+    it weighed that stretch against its own with more points after both. A
+    dating near the far edge of a repeat's span is pushed later by the edge
+    (``locate`` weighs stretches, and the edge cuts the ones there short), so such
+    a repeat only extends when the step was seen.
     """
     age_of_dating = repeat.checked_index - merged.change_index + 1
-    could_choose = settings.min_recent <= age_of_dating < settings.dating_span
+    could_choose = (
+        settings.min_recent <= age_of_dating <= settings.dating_span - settings.merge_tolerance
+    )
     dated = repeat if could_choose else merged
     return msgspec.structs.replace(
         dated,

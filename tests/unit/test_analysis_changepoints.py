@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -11,10 +12,13 @@ from scipy.stats import rankdata
 from dtf.analysis.changepoints import (
     Side,
     change_points,
+    locate,
     midranks,
+    robust_spread,
     scan,
     scan_tail,
     segment,
+    spikes,
     split_statistics,
 )
 
@@ -103,3 +107,47 @@ def test_a_shuffled_stationary_series_rarely_splits(seed: int) -> None:
     rng = np.random.default_rng(seed)
     values = rng.permutation(np.repeat(np.arange(10.0), 8))
     assert len(change_points(segment(values, threshold=1e-4))) == 0
+
+
+def noisy(size: int, seed: int, noise: float = 1.0) -> np.ndarray:
+    return 100.0 + noise * np.random.default_rng(seed).standard_normal(size)
+
+
+def test_lone_outliers_are_spikes_and_nothing_else_is() -> None:
+    values = noisy(60, 1)
+    values[[7, 30, 58, 59]] = [160.0, 45.0, 180.0, 170.0]  # two together at the newest end
+    centre, scale = robust_spread(values)
+    assert np.flatnonzero(spikes(values, centre, scale)).tolist() == [7, 30, 58, 59]
+
+
+@pytest.mark.parametrize("after", [3, 4, 30])
+def test_a_step_is_not_a_spike_once_three_points_follow_it(after: int) -> None:
+    values = np.concatenate([noisy(40, 2), noisy(after, 3) + 50.0])
+    centre, scale = robust_spread(values[:40])
+    assert not spikes(values, centre, scale).any()
+
+
+def test_without_spread_nothing_is_a_spike() -> None:
+    values = np.append(np.full(20, 5.0), 500.0)
+    assert not spikes(values, 5.0, 0.0).any()
+
+
+def test_a_clear_step_is_located_at_its_first_point() -> None:
+    values = np.concatenate([noisy(50, 4), noisy(10, 5) + 10.0])
+    for side in (Side.GREATER, Side.TWO_SIDED):
+        assert locate(values, first=30, last=57, side=side, scale=1.0, tolerance=5) == 50
+    assert locate(-values, first=30, last=57, side=Side.LESS, scale=1.0, tolerance=5) == 50
+    assert locate(values, first=30, last=57, side=Side.GREATER, scale=0.0, tolerance=5) == 50
+
+
+def test_weighing_nearby_splits_dates_small_steps_better_than_the_most_likely_split() -> None:
+    # 3 % steps at 3 % noise, 20 points after: dated within 5 points more often
+    rng = np.random.default_rng(9)
+    hits = {"most likely": 0, "weighed": 0}
+    for _ in range(300):
+        values = 100.0 + 3.0 * rng.standard_normal(170)
+        values[150:] += 3.0
+        for name, scale in (("most likely", 0.0), ("weighed", 3.0)):
+            dated = locate(values, first=130, last=167, side=Side.GREATER, scale=scale, tolerance=5)
+            hits[name] += abs(dated - 150) <= 5
+    assert hits["weighed"] >= hits["most likely"] + 9, hits
