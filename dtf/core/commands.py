@@ -36,7 +36,9 @@ class CancelTask(Struct, frozen=True, tag="cancel_task"):
 class RegisterWorker(Struct, frozen=True, tag="register_worker"):
     """A worker (re)connects. ``held`` lists the attempts it still holds:
     running ones and finished ones whose outcome it has not had acknowledged.
-    Any other lease the coordinator has for it is ended as lost."""
+    Any other lease the coordinator has for it is ended as lost. ``node_id``:
+    the cluster node the worker is connected through, filled in by the node
+    that journals this ("" for a standalone coordinator and in old journals)."""
 
     at: float
     worker_id: str
@@ -46,6 +48,7 @@ class RegisterWorker(Struct, frozen=True, tag="register_worker"):
     held: list[LeaseRef] = []
     incarnation: str = ""
     health_check: str | None = None
+    node_id: str = ""
 
 
 class WorkerDisconnected(Struct, frozen=True, tag="worker_disconnected"):
@@ -113,6 +116,16 @@ class CoordinatorStarted(Struct, frozen=True, tag="coordinator_started"):
     connections_lost: bool = True
 
 
+class CoordinatorNodeLost(Struct, frozen=True, tag="coordinator_node_lost"):
+    """The cluster's leader saw ``node_id``'s registration expire while workers
+    were still connected through it: they can reach no live coordinator, so
+    they get no new work, and the leases they lose meanwhile are the
+    cluster's loss, not the tasks' or the workers'."""
+
+    at: float
+    node_id: str
+
+
 class Configure(Struct, frozen=True, tag="configure"):
     """New settings take effect from this point of the journal on."""
 
@@ -159,6 +172,7 @@ Command = (
     | RecordCheckpoint
     | Tick
     | CoordinatorStarted
+    | CoordinatorNodeLost
     | CreateApiKey
     | Configure
     | ReportHealthCheck

@@ -194,6 +194,7 @@ DEFAULT_RULES: tuple[ClassificationRule, ...] = (
     ),
     _rule("timeout", _F.TIMEOUT, failure_kinds=[_K.TIMEOUT]),
     _rule("worker-lost", _F.WORKER_CRASH, failure_kinds=[_K.WORKER_LOST]),
+    _rule("coordinator-lost", _F.COMMUNICATION_ERROR, failure_kinds=[_K.COORDINATOR_LOST]),
     _rule(
         "connection-exception",
         _F.COMMUNICATION_ERROR,

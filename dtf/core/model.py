@@ -214,6 +214,8 @@ class FailureKind(enum.StrEnum):
     OOM = "oom"
     EXECUTOR_ERROR = "executor_error"
     WORKER_LOST = "worker_lost"
+    COORDINATOR_LOST = "coordinator_lost"
+    """The cluster node the worker was connected through was lost (never reported by workers)."""
 
 
 INFRASTRUCTURE_FAILURES = frozenset(
@@ -223,6 +225,7 @@ INFRASTRUCTURE_FAILURES = frozenset(
         FailureKind.OOM,
         FailureKind.EXECUTOR_ERROR,
         FailureKind.WORKER_LOST,
+        FailureKind.COORDINATOR_LOST,
     }
 )
 

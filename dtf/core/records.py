@@ -72,9 +72,9 @@ class AttemptStatus(enum.StrEnum):
 
 
 class WorkerStatus(enum.StrEnum):
-    """``suspect``: its connection dropped; it gets no new work until it
-    reconnects, but its leases run on. ``offline``: no heartbeat within the
-    worker timeout."""
+    """``suspect``: its connection dropped, or the cluster node it is connected
+    through was lost; it gets no new work until it reconnects, but its leases
+    run on. ``offline``: no heartbeat within the worker timeout."""
 
     ONLINE = "online"
     SUSPECT = "suspect"
@@ -206,6 +206,14 @@ class WorkerRecord(Struct):
     incarnation: str = ""
     incident_tasks: list[str] = []
     health: WorkerHealth = msgspec.field(default_factory=WorkerHealth)
+    node_id: str = ""
+    lost_node: str | None = None
+
+    @property
+    def is_stranded(self) -> bool:
+        """The cluster node it was connected through was lost, and it has not
+        registered or heartbeated through a live node since."""
+        return self.lost_node is not None
 
     @property
     def free_slots(self) -> int:

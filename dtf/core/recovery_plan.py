@@ -63,8 +63,9 @@ def plan_recovery(
     poison = poison_reason(task, attempt, classification.failure_type, poison_after)
     if poison is not None:
         return RecoveryPlan(classification, Escalate(poison), is_poison=True)
+    charged = charged_attempts(task, attempt)
     refusal = retry_refusal(
-        attempt=attempt.number,
+        attempt=charged,
         failure=failure,
         failure_type=classification.failure_type,
         policy=task.spec.retry_policy,
@@ -75,7 +76,7 @@ def plan_recovery(
     decision = decide(
         task_policy,
         task_id=task.id,
-        attempt_number=attempt.number,
+        attempt_number=charged,
         failure_type=classification.failure_type,
         hardware_class=hardware,
         history=past_recoveries(task),
@@ -83,19 +84,28 @@ def plan_recovery(
         required_hardware=effective_requirements(task).hardware,
     )
     if isinstance(decision, Escalate) and decision.exhausted:
-        return RecoveryPlan(classification, _retry_anyway(task_policy, task, attempt, decision))
+        return RecoveryPlan(classification, _retry_anyway(task_policy, task, charged, decision))
     return RecoveryPlan(classification, decision)
 
 
+def charged_attempts(task: TaskRecord, attempt: AttemptRecord) -> int:
+    """How many attempts up to ``attempt`` count against the task's retries:
+    those lost with a coordinator node were the cluster's loss, not the task's."""
+    lost = sum(
+        1 for a in task.attempts[: attempt.number - 1] if a.failure is FailureKind.COORDINATOR_LOST
+    )
+    return attempt.number - lost
+
+
 def _retry_anyway(
-    policy: RecoveryPolicy, task: TaskRecord, attempt: AttemptRecord, exhausted: Escalate
+    policy: RecoveryPolicy, task: TaskRecord, charged: int, exhausted: Escalate
 ) -> RecoveryDecision:
     """A ladder that has run out does not cut short the retries the task asked for."""
-    delay_s = backoff_delay_s(policy, task.id, attempt.number)
+    delay_s = backoff_delay_s(policy, task.id, charged)
     allowed = task.spec.retry_policy.max_retries
     reason = (
         f"{exhausted.reason.removesuffix('; escalating')}; retrying after {delay_s:.1f}s "
-        f"as the task's retry policy allows (retry {attempt.number} of {allowed})"
+        f"as the task's retry policy allows (retry {charged} of {allowed})"
     )
     return RecoveryDecision(Strategy.DELAYED_RETRY, reason, "retry policy", 0, delay_s=delay_s)
 

@@ -52,6 +52,7 @@ from dtf.core.records import (
     WorkerStatus,
 )
 from dtf.core.recovery_plan import hardware_class_of
+from dtf.core.stranding import StrandingMixin
 from dtf.core.submission import SubmissionMixin
 from dtf.core.timers import Timer, TimerKind
 
@@ -72,7 +73,7 @@ class Snapshot(msgspec.Struct):
 __all__ = ["Snapshot", "State", "StateConfig"]
 
 
-class State(SubmissionMixin, CheckpointMixin, HealthMixin):
+class State(SubmissionMixin, CheckpointMixin, HealthMixin, StrandingMixin):
     def __init__(self, config: StateConfig | None = None) -> None:
         super().__init__(config)
         self.applied_seq = 0

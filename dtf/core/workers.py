@@ -7,6 +7,10 @@ A drop or a silence counts against the worker's health only when it held work
 then: an agent stopped or restarted while idle disrupted nothing.
 Leases are renewed only for the attempts a worker says it holds; an attempt
 it no longer holds ends as lost at once instead of waiting for expiry.
+
+In a cluster a worker is also ``suspect`` once the node it is connected
+through is lost (``stranding.py``); what it loses until it registers again,
+or heartbeats through that node again, is lost with the coordinator.
 """
 
 from __future__ import annotations
@@ -14,12 +18,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from dtf.core import commands as c
-from dtf.core.events import WorkerStatusChanged
+from dtf.core.events import RetryScheduled, WorkerStatusChanged
+from dtf.core.failures import FailureEvidence, classify
 from dtf.core.health import connection_dropped, went_silent
 from dtf.core.lifecycle import Lifecycle
 from dtf.core.matching import satisfies
 from dtf.core.model import FailureKind, LeaseRef, RequirementSet
-from dtf.core.records import AttemptStatus, TaskRecord, WorkerRecord, WorkerStatus
+from dtf.core.records import AttemptStatus, TaskRecord, TaskStatus, WorkerRecord, WorkerStatus
 from dtf.errors import Conflict, InvalidRequest, NotFound
 
 
@@ -83,18 +88,31 @@ class WorkerMixin(Lifecycle):
             self.set_worker_status(worker, WorkerStatus.ONLINE, "reconnected")
         self.ready.forget_worker(worker.id)
         self.reconcile_leases(worker, command.held, max_fence_seen=None, now=now)
+        worker.node_id, worker.lost_node = command.node_id, None
 
     def on_heartbeat(self, command: c.Heartbeat, now: float) -> None:
+        """A heartbeat of the registered session came through the node the worker
+        registered with (its channel and heartbeats share one coordinator URL), so
+        that node appends again: a worker stranded by its loss is back, and
+        online again if its channel did not close meanwhile."""
         worker = self.workers[command.worker_id]
         worker.last_seen_at = now
         if worker.status is WorkerStatus.OFFLINE:
             self.set_worker_status(worker, WorkerStatus.SUSPECT, "heartbeat after silence")
         self.reconcile_leases(worker, command.held, command.max_fence_seen, now)
+        if worker.lost_node is not None:
+            is_connected = worker.node_id == worker.lost_node
+            worker.lost_node = None
+            if is_connected:
+                self.set_worker_status(
+                    worker, WorkerStatus.ONLINE, f"coordinator node {worker.node_id} is back"
+                )
 
     def on_worker_disconnected(self, command: c.WorkerDisconnected, now: float) -> None:
         worker = self.workers.get(command.worker_id)
         if worker is None or worker.session != command.session:
             return
+        worker.node_id = ""  # connected through no node until it registers again
         if worker.status is WorkerStatus.ONLINE:
             self.set_worker_status(worker, WorkerStatus.SUSPECT, "connection dropped")
             if worker.leases:
@@ -129,9 +147,13 @@ class WorkerMixin(Lifecycle):
     def lose_attempt(self, task: TaskRecord, reason: str, now: float) -> None:
         """End the current attempt as lost, remembering which tasks went down
         with it: their retries are kept apart, so that a task that crashes
-        worker after worker (a poison task) is told from its bystanders."""
+        worker after worker (a poison task) is told from its bystanders.
+        A worker stranded by a lost coordinator node says nothing about its tasks."""
         assert task.lease is not None
         worker = self.workers.get(task.lease.worker_id)
+        if worker is not None and worker.lost_node is not None:
+            self.lose_with_coordinator(task, worker.lost_node, reason, now)
+            return
         if worker is not None:
             if task.id not in worker.incident_tasks:  # an earlier incident's list is stale
                 worker.incident_tasks = list(worker.leases)
@@ -139,6 +161,29 @@ class WorkerMixin(Lifecycle):
         self.fail_attempt(
             task, now, failure=FailureKind.WORKER_LOST, reason=reason, status=AttemptStatus.LOST
         )
+
+    def lose_with_coordinator(
+        self, task: TaskRecord, node_id: str, reason: str, now: float
+    ) -> None:
+        """End the attempt as lost with the worker's coordinator node and queue the
+        task again at once. The task and the worker did nothing wrong, so neither
+        is charged: no classification as a worker crash (no poison verdict), no
+        breaker, health or failure count, no retry spent, no worker avoided. This
+        cannot loop on the task's account: only a lost node strands a worker."""
+        reason = f"{reason}; coordinator node {node_id}, its connection, was lost"
+        attempt = self.end_attempt(
+            task, AttemptStatus.LOST, now, failure=FailureKind.COORDINATOR_LOST, reason=reason
+        )
+        evidence = FailureEvidence(failure_kind=FailureKind.COORDINATOR_LOST, error=reason)
+        classification = classify(evidence, self.config.classification_rules)
+        attempt.failure_type = classification.failure_type
+        attempt.evidence = classification.evidence_text
+        attempt.classified_by = classification.rule_name
+        attempt.retry_delay_s = 0.0
+        attempt.recovery_reason = "queued again at once; not counted against the task"
+        self.set_status(task, TaskStatus.PENDING, f"retry after attempt {attempt.number}: {reason}")
+        self.events.append(RetryScheduled(task.id, attempt.number + 1, now, 0.0))
+        self.make_ready(task, now)
 
     def expire_silent_workers(self, now: float) -> None:
         for worker in self.workers.values():
@@ -150,7 +195,7 @@ class WorkerMixin(Lifecycle):
                 self.set_worker_status(
                     worker, WorkerStatus.OFFLINE, f"no heartbeat for {silent_for:.0f}s"
                 )
-                if worker.leases or worker.incident_tasks:
+                if (worker.leases or worker.incident_tasks) and not worker.is_stranded:
                     self.note_health(worker.id, went_silent(now), now)
 
     def expire_lease(self, task_id: str, fence: int, now: float) -> bool:

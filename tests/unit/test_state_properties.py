@@ -72,7 +72,10 @@ new_tasks = st.tuples(
     st.booleans(),  # with an idempotency key
 )
 submits = st.tuples(st.just("submit"), st.lists(new_tasks, min_size=1, max_size=4), st.booleans())
-registers = st.tuples(st.just("register"), st.integers(0, 2), st.integers(0, 15))
+# the node a worker registers through: n0, n1, or none (a standalone coordinator)
+registers = st.tuples(st.just("register"), st.integers(0, 2), st.integers(0, 15), st.integers(0, 2))
+NODES = ["n0", "n1", ""]
+node_losses = st.tuples(st.just("node_lost"), st.integers(0, 2))
 heartbeats = st.tuples(
     st.just("heartbeat"), st.integers(0, 2), st.integers(0, 15), st.integers(-1, 1)
 )
@@ -88,10 +91,10 @@ restarts = st.tuples(st.just("restart"), time_steps)
 # Repeats weight the draw towards the moves that make progress.
 moves = st.one_of(
     submits, submits, registers, heartbeats, heartbeats, starts, outcomes, outcomes, outcomes,
-    old_outcomes, disconnects, cancels, ticks, ticks, restarts,
+    old_outcomes, disconnects, cancels, ticks, ticks, restarts, node_losses,
 )  # fmt: skip
 move_lists = st.lists(st.tuples(time_steps, moves), min_size=15, max_size=60)
-EVERY_WORKER_REGISTERS = [(0.0, ("register", n, 0)) for n in range(len(WORKER_IDS))]
+EVERY_WORKER_REGISTERS = [(0.0, ("register", n, 0, n)) for n in range(len(WORKER_IDS))]
 
 
 @dataclass
@@ -166,14 +169,19 @@ class Interpreter:
         self.task_ids.extend(new.task_id for new in batch)
         return c.SubmitTasks(self.driver.now, batch, reject)
 
-    def make_register(self, worker: int, held_mask: int) -> c.Command:
+    def make_register(self, worker: int, held_mask: int, node: int) -> c.Command:
         worker_id = WORKER_IDS[worker]
         self.sessions[worker_id] = self.sessions.get(worker_id, 0) + 1
         caps, slots = WORKERS[worker_id]
         held = self.held(worker_id, held_mask)
+        session = f"s{self.sessions[worker_id]}"
         return c.RegisterWorker(
-            self.driver.now, worker_id, f"s{self.sessions[worker_id]}", caps, slots, held
+            self.driver.now, worker_id, session, caps, slots, held, node_id=NODES[node]
         )
+
+    def make_node_lost(self, node: int) -> c.Command:
+        """The leader journals a node's loss (refused for the standalone "" node)."""
+        return c.CoordinatorNodeLost(self.driver.now, NODES[node])
 
     def make_heartbeat(self, worker: int, held_mask: int, seen_offset: int) -> c.Command:
         worker_id = WORKER_IDS[worker]
