@@ -1,8 +1,10 @@
 """Thin async adapter over aetcd: dtf's one way to etcd's key-value, lease and watch API.
 
-The connection under it lives in ``dtf.cluster.etcd_channel``: a call moves to the next
-endpoint when one fails, and a write whose fate is unknown raises
-``EtcdUnavailable(maybe_committed=True)`` for the caller to find out what happened.
+The connection under it lives in ``dtf.cluster.etcd_channel`` (over one client of
+``dtf.cluster.etcd_client`` at a time): a call moves to the next endpoint when one fails,
+and a write whose fate is unknown raises ``EtcdUnavailable(maybe_committed=True)`` for the
+caller to find out what happened. The records it speaks in are in
+``dtf.cluster.etcd_messages``; import all of them from here.
 
 gRPC channels belong to the event loop that opened them: use an ``Etcd`` on that loop only.
 """
@@ -13,14 +15,14 @@ import asyncio
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypedDict
+from typing import Any
 
 import grpc  # type: ignore[import-untyped]
 from aetcd import rpc, utils  # type: ignore[import-untyped]
 
-from dtf.cluster.etcd_channel import (
+from dtf.cluster.etcd_channel import EtcdChannel
+from dtf.cluster.etcd_client import (
     AetcdClient,
-    EtcdChannel,
     EtcdError,
     EtcdUnavailable,
     LeaseNotFound,
@@ -28,6 +30,24 @@ from dtf.cluster.etcd_channel import (
     is_retryable,
     open_first,
     refused,
+)
+from dtf.cluster.etcd_messages import (
+    Compare,
+    EtcdMember,
+    KeyValue,
+    Op,
+    TxnResult,
+    WatchEvent,
+    compare_message,
+    create_revision_equals,
+    delete_op,
+    get_op,
+    key_value,
+    op_message,
+    put_op,
+    value_equals,
+    version_equals,
+    watch_events,
 )
 from dtf.errors import InvalidRequest
 
@@ -109,119 +129,6 @@ class EtcdSettings:
         )
 
 
-@dataclass(frozen=True)
-class KeyValue:
-    key: bytes
-    value: bytes
-    create_revision: int
-    mod_revision: int
-    version: int
-    lease: int
-
-
-@dataclass(frozen=True)
-class WatchEvent:
-    kind: Literal["put", "delete"]
-    kv: KeyValue
-
-
-@dataclass(frozen=True)
-class Compare:
-    """``target`` of ``key`` equals ``expected``; built by the ``*_equals`` functions."""
-
-    key: bytes
-    target: Literal["VALUE", "VERSION", "CREATE"]
-    expected: bytes | int
-
-
-@dataclass(frozen=True)
-class Op:
-    """One request of a transaction branch; built by ``put_op``, ``get_op``, ``delete_op``."""
-
-    kind: Literal["put", "get", "delete"]
-    key: bytes
-    value: bytes = b""
-    lease: int | None = None
-
-
-@dataclass(frozen=True)
-class TxnResult:
-    succeeded: bool
-    revision: int
-    gets: list[KeyValue | None]
-
-
-class EtcdMember(TypedDict):
-    id: int
-    name: str
-    client_urls: list[str]
-    peer_urls: list[str]
-    is_leader: bool
-
-
-def value_equals(key: bytes, value: bytes) -> Compare:
-    return Compare(key, "VALUE", value)
-
-
-def version_equals(key: bytes, version: int) -> Compare:
-    """Version 0 means the key is absent."""
-    return Compare(key, "VERSION", version)
-
-
-def create_revision_equals(key: bytes, revision: int) -> Compare:
-    return Compare(key, "CREATE", revision)
-
-
-def put_op(key: bytes, value: bytes, lease: int | None = None) -> Op:
-    return Op("put", key, value, lease)
-
-
-def get_op(key: bytes) -> Op:
-    return Op("get", key)
-
-
-def delete_op(key: bytes) -> Op:
-    return Op("delete", key)
-
-
-def _compare_message(compare: Compare) -> Any:
-    field = {"VALUE": "value", "VERSION": "version", "CREATE": "create_revision"}[compare.target]
-    return rpc.Compare(
-        key=compare.key,
-        result=rpc.Compare.EQUAL,
-        target=getattr(rpc.Compare, compare.target),
-        **{field: compare.expected},
-    )
-
-
-def _op_message(op: Op) -> Any:
-    if op.kind == "put":
-        return rpc.RequestOp(
-            request_put=rpc.PutRequest(key=op.key, value=op.value, lease=op.lease or 0)
-        )
-    if op.kind == "get":
-        return rpc.RequestOp(request_range=rpc.RangeRequest(key=op.key))
-    return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=op.key))
-
-
-def _key_value(kv: Any) -> KeyValue:
-    return KeyValue(
-        key=bytes(kv.key),
-        value=bytes(kv.value),
-        create_revision=int(kv.create_revision),
-        mod_revision=int(kv.mod_revision),
-        version=int(kv.version),
-        lease=int(kv.lease),
-    )
-
-
-def _watch_events(response: Any) -> list[WatchEvent]:
-    return [
-        WatchEvent("delete" if event.type == rpc.Event.DELETE else "put", _key_value(event.kv))
-        for event in response.events
-    ]
-
-
 class Etcd:
     """etcd through one endpoint at a time, moving to the next when it fails."""
 
@@ -244,13 +151,13 @@ class Etcd:
 
     async def get(self, key: bytes) -> KeyValue | None:
         response = await self._channel.unary("get", "kvstub", "Range", rpc.RangeRequest(key=key))
-        return _key_value(response.kvs[0]) if response.kvs else None
+        return key_value(response.kvs[0]) if response.kvs else None
 
     async def get_prefix(self, prefix: bytes) -> tuple[list[KeyValue], int]:
         """Every key under ``prefix``, sorted by key, and the revision they were read at."""
         request = rpc.RangeRequest(key=prefix, range_end=utils.prefix_range_end(prefix))
         response = await self._channel.unary("get prefix", "kvstub", "Range", request)
-        return [_key_value(kv) for kv in response.kvs], int(response.header.revision)
+        return [key_value(kv) for kv in response.kvs], int(response.header.revision)
 
     async def put(self, key: bytes, value: bytes, lease: int | None = None) -> int:
         request = rpc.PutRequest(key=key, value=value, lease=lease or 0)
@@ -274,13 +181,13 @@ class Etcd:
     ) -> TxnResult:
         """Run ``success`` if every comparison holds, else ``failure``, atomically."""
         request = rpc.TxnRequest(
-            compare=[_compare_message(item) for item in compare],
-            success=[_op_message(op) for op in success],
-            failure=[_op_message(op) for op in failure],
+            compare=[compare_message(item) for item in compare],
+            success=[op_message(op) for op in success],
+            failure=[op_message(op) for op in failure],
         )
         response = await self._channel.unary("txn", "kvstub", "Txn", request, is_write=True)
         gets = [
-            _key_value(item.response_range.kvs[0]) if item.response_range.kvs else None
+            key_value(item.response_range.kvs[0]) if item.response_range.kvs else None
             for item in response.responses
             if item.WhichOneof("response") == "response_range"
         ]
@@ -306,7 +213,10 @@ class Etcd:
                 reply = await call.read()
             finally:
                 call.cancel()
-            return 0 if reply is grpc.aio.EOF else int(reply.TTL)
+            if reply is grpc.aio.EOF:
+                return 0
+            client.note_term(int(reply.header.raft_term))
+            return int(reply.TTL)
 
         return await self._channel.call("lease refresh", keep_alive)
 
@@ -367,7 +277,8 @@ class Etcd:
             while True:
                 response = await call.read()
                 self._check_watch(response, prefix, start_revision)
-                events = _watch_events(response)
+                client.note_term(int(response.header.raft_term))
+                events = watch_events(response)
                 if events:
                     yield events
         except (grpc.aio.AioRpcError, TimeoutError) as error:

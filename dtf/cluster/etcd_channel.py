@@ -10,8 +10,14 @@ etcd never received it: the channel had no connection, or the member refused it 
 no leader. Otherwise the caller gets ``EtcdUnavailable(maybe_committed=True)`` and must find
 out what happened.
 
-Every request carries etcd's require-leader metadata, so a member cut off from its quorum
-refuses at once instead of hanging, and ends its watches instead of letting them go silent.
+While no endpoint has a leader (an election), a call pauses and tries again until its
+``timeout_s`` has passed, so an election costs callers a wait rather than an error.
+
+A write that a member forwarded to a leader that then died is lost without an answer:
+the member would only report it at the write's deadline. So a write that takes longer
+than ``LEADER_CHECK_AFTER_S`` has its member's Raft term checked every
+``LEADER_CHECK_EVERY_S``; when the member lost its leader or moved to a newer term, the
+write is abandoned as ``maybe_committed``, within about the election timeout of the kill.
 """
 
 from __future__ import annotations
@@ -19,15 +25,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlsplit
 
-import aetcd  # type: ignore[import-untyped]
 import grpc  # type: ignore[import-untyped]
-from aetcd import rpc
+from aetcd import rpc  # type: ignore[import-untyped]
 
-from dtf.errors import DtfError, InvalidRequest
+from dtf.cluster.etcd_client import (
+    AetcdClient,
+    EtcdUnavailable,
+    is_retryable,
+    is_unsent,
+    open_first,
+    refused,
+)
 
 if TYPE_CHECKING:
     from dtf.cluster.etcd import EtcdSettings
@@ -35,186 +45,31 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-DEFAULT_PORT = 2379
-REQUIRE_LEADER = ("hasleader", "true")
-CHANNEL_OPTIONS = {
-    # Log batches and snapshot chunks run up to 1 MiB each; a watch response or prefix read
-    # carries several, beyond gRPC's default 4 MiB receive limit.
-    "grpc.max_receive_message_length": -1,
-    "grpc.max_send_message_length": -1,
-    # Pings find a connection that died silently (a partition) under a long watch; etcd
-    # answers pings more often than every 5 s, or on a connection with no call, with GOAWAY.
-    "grpc.keepalive_time_ms": 10_000,
-    "grpc.keepalive_timeout_ms": 5_000,
-    "grpc.keepalive_permit_without_calls": 0,
-}
-RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+# A write in flight this long has its member's Raft term checked, then this often.
+LEADER_CHECK_AFTER_S = 0.2
+LEADER_CHECK_EVERY_S = 0.1
+LEADER_CHECK_TIMEOUT_S = 0.5
+NO_LEADER_PAUSE_S = 0.05
 
 
-class EtcdError(DtfError):
-    """etcd refused a request; ``code`` is the gRPC status name."""
-
-    status_code = 502
-
-    def __init__(self, message: str, *, code: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
+class _LeaderChanged(Exception):
+    """etcd's leader changed while a write was in flight: the write may be lost."""
 
 
-class EtcdUnavailable(EtcdError):
-    """No endpoint answered; ``maybe_committed`` when a write was sent and its fate is unknown."""
-
-    status_code = 503
-
-    def __init__(self, message: str, *, maybe_committed: bool = False) -> None:
-        super().__init__(message, code="UNAVAILABLE")
-        self.maybe_committed = maybe_committed
-
-
-class LeaseNotFound(EtcdError):
-    """The lease named in a request has expired or was revoked."""
-
-    status_code = 409
-
-
-def endpoint_address(endpoint: str) -> tuple[str, int, bool]:
-    """``(host, port, is_tls)`` of an ``http://`` or ``https://`` endpoint."""
-    parts = urlsplit(endpoint)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidRequest(
-            f"etcd endpoint {endpoint!r} is not http(s)://host:port", field="etcd_endpoints"
-        )
-    return parts.hostname, parts.port or DEFAULT_PORT, parts.scheme == "https"
-
-
-def _is_unsent(error: Any) -> bool:
-    """Whether etcd provably never received the request, so a write may be re-sent."""
-    details = error.details() or ""
-    if error.code() is grpc.StatusCode.UNAVAILABLE:
-        # A pick failure means no transport took the request; "no leader" is the
-        # require-leader check, made before the request is proposed.
-        return "failed to connect to all addresses" in details or "no leader" in details
-    return _is_token_expired(error)
-
-
-def _is_token_expired(error: Any) -> bool:
-    return bool(
-        error.code() is grpc.StatusCode.UNAUTHENTICATED
-        and "invalid auth token" in (error.details() or "")
-    )
-
-
-def is_retryable(error: Any) -> bool:
-    return error.code() in RETRYABLE_CODES or _is_token_expired(error)
-
-
-def refused(what: str, endpoint: str, error: Any) -> EtcdError:
-    code, details = error.code(), error.details() or ""
-    message = f"etcd at {endpoint} refused {what}: {details} ({code.name})"
-    if code is grpc.StatusCode.NOT_FOUND and "lease not found" in details:
-        return LeaseNotFound(message, code=code.name)
-    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED) or any(
-        sign in details for sign in ("authentication failed", "user name is empty")
-    ):
-        message += "; check the etcd user, its password and its role's permissions"
-    return EtcdError(message, code=code.name)
-
-
-def _read_pem(path: Path | None, what: str) -> bytes | None:
-    if path is None:
-        return None
+async def _leader_change(client: AetcdClient, term: int) -> str:
+    """Why the client's member has not the leader it had at Raft ``term``; "" if it has."""
     try:
-        return path.read_bytes()
-    except OSError as error:
-        raise InvalidRequest(f"cannot read the etcd {what} file {path}: {error}") from error
-
-
-class AetcdClient(aetcd.Client):  # type: ignore[misc]
-    """aetcd's client over a TLS or plain channel, with require-leader metadata."""
-
-    def __init__(self, endpoint: str, settings: EtcdSettings) -> None:
-        host, port, self.is_tls = endpoint_address(endpoint)
-        super().__init__(
-            host=host,
-            port=port,
-            username=settings.user,
-            password=settings.password,
-            timeout=settings.timeout_s,
-            options=CHANNEL_OPTIONS,
+        status = await client.maintenancestub.Status(
+            rpc.StatusRequest(), timeout=LEADER_CHECK_TIMEOUT_S, metadata=client.metadata
         )
-        self.endpoint = endpoint
-        self.settings = settings
-        self.watchstub: Any = None
-
-    async def connect(self) -> None:
-        target, options = f"{self._host}:{self._port}", list(self._options.items())
-        if self.is_tls:
-            self.channel = grpc.aio.secure_channel(target, self.credentials(), options=options)
-        else:
-            self.channel = grpc.aio.insecure_channel(target, options=options)
-        metadata: tuple[tuple[str, str], ...] = (REQUIRE_LEADER,)
-        if self._username is not None:
-            self.auth_stub = rpc.AuthStub(self.channel)
-            request = rpc.AuthenticateRequest(name=self._username, password=self._password)
-            response = await self.auth_stub.Authenticate(request, timeout=self._timeout)
-            metadata += (("token", response.token),)
-        self.metadata = metadata
-        self.kvstub = rpc.KVStub(self.channel)
-        self.clusterstub = rpc.ClusterStub(self.channel)
-        self.leasestub = rpc.LeaseStub(self.channel)
-        self.maintenancestub = rpc.MaintenanceStub(self.channel)
-        self.watchstub = rpc.WatchStub(self.channel)
-        self._connected.set()
-
-    def credentials(self) -> Any:
-        return grpc.ssl_channel_credentials(
-            root_certificates=_read_pem(self.settings.ca_file, "CA certificate"),
-            private_key=_read_pem(self.settings.key_file, "client key"),
-            certificate_chain=_read_pem(self.settings.cert_file, "client certificate"),
-        )
-
-    async def close(self, grace_s: float | None = None) -> None:
-        """Close the channel; calls still running get ``grace_s`` to finish."""
-        if self.channel is not None:
-            await self.channel.close(grace_s)
-        self._init_channel_attrs()
-        self.watchstub = None
-        self._connected.clear()
-
-
-async def _open_client(endpoint: str, settings: EtcdSettings) -> AetcdClient:
-    """A client whose member answered a status probe (and so has a leader)."""
-    client, is_open = AetcdClient(endpoint, settings), False
-    try:
-        await client.connect()
-        await client.maintenancestub.Status(
-            rpc.StatusRequest(), timeout=settings.timeout_s, metadata=client.metadata
-        )
-        is_open = True
     except grpc.aio.AioRpcError as error:
-        if is_retryable(error):
-            raise EtcdUnavailable(f"{endpoint}: {error.details()}") from error
-        raise refused("connecting", endpoint, error) from error
-    finally:
-        if not is_open:
-            await client.close()
-    return client
-
-
-async def open_first(settings: EtcdSettings, start: int) -> tuple[AetcdClient, int]:
-    """The first endpoint from ``start`` on (wrapping around) that answers, and its index."""
-    reasons = []
-    count = len(settings.endpoints)
-    for offset in range(count):
-        index = (start + offset) % count
-        try:
-            return await _open_client(settings.endpoints[index], settings), index
-        except EtcdUnavailable as error:
-            reasons.append(error.message)
-    raise EtcdUnavailable(
-        f"no etcd endpoint answered within {settings.timeout_s}s ({'; '.join(reasons)}); "
-        "check that etcd runs there and has a leader (etcdctl endpoint health --cluster)"
-    )
+        details = error.details() or ""
+        return "the member lost its leader" if "no leader" in details else ""
+    if not status.leader:
+        return "the member lost its leader"
+    if int(status.raftTerm) > term:
+        return f"the Raft term moved from {term} to {status.raftTerm}"
+    return ""
 
 
 async def _is_connected(channel: Any, timeout_s: float) -> bool:
@@ -231,6 +86,10 @@ async def _is_connected(channel: Any, timeout_s: float) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+class _Retry(Exception):
+    """An attempt failed and may be tried again (a write only when etcd never got it)."""
 
 
 class EtcdChannel:
@@ -265,9 +124,11 @@ class EtcdChannel:
     ) -> Any:
         async def send(client: AetcdClient) -> Any:
             rpc_method = getattr(getattr(client, stub), method)
-            return await rpc_method(
+            response = await rpc_method(
                 request, timeout=self._settings.timeout_s, metadata=client.metadata
             )
+            client.note_term(int(response.header.raft_term))
+            return response
 
         return await self.call(what, send, is_write=is_write)
 
@@ -276,27 +137,97 @@ class EtcdChannel:
     ) -> T:
         """``send`` on the current endpoint, moving on while endpoints fail (see module doc)."""
         reasons: list[str] = []
-        for _ in range(len(self._settings.endpoints) + 1):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settings.timeout_s
+        while True:
             client, generation = self._client, self._generation
-            if is_write and not await _is_connected(client.channel, self._settings.timeout_s):
-                reasons.append(f"{client.endpoint}: not connected")
-                await self._rotate(generation)
-                continue
+            try:
+                return await self._attempt(what, client, generation, send, is_write=is_write)
+            except _Retry as failure:
+                reasons.append(f"{client.endpoint}: {failure}")
+            if len(reasons) > len(self._settings.endpoints) and loop.time() >= deadline:
+                raise EtcdUnavailable(
+                    f"etcd {what} failed on every endpoint: {'; '.join(reasons[-4:])}"
+                )
+            await self._move_on(generation, deadline)
+
+    async def _attempt(
+        self,
+        what: str,
+        client: AetcdClient,
+        generation: int,
+        send: Callable[[AetcdClient], Awaitable[T]],
+        *,
+        is_write: bool,
+    ) -> T:
+        if not is_write:
             try:
                 return await send(client)
             except grpc.aio.AioRpcError as error:
                 if not is_retryable(error):
                     raise refused(what, client.endpoint, error) from error
-                reasons.append(f"{client.endpoint}: {error.details()}")
-                if is_write and not _is_unsent(error):
-                    await self.rotate_quietly(generation)
-                    raise EtcdUnavailable(
-                        f"etcd {what} at {client.endpoint} failed after it was sent "
-                        f"({error.details()}); it may or may not have been applied",
-                        maybe_committed=True,
-                    ) from error
-                await self._rotate(generation)
-        raise EtcdUnavailable(f"etcd {what} failed on every endpoint: {'; '.join(reasons)}")
+                raise _Retry(error.details()) from error
+        if not await _is_connected(client.channel, self._settings.timeout_s):
+            raise _Retry("not connected")
+        try:
+            return await self._send_write(client, send)
+        except grpc.aio.AioRpcError as error:
+            if not is_retryable(error):
+                raise refused(what, client.endpoint, error) from error
+            if is_unsent(error):
+                raise _Retry(error.details()) from error
+            await self.rotate_quietly(generation)
+            raise EtcdUnavailable(
+                f"etcd {what} at {client.endpoint} failed after it was sent "
+                f"({error.details()}); it may or may not have been applied",
+                maybe_committed=True,
+            ) from error
+        except _LeaderChanged as changed:
+            logger.warning("etcd %s at %s abandoned: %s", what, client.endpoint, changed)
+            raise EtcdUnavailable(
+                f"etcd {what} at {client.endpoint} was abandoned: {changed}; "
+                "it may or may not have been applied",
+                maybe_committed=True,
+            ) from None
+
+    async def _send_write(
+        self, client: AetcdClient, send: Callable[[AetcdClient], Awaitable[T]]
+    ) -> T:
+        """``send``, abandoned when etcd's leader changes meanwhile.
+
+        A member forwards a write to the leader; when the leader dies the write is lost
+        and the member answers only at the deadline. So a write still in flight after
+        ``LEADER_CHECK_AFTER_S`` has the member's Raft term checked every
+        ``LEADER_CHECK_EVERY_S``: a new term or no leader ends the wait.
+        """
+        term = client.raft_term
+        sent = asyncio.ensure_future(send(client))
+        try:
+            await asyncio.wait({sent}, timeout=LEADER_CHECK_AFTER_S)
+            while not sent.done():
+                changed = await _leader_change(client, term)
+                if changed:
+                    raise _LeaderChanged(changed)
+                await asyncio.wait({sent}, timeout=LEADER_CHECK_EVERY_S)
+            return sent.result()
+        finally:
+            if not sent.done():
+                sent.cancel()
+                await asyncio.wait({sent})
+            if not sent.cancelled():
+                sent.exception()
+
+    async def _move_on(self, generation: int, deadline: float) -> None:
+        """Rotate after a failed attempt; while no endpoint has a leader (an election),
+        pause and let the next attempt go to the current one again."""
+        try:
+            await self._rotate(generation)
+        except EtcdUnavailable as error:
+            loop = asyncio.get_running_loop()
+            if loop.time() >= deadline:
+                raise
+            logger.info("waiting for an etcd leader: %s", error.message)
+            await asyncio.sleep(min(NO_LEADER_PAUSE_S, deadline - loop.time()))
 
     async def rotate_quietly(self, generation: int) -> None:
         # The caller is already raising EtcdUnavailable; a failed move is retried next call.

@@ -177,6 +177,7 @@ class EtcdCluster:
         """
         for member in self._members:
             if member.is_running and member.process is not None:
+                member.process.send_signal(signal.SIGCONT)  # a paused member cannot stop
                 member.process.send_signal(signal.SIGTERM)
         for member in self._members:
             _reap(member)
@@ -187,6 +188,19 @@ class EtcdCluster:
         if member.is_running and member.process is not None:
             member.process.kill()
         _reap(member)
+
+    def pause(self, index: int) -> None:
+        """SIGSTOP member ``index``: its connections stay open and nothing answers on them,
+        as when its machine hangs. ``resume`` lets it go on; ``stop`` and ``kill`` work."""
+        member = self._members[index]
+        if member.is_running and member.process is not None:
+            member.process.send_signal(signal.SIGSTOP)
+
+    def resume(self, index: int) -> None:
+        """SIGCONT member ``index`` after ``pause``."""
+        member = self._members[index]
+        if member.is_running and member.process is not None:
+            member.process.send_signal(signal.SIGCONT)
 
     def restart(self, index: int) -> None:
         """Start member ``index`` again on its data dir and ports, killing it first if running."""

@@ -14,7 +14,7 @@ from uuid import uuid4
 import msgspec
 import pytest
 
-from dtf.cluster.etcd import Etcd
+from dtf.cluster.etcd import Etcd, EtcdSettings
 from dtf.cluster.log import (
     MAX_ENTRY_BYTES,
     MAX_VALUE_BYTES,
@@ -200,3 +200,36 @@ def test_a_fenced_out_snapshot_is_refused_and_leaves_no_chunks(
 def test_cluster_names_that_cannot_name_keys_are_refused() -> None:
     with pytest.raises(InvalidRequest, match="cannot name etcd keys"):
         LogKeys.of("a/b")
+
+
+def test_an_append_in_flight_when_the_etcd_leader_hangs_lands_exactly_once(
+    etcd_cluster: EtcdCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The append goes to a follower, which forwards it to a leader that hangs: the
+    adapter abandons it when a new term starts, the log reads the batch key back (it is
+    not there) and sends the same compare-on-tail transaction again to the new leader."""
+    leader = asyncio.run(etcd_cluster.leader_index())
+    urls = etcd_cluster.client_urls
+    followers = tuple(url for index, url in enumerate(urls) if index != leader)
+
+    async def main() -> None:
+        etcd = await Etcd.connect(EtcdSettings(endpoints=followers, timeout_s=60.0))
+        log = EtcdLog(etcd, f"t{uuid4().hex[:8]}")
+        try:
+            assert await log.append([b"a"], expected_tail=0, fence_epoch=None) == 1
+            etcd_cluster.pause(leader)
+            try:
+                assert await log.append([b"b", b"c"], expected_tail=1, fence_epoch=None) == 3
+            finally:
+                etcd_cluster.resume(leader)
+            entries, _ = await log.read(0)
+            assert entries == [(1, b"a"), (2, b"b"), (3, b"c")]
+            assert await log.tail() == 3
+        finally:
+            await etcd.close()
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 90.0))
+    finally:
+        etcd_cluster.wait_healthy(20.0)
+    assert any("abandoned" in record.getMessage() for record in caplog.records)

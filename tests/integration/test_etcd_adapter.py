@@ -468,3 +468,33 @@ def make_certificates(directory: Path) -> dict[str, Path]:
 def openssl(*parts: list[str | Path]) -> None:
     command = ["openssl", *(str(arg) for part in parts for arg in part)]
     subprocess.run(command, check=True, capture_output=True, timeout=30)
+
+
+def test_a_write_forwarded_to_a_hung_leader_is_abandoned_once_a_new_term_starts(
+    trio: EtcdCluster,
+) -> None:
+    """A follower forwards a write to etcd's leader; a leader that hangs or dies loses it,
+    and the follower would answer only at the write's deadline (here longer than the
+    test may run). The adapter gives the write up as maybe committed when the follower's
+    Raft term moves on, and waits through the election for the next call."""
+    leader = asyncio.run(trio.leader_index())
+    followers = tuple(url for index, url in enumerate(trio.client_urls) if index != leader)
+
+    async def scenario(etcd: Etcd) -> None:
+        await etcd.put(b"/k", b"before")
+        trio.pause(leader)
+        try:
+            with pytest.raises(EtcdUnavailable, match="abandoned") as abandoned:
+                await etcd.put(b"/k", b"lost")
+            assert abandoned.value.maybe_committed
+            got = await etcd.get(b"/k")
+        finally:
+            trio.resume(leader)
+        # Not yet: the write waits in the hung leader's socket, which can still deliver it
+        # once the leader resumes (as a follower it forwards the write to the new leader).
+        assert got is not None and got.value == b"before"
+        revision = await etcd.put(b"/next", b"after")
+        got = await etcd.get(b"/next")
+        assert got is not None and got.mod_revision == revision
+
+    run(EtcdSettings(endpoints=followers, timeout_s=SCENARIO_TIMEOUT_S), scenario)
