@@ -6,7 +6,8 @@ key it created, create a worker key through the API, start the workers and
 wait until they are online; on exit stop workers first, then the coordinator.
 With ``restart_workers`` a supervisor thread starts dead workers again (see
 ``supervisor.py``); with ``faults`` every worker injects faults and appends
-each to ``logs/faults.jsonl``.
+each to ``logs/faults.jsonl``. Should this process die without stopping them
+(SIGKILL), an ``OrphanGuard`` (``orphan_guard.py``) kills every process it started.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from types import TracebackType
 
 from dtf.client import Client
 from dtf.errors import DtfError
+from dtf.local.orphan_guard import OrphanGuard
 from dtf.local.processes import (
     ManagedProcess,
     find_free_port,
@@ -75,6 +77,7 @@ class LocalCluster:
         self.port = settings.port or find_free_port(LOOPBACK)
         self.url = f"http://{LOOPBACK}:{self.port}"
         self.coordinator: ManagedProcess | None = None
+        self.guard: OrphanGuard | None = None
         self.workers: dict[str, ManagedProcess] = {}
         self.admin_key = settings.admin_key or ""
         self.worker_key = ""
@@ -129,6 +132,7 @@ class LocalCluster:
 
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.guard = OrphanGuard()
         self.start_coordinator()
         self.worker_key = self.create_worker_key()
         for number in range(1, self.settings.workers + 1):
@@ -216,6 +220,8 @@ class LocalCluster:
         stop_all(list(self.worker_processes().values()), self.settings.stop_timeout_s)
         if self.coordinator is not None:
             self.coordinator.stop(self.settings.stop_timeout_s)
+        if self.guard is not None:
+            self.guard.close()
 
     def usage_lines(self) -> list[str]:
         """How to reach this cluster from another terminal."""
@@ -264,6 +270,7 @@ class LocalCluster:
         for name in ("DTF_ADMIN_KEY", "DTF_API_KEY", "DTF_COORDINATOR"):
             env.pop(name, None)
         env["PYTHONUNBUFFERED"] = "1"
+        env.update(self.guard.environment() if self.guard else {})
         env.update({name: value for name, value in extra.items() if value})
         return env
 

@@ -11,137 +11,60 @@ the leader now and then and times how long until ``/api/cluster/leader`` shows a
 successor; the supervisor brings the killed node back. Everything noteworthy goes to
 ``on_event(kind, fields)``.
 ``stop`` stops workers, then followers, then the leader (SIGTERM, so it resigns at
-once), then etcd.
+once), then etcd. Should this process die without stopping them (SIGKILL), an
+``OrphanGuard`` (``dtf.local.orphan_guard``) kills every process the cluster started.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from dtf.client import Client
 from dtf.coordinator.auth import new_key
 from dtf.local.cluster import ClusterError
+from dtf.local.ha_layout import (
+    LOOPBACK,
+    HaSettings,
+    Node,
+    coordinator_argv,
+    plan_nodes,
+    worker_argv,
+)
+from dtf.local.ha_status import Record, formation_problem, get_json, newest_leader
+from dtf.local.leader_killer import LeaderKiller
+from dtf.local.orphan_guard import OrphanGuard
 from dtf.local.processes import ManagedProcess, is_port_free, start_process, stop_all
 from dtf.local.supervisor import RestartBackoff, WorkerSupervisor, exit_text
 from dtf.testing.etcd import EtcdCluster, free_ports
 
-if TYPE_CHECKING:
-    from dtf.local.leader_killer import LeaderKiller
+__all__ = [
+    "HaCluster",
+    "HaSettings",
+    "Node",
+    "Record",
+    "coordinator_argv",
+    "formation_problem",
+    "newest_leader",
+    "plan_nodes",
+]
 
 logger = logging.getLogger(__name__)
 
-LOOPBACK = "127.0.0.1"
 STARTUP_POLL_S = 0.2
 PROBE_TIMEOUT_S = 1.0
 COORDINATOR_BACKOFF = RestartBackoff(min_s=0.5, max_s=2.0)
 CHILD_ENV_DROPPED = ("DTF_ADMIN_KEY", "DTF_API_KEY", "DTF_COORDINATOR")
 
-Record = dict[str, Any]
 EventSink = Callable[[str, Record], None]
 """Called with an event kind (started, leader_killed, leader_elected, node_restarted,
 stopped, notice) and its JSON-ready fields, from whichever thread saw it happen."""
-
-
-@dataclass(frozen=True)
-class HaSettings:
-    data_dir: Path
-    nodes: int = 3
-    workers: int = 2
-    base_port: int = 8090  # 0: free ports chosen outside the ephemeral range
-    slots: int = 2
-    cluster_name: str = "local"
-    kill_every_s: float | None = None  # fault injection: kill the leader this often
-    log_level: str = "info"
-    startup_timeout_s: float = 60.0
-    failover_timeout_s: float = 30.0
-    stop_timeout_s: float = 10.0
-    python: str = sys.executable
-    base_env: Mapping[str, str] | None = None  # None: inherit this process's environment
-    coordinator_flags: tuple[str, ...] = ()  # appended to every coordinator's command line
-
-
-@dataclass(frozen=True)
-class Node:
-    """One coordinator of the local cluster and the etcd member it talks to first."""
-
-    node_id: str
-    port: int
-    data_dir: Path
-    etcd_member: str
-    etcd_endpoints: tuple[str, ...]  # its own member first
-
-    @property
-    def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
-
-
-def plan_nodes(data_dir: Path, ports: list[int], etcd_urls: list[str]) -> list[Node]:
-    """Node ``i`` (1-based) listens on ``ports[i-1]`` and prefers etcd member ``m<i-1>``."""
-    return [
-        Node(
-            node_id=f"node-{index + 1}",
-            port=port,
-            data_dir=data_dir / f"node-{index + 1}",
-            etcd_member=f"m{index}",
-            etcd_endpoints=(etcd_urls[index], *etcd_urls[:index], *etcd_urls[index + 1 :]),
-        )
-        for index, port in enumerate(ports)
-    ]
-
-
-def coordinator_argv(settings: HaSettings, node: Node) -> list[str]:
-    """Coordinator ``node``'s command line, ``settings.coordinator_flags`` last."""
-    return [
-        *(settings.python, "-m", "dtf.cli", "coordinator"),
-        *("--cluster", settings.cluster_name, "--etcd", ",".join(node.etcd_endpoints)),
-        *("--advertise", node.url, "--node-id", node.node_id),
-        *("--host", LOOPBACK, "--port", str(node.port)),
-        *("--data-dir", str(node.data_dir), "--log-level", settings.log_level),
-        *settings.coordinator_flags,
-    ]
-
-
-def worker_argv(
-    python: str, worker_id: str, urls: list[str], slots: int, work_dir: Path
-) -> list[str]:
-    return [
-        *(python, "-m", "dtf.cli", "worker"),
-        *("--coordinator", ",".join(urls), "--worker-id", worker_id),
-        *("--slots", str(slots), "--work-dir", str(work_dir)),
-    ]
-
-
-def formation_problem(statuses: Mapping[str, Record | None], node_ids: list[str]) -> str | None:
-    """Why the nodes' ``/api/cluster/status`` answers do not yet show one cluster of
-    ``node_ids`` with one leader they all agree on; None once they do."""
-    leaders: set[str | None] = set()
-    for node_id, status in statuses.items():
-        if status is None:
-            return f"{node_id} does not answer /api/cluster/status yet"
-        seen = sorted(node["node_id"] for node in status["nodes"])
-        if seen != sorted(node_ids):
-            return f"{node_id} sees nodes {', '.join(seen) or 'none'}"
-        leaders.add(status["leader"]["node_id"] if status["leader"] else None)
-    if None in leaders or len(leaders) != 1:
-        return f"the nodes see leaders {', '.join(sorted(str(leader) for leader in leaders))}"
-    return None
-
-
-def newest_leader(leadership_replies: list[Record | None]) -> Record | None:
-    """Of several nodes' ``/api/cluster/leader`` replies, the current leader of the latest
-    epoch any of them knows (None: no node answers or none knows a leader)."""
-    leaders = [reply["leader"] for reply in leadership_replies if reply and reply["leader"]]
-    return max(leaders, key=lambda leader: int(leader["epoch"]), default=None)
 
 
 class HaCluster:
@@ -154,6 +77,7 @@ class HaCluster:
         self.admin_key = new_key()[1]
         self.worker_key = ""
         self.etcd: EtcdCluster | None = None
+        self.guard: OrphanGuard | None = None
         self.nodes: list[Node] = []
         self.coordinators: dict[str, ManagedProcess] = {}
         self.workers: dict[str, ManagedProcess] = {}
@@ -208,7 +132,9 @@ class HaCluster:
         ports = self._fixed_ports() if self.settings.base_port else []
         self.etcd = EtcdCluster(self.data_dir / "etcd", size=self.settings.nodes)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.etcd.start()
+        self.guard = OrphanGuard()
+        with self.guard.marking_this_process():
+            self.etcd.start()
         self.etcd.wait_healthy(self.settings.startup_timeout_s)
         # Free ports are picked only now: etcd members starting meanwhile, here or in
         # another run, take theirs from the same range.
@@ -288,13 +214,12 @@ class HaCluster:
         """Each node's ``/api/cluster/status`` (None where it does not answer)."""
         with self.http_client() as http:
             return {
-                node.node_id: _get_json(http, node.url, "/api/cluster/status")
-                for node in self.nodes
+                node.node_id: get_json(http, node.url, "/api/cluster/status") for node in self.nodes
             }
 
     def current_leader(self, http: httpx.Client) -> Record | None:
         """The leader of the latest epoch any node reports (None: no answer, no leader)."""
-        return newest_leader([_get_json(http, url, "/api/cluster/leader") for url in self.urls])
+        return newest_leader([get_json(http, url, "/api/cluster/leader") for url in self.urls])
 
     def http_client(self) -> httpx.Client:
         """An HTTP client with the admin key and short timeouts, for probing the nodes."""
@@ -342,6 +267,8 @@ class HaCluster:
         self._stop_coordinators()
         if self.etcd is not None:
             self.etcd.stop()
+        if self.guard is not None:
+            self.guard.close()
         children = [*workers, *self.coordinator_processes().values()]
         self.emit("stopped", {"exit_codes": {p.name: p.exit_code for p in children}})
 
@@ -365,8 +292,6 @@ class HaCluster:
         return process
 
     def _leader_killer(self) -> LeaderKiller | None:
-        from dtf.local.leader_killer import LeaderKiller  # it imports this module
-
         every_s = self.settings.kill_every_s
         return LeaderKiller(self, every_s) if every_s else None
 
@@ -384,7 +309,8 @@ class HaCluster:
     def _child_env(self, **extra: str) -> dict[str, str]:
         base = os.environ if self.settings.base_env is None else self.settings.base_env
         env = {name: value for name, value in base.items() if name not in CHILD_ENV_DROPPED}
-        return {**env, "PYTHONUNBUFFERED": "1", **extra}
+        marker = self.guard.environment() if self.guard else {}
+        return {**env, "PYTHONUNBUFFERED": "1", **marker, **extra}
 
     def _wait_for(self, problem: Callable[[], str | None], what: str) -> None:
         """Poll ``problem`` until it returns None; raise when a child dies, time runs out
@@ -413,14 +339,3 @@ def _require_fresh(data_dir: Path) -> None:
             f"data dir {data_dir} is not empty (a previous local cluster?); each run starts "
             "new etcd members, so pass a new or empty --data-dir"
         )
-
-
-def _get_json(http: httpx.Client, url: str, path: str) -> Record | None:
-    try:
-        response = http.get(url + path)
-    except httpx.HTTPError:
-        return None
-    if response.status_code != 200:
-        return None
-    reply: Record = response.json()
-    return reply

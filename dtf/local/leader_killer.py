@@ -14,10 +14,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import TYPE_CHECKING
 
 import httpx
 
-from dtf.local.ha_cluster import HaCluster, Record, formation_problem, newest_leader
+from dtf.local.ha_status import Record, formation_problem, newest_leader
+
+if TYPE_CHECKING:
+    from dtf.local.ha_cluster import HaCluster
 
 logger = logging.getLogger(__name__)
 

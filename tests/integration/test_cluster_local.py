@@ -1,6 +1,6 @@
 """``dtf cluster local``: how it lays out nodes, what it refuses, and whole runs as a real
 ``dtf`` process (etcd members, coordinators, workers) until SIGINT, with and without
-killing the leader."""
+killing the leader, and until kill -9 (which must leave nothing it started running)."""
 
 from __future__ import annotations
 
@@ -228,8 +228,8 @@ def start_run(tmp_path: Path) -> Iterator[Any]:
 
 
 def stop_or_kill(run: Run) -> None:
-    """SIGTERM the run, then SIGKILL it and every process it started (each runs in a
-    session of its own, so killing the run alone would orphan them)."""
+    """SIGTERM the run, then SIGKILL it and every process it started (its orphan guard
+    would kill them too, but cleaning up after a failed test does not rely on it)."""
     descendants = run.children()
     run.process.terminate()
     try:
@@ -312,3 +312,38 @@ def test_fault_injection_kills_the_leader_and_work_still_completes(start_run: An
     )
     assert (restarted["kind"], restarted["after"]) == ("coordinator", "was killed by SIGKILL")
     stop_and_check_nothing_left(run, children + run.children())
+
+
+@pytest.mark.timeout(300)
+def test_kill_9_of_the_run_leaves_no_process_it_started(start_run: Any) -> None:
+    run: Run = start_run("--nodes", "1", "--workers", "1")
+    started = run.next_event("started", START_TIMEOUT_S)
+    with Client(started["urls"], started["admin_key"], timeout_s=10) as client:
+        client.submit({"type": "command", "config": {"command": "sleep 307"}})
+    deadline = time.monotonic() + EVENT_TIMEOUT_S
+    while ["sleep", "307"] not in command_lines(run.children()):
+        assert time.monotonic() < deadline, "the task's sleep did not start"
+        time.sleep(0.2)
+    children = run.children()
+    names = " ".join(" ".join(command) for command in command_lines(children))
+    assert names.count("etcd --name") == 1 and names.count("dtf.cli worker") == 1
+
+    run.process.kill()
+    run.process.wait(timeout=10)
+    deadline = time.monotonic() + 30
+    while (left := [p for p in children if is_alive(p)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    survivors = command_lines(left)
+    for process in left:  # so that a failure leaves nothing behind either
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    assert not survivors, survivors
+
+
+def command_lines(processes: list[psutil.Process]) -> list[list[str]]:
+    """The command lines of those of ``processes`` still there."""
+    lines = []
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            lines.append(process.cmdline())
+    return lines

@@ -1,0 +1,184 @@
+"""Nothing a local cluster started outlives its supervising process, even one SIGKILLed:
+the orphan guard alone, then a whole ``dtf up`` with a task running."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from dtf.client import Client
+from dtf.errors import DtfError
+from dtf.local.orphan_guard import OrphanGuard
+from dtf.local.processes import find_free_port
+from dtf.testing.waiting import wait_for
+
+pytestmark = pytest.mark.integration
+
+GONE_WITHIN_S = 30.0
+START_TIMEOUT_S = 90.0
+
+# A stand-in supervisor: starts a marked sleep in a session of its own, which starts
+# another in a session of its own, then an unmarked sleep, and waits to be killed.
+SUPERVISOR_SCRIPT = """
+import os, subprocess, sys, time
+from dtf.local.orphan_guard import OrphanGuard
+
+guard = OrphanGuard()
+marked = {**os.environ, **guard.environment()}
+first, second, unmarked = sys.argv[1:]
+subprocess.Popen(["sh", "-c", f"setsid sleep {first} & exec sleep {second}"], env=marked,
+                 start_new_session=True)
+subprocess.Popen(["sleep", unmarked], start_new_session=True)
+print(guard.sidecar.pid, flush=True)
+time.sleep(300)
+"""
+
+
+def sleeps(*durations: str) -> list[psutil.Process]:
+    """Running ``sleep D`` processes for each duration D given."""
+    wanted = [[duration] for duration in durations]
+    return [
+        process
+        for process in psutil.process_iter(["name", "cmdline"])
+        if process.info["name"] == "sleep" and (process.info["cmdline"] or [])[1:] in wanted
+    ]
+
+
+def is_alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def wait_gone(processes: list[psutil.Process], what: str) -> None:
+    def all_gone() -> bool:
+        return not any(is_alive(process) for process in processes)
+
+    try:
+        wait_for(all_gone, GONE_WITHIN_S, what)
+    except AssertionError:
+        left = [describe(process) for process in processes if is_alive(process)]
+        raise AssertionError(f"{what}: still running {left}") from None
+
+
+def describe(process: psutil.Process) -> str:
+    with contextlib.suppress(psutil.Error):
+        return f"{process.pid} {' '.join(process.cmdline())}"
+    return str(process.pid)
+
+
+Started = psutil.Process | subprocess.Popen[Any]
+
+
+@pytest.fixture
+def cleanup() -> Iterator[list[Started]]:
+    """Processes a failed test must not leave behind (those it started are reaped too)."""
+    processes: list[Started] = []
+    yield processes
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
+            process.kill()
+        if isinstance(process, subprocess.Popen):
+            process.wait(timeout=10)
+
+
+@pytest.fixture
+def durations() -> Iterator[list[str]]:
+    """Sleep durations no other test run uses (301-303 s and a random fraction); every
+    ``sleep`` of one of them still running afterwards is killed."""
+    fraction = secrets.randbelow(10**6)
+    unique = [f"{seconds}.{fraction:06d}" for seconds in (301, 302, 303)]
+    yield unique
+    for process in sleeps(*unique):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+
+
+def test_marked_processes_die_with_a_sigkilled_supervisor(
+    cleanup: list[Started], durations: list[str]
+) -> None:
+    first, second, unmarked_duration = durations[:3]
+    supervisor = subprocess.Popen(
+        [sys.executable, "-c", SUPERVISOR_SCRIPT, first, second, unmarked_duration],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    cleanup.append(supervisor)
+    assert supervisor.stdout is not None
+    guard = psutil.Process(int(supervisor.stdout.readline()))
+    wait_for(lambda: len(sleeps(*durations)) == 3, START_TIMEOUT_S, "the three sleeps")
+    marked, [unmarked] = sleeps(first, second), sleeps(unmarked_duration)
+
+    supervisor.kill()
+    supervisor.wait(timeout=10)
+    supervisor.stdout.close()
+    wait_gone([*marked, guard], "the marked sleeps and the guard after kill -9")
+    assert is_alive(unmarked)
+
+
+def test_close_kills_marked_leftovers_only(cleanup: list[Started], durations: list[str]) -> None:
+    guard = OrphanGuard()
+    marked = subprocess.Popen(
+        ["sleep", durations[0]], env={**os.environ, **guard.environment()}, start_new_session=True
+    )
+    unmarked = subprocess.Popen(["sleep", durations[1]], start_new_session=True)
+    cleanup.extend([marked, unmarked])
+    guard.close()
+    assert marked.wait(timeout=GONE_WITHIN_S) == -signal.SIGKILL
+    assert unmarked.poll() is None
+    assert guard.sidecar.returncode == 0
+
+
+def online_workers(url: str, admin_key_path: Path) -> int:
+    if not admin_key_path.exists():
+        return 0
+    with Client(url, admin_key_path.read_text().strip(), timeout_s=2) as client:
+        try:
+            return sum(1 for worker in client.workers() if worker.get("status") == "online")
+        except DtfError:
+            return 0
+
+
+@pytest.mark.timeout(300)
+def test_dtf_up_killed_with_sigkill_leaves_nothing_running(
+    tmp_path: Path, cleanup: list[Started], durations: list[str]
+) -> None:
+    port = find_free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DTF_")}
+    argv = [sys.executable, "-m", "dtf.cli", "up", "--workers", "2", "--port", str(port)]
+    with (tmp_path / "up.log").open("wb") as log:
+        up = subprocess.Popen(
+            [*argv, "--data-dir", str(tmp_path / "data")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    cleanup.append(up)
+    admin_key_path = tmp_path / "data" / "admin.key"
+    wait_for(lambda: online_workers(url, admin_key_path) == 2, START_TIMEOUT_S, "2 workers")
+    with Client(url, admin_key_path.read_text().strip()) as client:
+        client.submit({"type": "command", "config": {"command": f"sleep {durations[0]}"}})
+    wait_for(lambda: len(sleeps(durations[0])) == 1, START_TIMEOUT_S, "the task's sleep")
+    started = psutil.Process(up.pid).children(recursive=True)
+    cleanup.extend(started)
+    names = [" ".join(process.cmdline()) for process in started]
+    assert sum("dtf.cli worker" in name for name in names) == 2, names
+    assert sum("dtf.cli coordinator" in name for name in names) == 1, names
+
+    up.kill()
+    up.wait(timeout=10)
+    wait_gone(started, "every process dtf up started, after kill -9")
+    assert "orphan guard: killed" in (tmp_path / "up.log").read_text()
