@@ -13,8 +13,9 @@ which etcd checks again inside the append transaction. A leader that resigns
 closes its term and deletes the key in one fenced transaction, so the others
 (which campaign as soon as their watch shows the key gone) take over at once.
 
-Three tasks share the state on one event loop: the lease keeper, the leader
-watcher, and the actor, which campaigns, records terms and resigns when woken.
+Three tasks share the state on one event loop: the lease keeper
+(``CampaignLease``), the leader watcher, and the actor, which campaigns,
+records terms and resigns when woken.
 """
 
 from __future__ import annotations
@@ -27,11 +28,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from dtf.cluster.campaign_lease import CampaignLease
 from dtf.cluster.etcd import (
     Etcd,
     EtcdError,
     KeyValue,
     LeaseNotFound,
+    WatchEvent,
     create_revision_equals,
     get_op,
     put_op,
@@ -40,7 +43,6 @@ from dtf.cluster.etcd import (
 from dtf.cluster.history import (
     CorruptRecord,
     LeaderInfo,
-    LeaseClock,
     RecordsChanged,
     StoredTerms,
     backoff_s,
@@ -56,6 +58,7 @@ from dtf.cluster.history import (
     term_key,
     terms_prefix,
 )
+from dtf.cluster.loops import follow, level
 from dtf.cluster.view import LeaderTerm
 
 log = logging.getLogger(__name__)
@@ -74,11 +77,6 @@ class _Observed:
     leader: LeaderInfo | None
     lease: int
     revision: int
-
-
-def _level(failures: int) -> int:
-    """Warn of the first failure in a row; the retries after it are debug noise."""
-    return logging.DEBUG if failures else logging.WARNING
 
 
 class Election:
@@ -104,9 +102,9 @@ class Election:
         self._prefix = cluster_prefix(cluster)
         self._leader_key = leader_key(self._prefix)
         self._disabled_key = disabled_key(self._prefix, node_id)
-        self._lease: int | None = None
-        self._lease_clock = LeaseClock(ttl_s)
-        self._abandoned: set[int] = set()
+        self._lease = CampaignLease(
+            etcd, node_id, ttl_s, clock=clock, on_granted=self._wake, on_lost=self._lost_lease
+        )
         self._observed = _Observed(None, 0, 0)
         self._term: LeaderInfo | None = None
         self._last_seen: LeaderInfo | None = None
@@ -121,7 +119,7 @@ class Election:
 
     @property
     def is_leader(self) -> bool:
-        return self._term is not None and self._lease_clock.is_valid(self._clock())
+        return self._term is not None and self._lease.is_live()
 
     @property
     def leader(self) -> LeaderInfo | None:
@@ -145,7 +143,7 @@ class Election:
 
     async def start(self) -> None:
         self._tasks = [
-            asyncio.create_task(self._keep_lease(), name="dtf-election-lease"),
+            asyncio.create_task(self._lease.keep(), name="dtf-election-lease"),
             asyncio.create_task(self._follow_leader(), name="dtf-election-watch"),
             asyncio.create_task(self._act_when_woken(), name="dtf-election-actor"),
         ]
@@ -159,11 +157,9 @@ class Election:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
-        if resign and self._lease is not None:
-            self._abandoned.add(self._lease)
-            await self._revoke_abandoned()
-        self._lease = None
-        self._lease_clock.lost()
+        if resign:
+            await self._lease.give_back()
+        self._lease.forget()
         self._term = None
         self._report()
 
@@ -179,8 +175,8 @@ class Election:
         try:
             result = await self.etcd.txn(compare, ops)
         except EtcdError as exc:
-            if self._lease is not None:
-                self._lose_lease(self._lease, f"its resignation did not reach etcd ({exc})")
+            if self._lease.id is not None:
+                self._lease.lose(self._lease.id, f"its resignation did not reach etcd ({exc})")
             return
         if result.succeeded:
             self._log_term(logging.INFO, "leader_resigned", term.epoch, reason)
@@ -197,87 +193,31 @@ class Election:
             log.warning("skipping a leadership record: %s", why)
         return stored
 
-    # the lease keeper
+    # the lease
 
-    async def _keep_lease(self) -> None:
-        failures = 0
-        while True:
-            try:
-                if self._abandoned:
-                    await self._revoke_abandoned()
-                if self._lease is None:
-                    await self._grant()
-                else:
-                    await self._refresh(self._lease)
-                failures = 0
-                delay_s = self.ttl_s / 3
-            except EtcdError as exc:
-                log.log(_level(failures), "%s cannot keep its etcd lease: %s", self.node_id, exc)
-                delay_s = backoff_s(failures, max_s=self.ttl_s / 3)
-                failures += 1
-            await asyncio.sleep(delay_s)
-
-    async def _grant(self) -> None:
-        sent_at = self._clock()
-        lease = await self.etcd.grant_lease(self.ttl_s)
-        self._lease = lease
-        self._lease_clock.lost()
-        self._lease_clock.renewed(sent_at, self.ttl_s)
-        self._wake()
-
-    async def _refresh(self, lease: int) -> None:
-        sent_at = self._clock()
-        try:
-            async with asyncio.timeout(self._lease_clock.time_left_s(sent_at)):
-                remaining_s = await self.etcd.refresh_lease(lease)
-        except TimeoutError:
-            self._lose_lease(lease, f"its lease was not renewed within {self.ttl_s} s")
-            return
-        if remaining_s <= 0:
-            self._lose_lease(lease, "etcd says its lease is gone")
-        else:
-            self._lease_clock.renewed(sent_at, remaining_s)
-
-    def _lose_lease(self, lease: int, why: str) -> None:
-        if self._lease != lease:
-            return
-        self._abandoned.add(lease)
-        self._lease = None
-        self._lease_clock.lost()
+    def _lost_lease(self, why: str) -> None:
         term, self._term = self._term, None
         if term is not None:
             self._log_term(logging.WARNING, "leader_fenced", term.epoch, f"steps down: {why}")
         self._report()
         self._wake()
 
-    async def _revoke_abandoned(self) -> None:
-        for lease in sorted(self._abandoned):
-            try:
-                await self.etcd.revoke_lease(lease)
-            except EtcdError as exc:
-                log.debug("lease %x not revoked yet: %s", lease, exc)
-                return
-            self._abandoned.discard(lease)
-
     # the leader watcher
 
     async def _follow_leader(self) -> None:
-        failures = 0
-        while True:
-            try:
-                revision = await self._read_leader()
-                async for events in self.etcd.watch_prefix(self._leader_key, revision + 1):
-                    for event in events:
-                        if event.kv.key == self._leader_key:
-                            kv = event.kv if event.kind == "put" else None
-                            self._see(kv, event.kv.mod_revision)
-                    failures = 0
-            except (EtcdError, CorruptRecord) as exc:
-                log.log(
-                    _level(failures), "%s lost its watch on the leader key: %s", self.node_id, exc
-                )
-            await asyncio.sleep(backoff_s(failures))
-            failures += 1
+        await follow(
+            self.etcd,
+            self._leader_key,
+            self._read_leader,
+            self._take_leader_events,
+            what=f"{self.node_id}'s election",
+            errors=(EtcdError, CorruptRecord),
+        )
+
+    def _take_leader_events(self, events: list[WatchEvent]) -> None:
+        for event in events:
+            if event.kv.key == self._leader_key:
+                self._see(event.kv if event.kind == "put" else None, event.kv.mod_revision)
 
     async def _read_leader(self) -> int:
         result = await self.etcd.txn([], [get_op(self._leader_key)])
@@ -308,9 +248,8 @@ class Election:
             self._wake()
 
     def _holds(self, leader: LeaderInfo, lease: int) -> bool:
-        is_live = self._lease_clock.is_valid(self._clock())
-        is_ours = leader.node_id == self.node_id and lease == self._lease
-        return is_ours and is_live and not self._is_stopping
+        is_ours = leader.node_id == self.node_id and lease == self._lease.id
+        return is_ours and self._lease.is_live() and not self._is_stopping
 
     def _log_term(self, level: int, event: str, epoch: int, what: str) -> None:
         extra = {"event": event, "epoch": epoch}
@@ -342,7 +281,7 @@ class Election:
                 await self._act()
                 failures = 0
             except (EtcdError, CorruptRecord, RecordsChanged) as exc:
-                log.log(_level(failures), "%s could not act on the election: %s", self.node_id, exc)
+                log.log(level(failures), "%s could not act on the election: %s", self.node_id, exc)
                 await asyncio.sleep(backoff_s(failures))
                 failures += 1
                 self._wake()
@@ -371,13 +310,12 @@ class Election:
             and not self._is_stopping
             and self._observed.revision > 0
             and self._observed.leader is None
-            and self._lease is not None
-            and self._lease_clock.is_valid(now)
+            and self._lease.is_live()
             and now >= self._hold_until
         )
 
     async def _campaign(self) -> None:
-        lease = self._lease or 0
+        lease = self._lease.id or 0
         value = encode_leader(self.node_id, self.url, self._wall_clock())
         try:
             result = await self.etcd.txn(
@@ -389,7 +327,7 @@ class Election:
                 [get_op(self._leader_key), get_op(self._disabled_key)],
             )
         except LeaseNotFound:
-            self._lose_lease(lease, "etcd says its lease is gone")
+            self._lease.lose(lease, "etcd says its lease is gone")
             return
         if result.succeeded:
             won = KeyValue(self._leader_key, value, result.revision, result.revision, 1, lease)

@@ -6,12 +6,17 @@ key vanishes within the TTL after the node dies and ``nodes()`` lists only live
 nodes. ``P/disabled/<id>`` (no lease; written through any node) takes a node
 out of elections and load balancing; each node watches ``P/disabled/`` and
 calls ``on_disabled`` when its own flag changes, which is how its election
-learns to resign.
+learns to resign. Each node also watches ``P/nodes/`` and keeps the ids of
+the nodes whose record it saw vanish and not come back (``departed``): the
+leader journals their loss for the workers still connected through them.
+A node writes its record before it serves, so no worker can be connected
+through a node that has not been listed yet.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -23,12 +28,12 @@ from dtf import __version__
 from dtf.cluster.etcd import Etcd, EtcdError, KeyValue, LeaseNotFound, WatchEvent, delete_op
 from dtf.cluster.history import (
     CorruptRecord,
-    backoff_s,
     cluster_prefix,
     decode_leader,
     disabled_key,
     leader_key,
 )
+from dtf.cluster.loops import follow, keep_doing
 from dtf.cluster.view import NodeInfo
 
 log = logging.getLogger(__name__)
@@ -129,12 +134,17 @@ class Members:
         self._on_disabled = on_disabled
         self._wall_clock = wall_clock
         self._prefix = cluster_prefix(cluster)
-        self._node_key = self._prefix + b"nodes/" + node_id.encode()
+        self._nodes_prefix = self._prefix + b"nodes/"
+        self._node_key = self._nodes_prefix + node_id.encode()
         self._disabled_prefix = disabled_key(self._prefix, "")
         self._started_at = wall_clock()
         self._lease: int | None = None
+        self._reported_at = -math.inf
         self._disabled: dict[str, str] = {}
         self._is_self_disabled = False
+        self._listed: set[str] | None = None
+        self._departed: set[str] = set()
+        self._nodes_changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -142,10 +152,29 @@ class Members:
         """Why this node is disabled, as last seen; None while it is enabled."""
         return self._disabled.get(self.node_id)
 
+    @property
+    def departed(self) -> frozenset[str]:
+        """Nodes whose record this node saw vanish (lease expired or revoked) and not return."""
+        return frozenset(self._departed)
+
+    async def wait_nodes_changed(self, timeout_s: float) -> None:
+        """Return when the registry changed, or after ``timeout_s``."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._nodes_changed.wait()
+        self._nodes_changed.clear()
+
     async def start(self) -> None:
+        """Write this node's record (a failure is logged; the loop retries), then
+        keep it fresh and follow the registry and the disabled flags."""
+        try:
+            await self._refresh_registration()
+        except EtcdError as exc:
+            log.warning("%s is not in the node registry yet: %s", self.node_id, exc)
         self._tasks = [
             asyncio.create_task(self._keep_registered(), name="dtf-members-report"),
             asyncio.create_task(self._follow_disabled(), name="dtf-members-watch"),
+            asyncio.create_task(self._follow_nodes(), name="dtf-members-nodes"),
         ]
 
     async def stop(self) -> None:
@@ -166,7 +195,7 @@ class Members:
     async def nodes(self, *, log_seq: int = 0) -> list[NodeInfo]:
         """The live nodes, each with its lag behind ``log_seq`` or the furthest node."""
         (node_kvs, _), (flag_kvs, _), leader_kv = await asyncio.gather(
-            self.etcd.get_prefix(self._prefix + b"nodes/"),
+            self.etcd.get_prefix(self._nodes_prefix),
             self.etcd.get_prefix(self._disabled_prefix),
             self.etcd.get(leader_key(self._prefix)),
         )
@@ -201,25 +230,23 @@ class Members:
 
     async def _keep_registered(self) -> None:
         """Refresh the lease every TTL/3 and rewrite the record every ``report_every_s``."""
-        failures = 0
-        reported_at = -math.inf
-        while True:
-            try:
-                if (
-                    await self._keep_lease()
-                    or time.monotonic() - reported_at >= self.report_every_s
-                ):
-                    reported_at = time.monotonic()
-                    await self._report_position()
-                if failures:
-                    log.info("%s reports its position to etcd again", self.node_id)
-                failures = 0
-            except EtcdError as exc:
-                if not failures:
-                    log.warning("%s cannot report its position to etcd: %s", self.node_id, exc)
-                failures += 1
-                reported_at = -math.inf
-            await asyncio.sleep(min(self.report_every_s, self.ttl_s / 3))
+        every_s = min(self.report_every_s, self.ttl_s / 3)
+        await keep_doing(
+            self._refresh_registration,
+            what=f"{self.node_id}'s node record",
+            retry_s=lambda _: every_s,
+        )
+
+    async def _refresh_registration(self) -> float:
+        try:
+            is_new_lease = await self._keep_lease()
+            if is_new_lease or time.monotonic() - self._reported_at >= self.report_every_s:
+                self._reported_at = time.monotonic()
+                await self._report_position()
+        except EtcdError:
+            self._reported_at = -math.inf
+            raise
+        return min(self.report_every_s, self.ttl_s / 3)
 
     async def _keep_lease(self) -> bool:
         """Keep this node's lease alive; whether it had to take a new one."""
@@ -244,21 +271,24 @@ class Members:
             raise
 
     async def _follow_disabled(self) -> None:
-        failures = 0
-        while True:
-            try:
-                kvs, revision = await self.etcd.get_prefix(self._disabled_prefix)
-                self._disabled = self._flags(kvs)
-                self._notice_own_flag()
-                async for events in self.etcd.watch_prefix(self._disabled_prefix, revision + 1):
-                    for event in events:
-                        self._take_flag(event)
-                    self._notice_own_flag()
-                    failures = 0
-            except EtcdError as exc:
-                log.warning("%s lost its watch on disabled nodes: %s", self.node_id, exc)
-            await asyncio.sleep(backoff_s(failures))
-            failures += 1
+        await follow(
+            self.etcd,
+            self._disabled_prefix,
+            self._read_flags,
+            self._take_flags,
+            what=f"{self.node_id}'s view of disabled nodes",
+        )
+
+    async def _read_flags(self) -> int:
+        kvs, revision = await self.etcd.get_prefix(self._disabled_prefix)
+        self._disabled = self._flags(kvs)
+        self._notice_own_flag()
+        return revision
+
+    def _take_flags(self, events: list[WatchEvent]) -> None:
+        for event in events:
+            self._take_flag(event)
+        self._notice_own_flag()
 
     def _take_flag(self, event: WatchEvent) -> None:
         node_id = event.kv.key[len(self._disabled_prefix) :].decode()
@@ -284,3 +314,39 @@ class Members:
         )
         if self._on_disabled is not None:
             self._on_disabled(is_disabled)
+
+    async def _follow_nodes(self) -> None:
+        await follow(
+            self.etcd,
+            self._nodes_prefix,
+            self._read_nodes,
+            self._take_node_events,
+            what=f"{self.node_id}'s view of the node registry",
+        )
+
+    async def _read_nodes(self) -> int:
+        """List the registry; nodes listed before and missing now departed meanwhile."""
+        kvs, revision = await self.etcd.get_prefix(self._nodes_prefix)
+        listed = {self._registered_id(kv.key) for kv in kvs}
+        if self._listed is not None:
+            self._departed |= self._listed - listed
+        self._departed -= listed
+        self._listed = listed
+        self._nodes_changed.set()
+        return revision
+
+    def _take_node_events(self, events: list[WatchEvent]) -> None:
+        listed = self._listed if self._listed is not None else set()
+        for event in events:
+            node_id = self._registered_id(event.kv.key)
+            if event.kind == "put":
+                listed.add(node_id)
+                self._departed.discard(node_id)
+            else:
+                listed.discard(node_id)
+                self._departed.add(node_id)
+        self._listed = listed
+        self._nodes_changed.set()
+
+    def _registered_id(self, key: bytes) -> str:
+        return key[len(self._nodes_prefix) :].decode()

@@ -5,14 +5,18 @@ How this works: ``open`` connects to etcd and rebuilds the state from the
 cluster's snapshot and log (so the coordinator serves nothing until it has
 caught up); ``start`` registers the node and joins the election. Each time this
 node becomes leader, ``on_elected`` runs (the coordinator journals its settings
-and a fresh lease period there). ``stop`` resigns first, so another node takes
-over at once instead of after the lease TTL, then stops the bus and closes etcd.
+and a fresh lease period there). While it leads, it also journals
+``CoordinatorNodeLost`` for each node whose registry record vanished while
+workers were still connected through it (``dtf.core.stranding``). ``stop``
+resigns first, so another node takes over at once instead of after the lease
+TTL, then stops the bus and closes etcd.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -24,6 +28,8 @@ from dtf.cluster.history import LeaderInfo
 from dtf.cluster.log import EtcdLog
 from dtf.cluster.members import Members
 from dtf.cluster.settings import ClusterSettings
+from dtf.core import commands as c
+from dtf.core.stranding import nodes_to_declare_lost
 from dtf.errors import DtfError
 
 log = logging.getLogger(__name__)
@@ -31,6 +37,8 @@ log = logging.getLogger(__name__)
 OnElected = Callable[[], Awaitable[None]]
 REGISTRY_TTL_FACTOR = 3
 """A node's registry record outlives an etcd stall that costs it leadership."""
+LOST_NODES_CHECK_S = 1.0
+"""How often the leader looks for lost nodes when the registry does not change."""
 
 
 @dataclass
@@ -43,6 +51,12 @@ class ClusterNode:
     view: EtcdClusterView
     _on_elected: OnElected | None = None
     _leading: asyncio.Task[None] | None = None
+    _lost_nodes: asyncio.Task[None] | None = None
+
+    @property
+    def registry_ttl_s(self) -> int:
+        """How long a node's record outlives the node: the longest a node loss goes unnoticed."""
+        return REGISTRY_TTL_FACTOR * self.settings.lease_ttl_s
 
     @classmethod
     async def open(cls, settings: ClusterSettings, *, snapshot_every: int) -> ClusterNode:
@@ -97,6 +111,7 @@ class ClusterNode:
         await self.members.start()
         self.view.start()
         await self.election.start()
+        self._lost_nodes = asyncio.create_task(self._declare_lost_nodes(), name="dtf-lost-nodes")
         log.info(
             "node %s joined cluster %s through etcd %s",
             self.settings.node_id,
@@ -108,8 +123,9 @@ class ClusterNode:
     async def stop(self) -> None:
         """Resign (instant hand-over), stop the bus, leave the registry, close etcd."""
         await self.election.stop(resign=True)
-        if self._leading is not None:
-            self._leading.cancel()
+        for task in (self._leading, self._lost_nodes):
+            if task is not None:
+                task.cancel()
         await self.bus.stop()
         await self.view.stop()
         await self.members.stop()
@@ -135,3 +151,26 @@ class ClusterNode:
             await self._on_elected()
         except DtfError as exc:
             log.warning("could not journal the start of epoch %d: %s", term.epoch, exc)
+
+    async def _declare_lost_nodes(self) -> None:
+        """While this node leads, journal the loss of every departed node that
+        workers are still connected through (looked at whenever the registry
+        changes, and every ``LOST_NODES_CHECK_S``)."""
+        while True:
+            await self.members.wait_nodes_changed(LOST_NODES_CHECK_S)
+            if not self.election.is_leader:
+                continue
+            departed = self.members.departed - {self.settings.node_id}
+            for node_id in nodes_to_declare_lost(self.bus.state.workers.values(), departed):
+                await self._declare_lost(node_id)
+
+    async def _declare_lost(self, node_id: str) -> None:
+        log.warning(
+            "coordinator node %s left the registry while workers were connected through it",
+            node_id,
+            extra={"event": "coordinator_node_lost", "node_id": node_id},
+        )
+        try:
+            await self.bus.execute(c.CoordinatorNodeLost(time.time(), node_id))
+        except DtfError as exc:
+            log.warning("could not journal the loss of node %s: %s", node_id, exc)

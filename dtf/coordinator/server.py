@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 
 CLOCK_MAX_SLEEP_S = 0.5
 FOLLOWER_POLL_S = 0.05
+NODE_LOSS_MARGIN_S = 1.0
+"""Time for the leader to see a node's record vanish and journal its loss."""
 
 
 @dataclass
@@ -111,6 +113,7 @@ def _open(settings: CoordinatorSettings, node: ClusterNode | None) -> _Parts:
         lease_timeout_s=settings.lease_timeout_s,
         heartbeat_interval_s=settings.heartbeat_interval_s,
         grants=grants,
+        node_id=node.settings.node_id if node else "",
     )
     auth = Authenticator(admin_key, lambda: bus.state.api_keys)
     where = _journal_description(journal, node)
@@ -214,11 +217,30 @@ async def start_cluster_serving(runtime: Runtime, node: ClusterNode) -> asyncio.
     """Start the log writer and applier, join the election; the clock ticks
     only while this node leads."""
     node.bus.start()
+    _warn_if_leases_outrun_node_loss(runtime.settings, node)
     await node.start(on_elected=lambda: journal_start(runtime, connections_lost=False))
     log.info("coordinator %s serving on %s", node.settings.node_id, node.settings.advertise_url)
     return asyncio.create_task(
         run_clock(node.bus, lambda: node.election.is_leader), name="dtf-clock"
     )
+
+
+def _warn_if_leases_outrun_node_loss(settings: CoordinatorSettings, node: ClusterNode) -> None:
+    """A node cut off from etcd is declared lost up to its registry TTL (plus a
+    moment to journal it) after the cut; its workers' leases must last longer,
+    or they expire first and count against their tasks and workers."""
+    lasts_s = settings.lease_timeout_s - settings.heartbeat_interval_s
+    if lasts_s < node.registry_ttl_s + NODE_LOSS_MARGIN_S:
+        log.warning(
+            "leases (--lease-timeout %g s, heartbeats every %g s) can expire before the loss "
+            "of a node cut off from etcd is journaled (registry TTL %d s + %g s): give a lease "
+            "timeout over %g s plus one heartbeat interval",
+            settings.lease_timeout_s,
+            settings.heartbeat_interval_s,
+            node.registry_ttl_s,
+            NODE_LOSS_MARGIN_S,
+            node.registry_ttl_s + NODE_LOSS_MARGIN_S,
+        )
 
 
 def state_config(settings: CoordinatorSettings) -> StateConfig:

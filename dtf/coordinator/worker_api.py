@@ -61,6 +61,7 @@ def _session_routes(router: APIRouter, rt: Runtime) -> None:
                 body.held,
                 body.incarnation,
                 body.health_check,
+                rt.hub.node_id,
             )
         )
         registered = p.Registered(

@@ -61,9 +61,11 @@ class WorkerHub:
         lease_timeout_s: float,
         heartbeat_interval_s: float,
         grants: GrantIssuer | None = None,
+        node_id: str = "",
     ) -> None:
         self.bus = bus
         self.grants = grants
+        self.node_id = node_id  # journaled with each registration; "" when standalone
         self.lease_timeout_s = lease_timeout_s
         self.heartbeat_interval_s = heartbeat_interval_s
         self._connections: dict[str, _Connection] = {}
@@ -148,6 +150,7 @@ class WorkerHub:
             message.held,
             message.incarnation,
             message.health_check,
+            self.node_id,
         )
         try:
             self.bus.state.check(command)

@@ -308,3 +308,19 @@ def test_registry_lists_live_nodes_with_their_applied_position(
 
 async def listed_positions(members: Members, expected: dict[str, int]) -> bool:
     return {node.node_id: node.applied_seq for node in await members.nodes()} == expected
+
+
+def test_a_node_whose_record_vanishes_is_departed_until_it_registers_again(
+    etcd_cluster: EtcdCluster, name: str
+) -> None:
+    async def scenario() -> None:
+        settings = [etcd_cluster.settings()] * 2
+        async with cluster_of(settings, name, with_members=True) as (_, members):
+            watcher, leaving = members
+            assert watcher.departed == frozenset()
+            await leaving.stop()
+            await eventually(lambda: watcher.departed == {"n1"}, "n1 to be seen departed")
+            await leaving.start()
+            await eventually(lambda: watcher.departed == frozenset(), "n1 to be listed again")
+
+    asyncio.run(scenario())

@@ -7,9 +7,12 @@ Twice: with that coordinator leading (it starts first) and following (it starts 
 on a slow machine the leadership may have moved meanwhile). Cut off while its workers
 run tasks, it must append nothing and not lead, its workers must kill their tasks before
 the leases expire, and the rest must lead, keep accepting work and retry the killed
-tasks. Healed, it catches up and takes work again; the history (acknowledged submits, every
-worker's audit log, every node's tasks) must show nothing acknowledged lost and no task
-run twice at once.
+tasks. The leader sees the node's registration expire and journals its loss, so the
+killed attempts end as lost with their coordinator: no task is charged for them (none is
+quarantined as a poison task) and no worker either (no circuit breaker opens). Healed,
+the node catches up and its workers take work again at once; the history (acknowledged
+submits, every worker's audit log, every node's tasks) must show nothing acknowledged
+lost and no task run twice at once.
 """
 
 from __future__ import annotations
@@ -49,8 +52,10 @@ CUT_OFF = "cut-off"
 ROOT_NODES = ("n1", "n2")
 NS_WORKERS = ("ns-w1", "ns-w2")
 ROOT_WORKERS = ("w1", "w2")
-LEASE_TIMEOUT_S = 3.0
-TASK_S = 5.0  # longer than a lease, so a task running at the cut outlives its lease
+# Leases outlast the node registry's TTL (3 s) by a heartbeat interval and a margin, so
+# the leader journals the node's loss before the leases of its workers expire.
+LEASE_TIMEOUT_S = 8.0
+TASK_S = 10.0  # longer than a lease, so a task running at the cut outlives its lease
 SUBMIT_EVERY_S = 0.8
 WAIT_S = 90.0  # bounds each wait; generous for a loaded machine
 
@@ -283,6 +288,7 @@ def test_a_cut_off_coordinator_and_its_workers_fence_themselves_and_nothing_is_l
     assert unsettled is None, f"{unsettled}\n{cluster_summary(cluster.urls, cluster.admin_key)}"
     assert check(history) == []
     killed_in_namespace(cluster, at_cut, lease_watch.expires_at)
+    nothing_charged(cluster)
 
 
 def partitioned(
@@ -337,11 +343,29 @@ def finished_since(client: Client, recorder: Recorder, index: int) -> int:
 
 def healed(cluster: Cluster, recorder: Recorder) -> None:
     """After healing: the cut-off node catches up and accepts work again (``settle``
-    then waits for that work to finish). Its workers may stay idle a while: the leases
-    they lost while cut off count against them (their circuit breakers open)."""
+    then waits for that work to finish), and its workers, online again, start tasks.
+    Nothing held them out for a breaker's reset time (300 s, far beyond the wait)."""
+    healed_at = time.monotonic()
     wait_until(lambda: is_caught_up(cluster), f"{CUT_OFF} to catch up", cluster.fleet)
     with Client(cluster.cut_off_url, cluster.admin_key, timeout_s=10) as client:
         recorder.acknowledged(client.submit(task_spec("after-heal")))
+        wait_until(
+            lambda: set(NS_WORKERS) <= online(client),
+            "the namespaced workers to be online again",
+            cluster.fleet,
+            lambda: cluster_summary(cluster.urls, cluster.admin_key),
+        )
+    wait_until(
+        lambda: started_since(cluster, healed_at),
+        "a namespaced worker to start a task after healing",
+        cluster.fleet,
+        lambda: cluster_summary(cluster.urls, cluster.admin_key),
+    )
+
+
+def started_since(cluster: Cluster, since: float) -> bool:
+    records = cluster.audit(*NS_WORKERS)
+    return any(r.event is AuditEvent.STARTED and r.monotonic > since for r in records)
 
 
 def is_caught_up(cluster: Cluster) -> bool:
@@ -369,4 +393,17 @@ def killed_in_namespace(
             expiry = expires_at.get((kill.task_id, kill.attempt))
             assert expiry is not None and kill.time < expiry, (kill, expiry)
             attempt = client.get(kill.task_id)["attempts"][kill.attempt - 1]
-            assert (attempt["status"], attempt["failure"]) == ("lost", "worker_lost"), attempt
+            lost = (attempt["status"], attempt["failure"])
+            assert lost == ("lost", "coordinator_lost"), attempt
+
+
+def nothing_charged(cluster: Cluster) -> None:
+    """The partition cost no task (none failed: no poison verdict, no retries spent)
+    and no worker (every breaker closed, none quarantined)."""
+    with Client(list(cluster.root_urls.values()), cluster.admin_key) as client:
+        failed = [t for t in client.list(limit=10_000) if t["status"] == "failed"]
+        assert failed == [], [(t["id"], t["status_reason"]) for t in failed]
+        assert client.status()["breakers"] == []
+        workers = client.workers()
+        assert [w["id"] for w in workers if w["breaker"]["state"] != "closed"] == []
+        assert [w["id"] for w in workers if w["health"]["quarantined"]] == []
