@@ -336,7 +336,9 @@ class Members:
         return revision
 
     def _take_node_events(self, events: list[WatchEvent]) -> None:
+        """Note nodes joining and leaving (a record's periodic rewrite changes nothing)."""
         listed = self._listed if self._listed is not None else set()
+        before = set(listed)
         for event in events:
             node_id = self._registered_id(event.kv.key)
             if event.kind == "put":
@@ -346,7 +348,8 @@ class Members:
                 listed.discard(node_id)
                 self._departed.add(node_id)
         self._listed = listed
-        self._nodes_changed.set()
+        if listed != before:
+            self._nodes_changed.set()
 
     def _registered_id(self, key: bytes) -> str:
         return key[len(self._nodes_prefix) :].decode()
