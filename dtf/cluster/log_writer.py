@@ -1,0 +1,120 @@
+"""Group commit to the etcd log: one append at a time, carrying everything queued.
+
+Commands queue up while an append is in flight; the next append takes them all
+as one batch (one etcd transaction, split only past 1 MiB), so a busy
+coordinator pays one round trip per batch, not per command. A batch is
+appended after the highest seq this coordinator knows of, compare-and-swapping
+the log tail; when another coordinator appended first, the tail is learned and
+the rest of the batch is appended again. Leader-only commands go in runs of
+their own, fenced by the leader's epoch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Callable, Sequence
+
+from dtf.cluster.etcd import EtcdUnavailable
+from dtf.cluster.log import EtcdLog, NotLeader, TailMoved
+from dtf.cluster.pending import MAYBE_APPLIED, Pending, PendingCommands
+from dtf.core import commands as c
+from dtf.errors import CoordinatorUnavailable, DtfError
+
+logger = logging.getLogger(__name__)
+
+Fence = Callable[[], int | None]
+
+LEADER_ONLY = (c.Tick, c.Configure, c.CoordinatorStarted)
+MAX_TAIL_RETRIES = 20
+
+
+class LogWriter:
+    def __init__(
+        self,
+        log: EtcdLog,
+        pending: PendingCommands,
+        *,
+        fence: Fence,
+        applied_seq: Callable[[], int],
+    ) -> None:
+        self.log = log
+        self.pending = pending
+        self.fence = fence
+        self.applied_seq = applied_seq
+        self.appended_tail = 0
+        self.is_closed = False
+        self._queue: list[Pending] = []
+        self._wakeup = asyncio.Event()
+
+    @property
+    def known_tail(self) -> int:
+        """The highest seq known to be in the log: applied here or appended by us."""
+        return max(self.appended_tail, self.applied_seq())
+
+    def add(self, pending: Pending) -> None:
+        self._queue.append(pending)
+        self._wakeup.set()
+
+    def close(self) -> None:
+        """Append what is queued, then end ``run``."""
+        self.is_closed = True
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        while not (self.is_closed and not self._queue):
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            batch, self._queue = self._queue, []
+            runs = itertools.groupby(batch, key=lambda p: isinstance(p.command, LEADER_ONLY))
+            for is_fenced, run in runs:
+                await self._write_run(list(run), is_fenced=is_fenced)
+
+    async def _write_run(self, run: list[Pending], *, is_fenced: bool) -> None:
+        try:
+            epoch = self.fence() if is_fenced else None
+            if is_fenced and epoch is None:
+                raise NotLeader(f"appending {len(run)} leader-only commands")
+            await self._append(run, epoch)
+        except EtcdUnavailable as exc:
+            self.pending.fail(run, _unavailable(exc))
+        except DtfError as exc:
+            self.pending.fail(run, exc)
+        except Exception as exc:
+            logger.exception("appending %d commands to the etcd log failed", len(run))
+            self.pending.fail(run, CoordinatorUnavailable(f"could not append to the log: {exc}"))
+
+    async def _append(self, run: Sequence[Pending], epoch: int | None) -> None:
+        """Append ``run`` after the known tail, learning the tail again when
+        another coordinator appended first."""
+        for _ in range(MAX_TAIL_RETRIES):
+            expected_tail = self.known_tail
+            self.pending.register(run, expected_tail + 1)
+            entries = [p.entry for p in run]
+            try:
+                last_seq = await self.log.append(
+                    entries, expected_tail=expected_tail, fence_epoch=epoch
+                )
+            except TailMoved as moved:
+                logger.debug("log tail moved to %d; appending again", moved.actual_tail)
+                self.pending.unregister(run[moved.appended :])
+                run = [p for p in run[moved.appended :] if not p.future.done()]
+                self.appended_tail = max(self.appended_tail, moved.actual_tail)
+                if not run:
+                    return
+                continue
+            self.appended_tail = max(self.appended_tail, last_seq)
+            return
+        raise CoordinatorUnavailable(
+            f"other coordinators appended first {MAX_TAIL_RETRIES} times in a row; "
+            "the command was not appended: retry"
+        )
+
+
+def _unavailable(exc: EtcdUnavailable) -> CoordinatorUnavailable:
+    if exc.maybe_committed:
+        return CoordinatorUnavailable(f"etcd failed while appending the command; {MAYBE_APPLIED}")
+    return CoordinatorUnavailable(
+        f"etcd is unavailable ({exc.message}); the command was not appended: retry"
+    )
