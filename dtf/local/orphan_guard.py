@@ -1,7 +1,7 @@
 """No child of ``dtf up`` or ``dtf cluster local`` outlives it, even one SIGKILLed.
 
 How this works (``dtf.worker.reaper`` one level up): the supervising process starts
-one sidecar (``python -m dtf.local.orphan_guard MARKER PID PGID``) in a session of its own
+one sidecar (``main`` here, given MARKER PID PGID) in a session of its own
 and holds the only write end of a pipe to the sidecar's stdin (pipes are
 close-on-exec). Every child it starts gets ``DTF_LOCAL_MARKER=<marker>`` in its
 environment, and what they start inherits it: etcd members, coordinators, workers,
@@ -34,6 +34,9 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 MARKER_ENV = "DTF_LOCAL_MARKER"
+# Not ``-m dtf.local.orphan_guard``: the ``dtf.local`` package imports this module, which
+# runpy would then run a second time as ``__main__`` (and warn about it on stderr).
+SIDECAR_CODE = "import sys; from dtf.local.orphan_guard import main; sys.exit(main(sys.argv))"
 CLOSE_TIMEOUT_S = 10.0
 KILL_PASSES = 5
 
@@ -45,10 +48,7 @@ class OrphanGuard:
     def __init__(self) -> None:
         self.marker = secrets.token_hex(12)
         self.sidecar = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "dtf.local.orphan_guard", self.marker),
-                *(str(os.getpid()), str(os.getpgrp())),
-            ],
+            [sys.executable, "-c", SIDECAR_CODE, self.marker, str(os.getpid()), str(os.getpgrp())],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             env={name: value for name, value in os.environ.items() if name != MARKER_ENV},
@@ -133,7 +133,3 @@ def main(argv: list[str]) -> int:
             f"orphan guard: killed {killed} processes left by pid {supervisor_pid}", file=sys.stderr
         )
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv))
