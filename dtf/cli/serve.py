@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 from pathlib import Path
+from types import FrameType
 
 import click
 
@@ -25,6 +27,23 @@ def configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         force=True,
     )
+
+
+def exit_0_on_stop_signals() -> None:
+    """Make SIGINT and SIGTERM end this process with exit code 0, after cleaning up.
+
+    uvicorn (0.29 and later) takes both signals over while it serves, shuts down on
+    one, then puts back the handlers it found and raises the signal again for them.
+    With Python's defaults a coordinator that had shut down cleanly then died of
+    SIGTERM (exit code -15) or stopped with "Aborted!" (1). SystemExit(0) raised here
+    unwinds ``asyncio.run`` instead (it cancels what is left) and exits 0; a signal
+    that comes before uvicorn serves stops the start-up the same way."""
+
+    def exit_0(_signum: int, _frame: FrameType | None) -> None:
+        raise SystemExit(0)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, exit_0)
 
 
 @click.command()
@@ -82,6 +101,7 @@ def coordinator(
     from dtf.coordinator.settings import CoordinatorSettings
 
     configure_logging(log_level)
+    exit_0_on_stop_signals()
     settings = CoordinatorSettings(
         data_dir=data_dir.resolve(),
         host=host,
