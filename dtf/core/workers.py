@@ -170,7 +170,7 @@ class WorkerMixin(Lifecycle):
         is charged: no classification as a worker crash (no poison verdict), no
         breaker, health or failure count, no retry spent, no worker avoided. This
         cannot loop on the task's account: only a lost node strands a worker."""
-        reason = f"{reason}; coordinator node {node_id}, its connection, was lost"
+        reason = f"{reason}; the coordinator node it was connected through ({node_id}) was lost"
         attempt = self.end_attempt(
             task, AttemptStatus.LOST, now, failure=FailureKind.COORDINATOR_LOST, reason=reason
         )
