@@ -8,9 +8,13 @@ spikes (3 % of points multiplied by 1.5 to 3). Prints figures; asserts nothing.
                                        [--full] [--seed 0] [--json]
 
 Online (at ingest): families of series get one new point per round, as an ingest
-of one run would give them; ``online_checks`` runs over the family, repeats are
-merged. A detection is true when it dates the step within 5 points of where it
-was injected, after the step; delay is the number of post-step results seen.
+of one run would give them; ``online_checks`` runs over the family with each
+series' open step, as ``dtf.results.alerts`` runs it, and repeats are merged. A
+detection is true when it dates the step within 5 points of where it was
+injected, after the step; delay is the number of post-step results seen. A step
+missed within 20 was either unseen by then or seen but dated more than 5 points
+off; false alerts are counted on stationary series, on stepped series before
+their step, and as detections of a step dated more than 5 points off.
 
 Retrospective: ``detect_regressions`` over a family of 200-point series, some
 with a step at a random position; true when dated within 3 points.
@@ -30,7 +34,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from dtf.analysis.online import Detection, merge_detections, online_checks
+from dtf.analysis.online import Detection, merge_detections, online_checks, series_id
 from dtf.analysis.regressions import detect_regressions
 from dtf.analysis.series import Series
 
@@ -86,33 +90,54 @@ def online_accuracy(
     merged: list[list[Detection]] = [[] for _ in values]
     for length in range(FIRST_CHECK, HISTORY + AFTER + 1):
         family = [series_of(row[:length], name) for name, row in enumerate(values)]
-        for found in online_checks(family):
+        opened = {series_id(family[name]): seen[-1] for name, seen in enumerate(merged) if seen}
+        for found in online_checks(family, opened=opened):
             name = int(dict(found.labels)["series"])
             merged[name] = merge_detections([*merged[name], found])
     return online_figures(merged, count, HISTORY + AFTER - FIRST_CHECK + 1)
 
 
 def online_figures(merged: list[list[Detection]], count: int, rounds: int) -> dict[str, float]:
-    delays, true_alerts, false_alerts, false_on_flat = [], 0, 0, 0
+    delays, true_alerts, false_on_flat = [], 0, 0
+    misses = {"unseen": 0, "dated_off": 0}
+    false_on_stepped = {"before_step": 0, "dated_off": 0}
     for index, detections in enumerate(merged):
-        hits = [d for d in detections if index < count and is_on_step(d, ONLINE_TOLERANCE)]
+        if index >= count:
+            false_on_flat += len(detections)
+            continue
+        hits = [d for d in detections if is_on_step(d, ONLINE_TOLERANCE)]
         true_alerts += len(hits)
-        false_alerts += len(detections) - len(hits)
-        false_on_flat += len(detections) if index >= count else 0
+        false_on_stepped["before_step"] += sum(d.checked_index < HISTORY for d in detections)
+        false_on_stepped["dated_off"] += sum(
+            d.checked_index >= HISTORY and d not in hits for d in detections
+        )
         if hits:
             delays.append(hits[0].checked_index - HISTORY + 1)
+        if not hits or delays[-1] > 20:
+            misses["dated_off" if any(map(seen_within_20, detections)) else "unseen"] += 1
     found = np.array(delays)
+    false_alerts = false_on_flat + sum(false_on_stepped.values())
     return {
         "recall_within_10": float(np.sum(found <= 10) / count),
         "recall_within_20": float(np.sum(found <= 20) / count),
+        "missed_20_unseen": misses["unseen"] / count,
+        "missed_20_dated_off": misses["dated_off"] / count,
         "median_delay": float(np.median(found)) if found.size else float("nan"),
         "precision": true_alerts / max(true_alerts + false_alerts, 1),
         "true_alerts": true_alerts,
         "alerts": true_alerts + false_alerts,
+        "false_on_stationary": false_on_flat,
+        "false_before_step": false_on_stepped["before_step"],
+        "false_dated_off": false_on_stepped["dated_off"],
         "false_per_1000_stationary_checks": 1000.0
         * false_on_flat
         / (STATIONARY_PER_STEP * count * rounds),
     }
+
+
+def seen_within_20(found: Detection) -> bool:
+    """Whether a detection saw the step (was seen after it) within 20 results of it."""
+    return found.seen_until_index >= HISTORY and found.checked_index < HISTORY + 20
 
 
 def is_on_step(found: Detection, tolerance: int) -> bool:
@@ -194,8 +219,12 @@ def targets(figures: dict[str, Any]) -> list[tuple[str, float, str, bool]]:
     online = figures["online"]
 
     def pick(noise: float, step: float, spikes: bool, key: str) -> float:
-        return next(
-            r[key] for r in online if (r["noise"], r["step"], r["spikes"]) == (noise, step, spikes)
+        return float(
+            next(
+                r[key]
+                for r in online
+                if (r["noise"], r["step"], r["spikes"]) == (noise, step, spikes)
+            )
         )
 
     spiky = [r for r in online if r["spikes"]]
@@ -245,8 +274,10 @@ def render(figures: dict[str, Any]) -> None:
         "spikes",
         "recall@10",
         "recall@20",
+        "missed@20: unseen / dated off",
         "median delay",
         "precision",
+        "false: stationary / before / dated off",
         "false/1000 checks",
     ):
         online.add_column(column, justify="right")
@@ -257,8 +288,10 @@ def render(figures: dict[str, Any]) -> None:
             "yes" if r["spikes"] else "no",
             f"{r['recall_within_10']:.2f}",
             f"{r['recall_within_20']:.2f}",
+            f"{r['missed_20_unseen']:.2f} / {r['missed_20_dated_off']:.2f}",
             f"{r['median_delay']:.0f}",
             f"{r['precision']:.2f}",
+            f"{r['false_on_stationary']} / {r['false_before_step']} / {r['false_dated_off']}",
             f"{r['false_per_1000_stationary_checks']:.2f}",
         )
     console.print(online)

@@ -15,12 +15,12 @@ without the spikes) and, in ``online_checks``, survive Benjamini-Hochberg over
 every series checked in the same ingest.
 
 Where the step is, is a second question with less evidence at first. The step is
-dated by ``locate`` among the newest ``dating_span`` splits: the split most
-likely to lie within ``merge_tolerance`` of the step, rather than the single
-most likely split, which a few points running high next to a small step pull
-away. As the step keeps being detected, each repeat whose span still holds the
-current dating re-dates it with its longer "after" stretch. A 3 % step at 3 %
-noise is at the limit of dating: with 20 to 30 points after it, about one in
+dated by ``locate``: the split most likely to lie within ``dating_tolerance`` of
+the step, rather than the single most likely split, which a few points running
+high next to a small step pull away. A step first seen is dated among the newest
+``dating_span`` splits; each later check that sees it again re-dates it among
+the same splits, with more points after them (``dating_start``). A 3 % step at
+3 % noise is at the limit of dating: with 20 to 30 points after it, about one in
 seven is dated more than five points off even knowing the step is there.
 
 A step keeps being detected at every later check until the baseline has moved
@@ -30,7 +30,7 @@ Only points measured in the newest point's environment take part.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import msgspec
@@ -56,10 +56,10 @@ class OnlineSettings:
     min_baseline: int = 10
     min_recent: int = 3
     max_recent: int = 20
-    dating_span: int = 25  # a detected step is dated among this many newest splits
+    dating_span: int = 25  # a step first seen is dated among this many newest splits
     alpha: float = 0.01  # per-check bound on the scan-corrected p-value
     min_relative_change: float = 0.02
-    merge_tolerance: int = 5  # repeats date the step within this many points of the first
+    dating_tolerance: int = 5  # ``locate`` aims within this many points of the step
     merge_gap: int = 20  # checks without a detection after which a step is seen anew
 
 
@@ -88,16 +88,41 @@ class Detection(Struct, frozen=True):
     times_seen: int = 1
 
 
-def online_check(series: Series, settings: OnlineSettings = DEFAULT_SETTINGS) -> Detection | None:
+SeriesId = tuple[str, tuple[tuple[str, str], ...]]
+
+
+def series_id(found: Series | Detection) -> SeriesId:
+    """What names a series in a family: its metric and labels."""
+    return (found.metric, found.labels)
+
+
+def online_check(
+    series: Series, settings: OnlineSettings = DEFAULT_SETTINGS, opened: Detection | None = None
+) -> Detection | None:
     """Check one series on its own (a family of one): a detection or ``None``."""
-    return next(iter(online_checks([series], fdr=1.0, settings=settings)), None)
+    opened_steps = {series_id(series): opened} if opened is not None else {}
+    return next(
+        iter(online_checks([series], fdr=1.0, settings=settings, opened=opened_steps)), None
+    )
 
 
 def online_checks(
-    family: Sequence[Series], *, fdr: float = 0.05, settings: OnlineSettings = DEFAULT_SETTINGS
+    family: Sequence[Series],
+    *,
+    fdr: float = 0.05,
+    settings: OnlineSettings = DEFAULT_SETTINGS,
+    opened: Mapping[SeriesId, Detection] | None = None,
 ) -> list[Detection]:
-    """Check every series of one ingest; keep detections that survive BH at ``fdr``."""
-    candidates = [candidate(series, settings) for series in family]
+    """Check every series of one ingest; keep detections that survive BH at ``fdr``.
+
+    ``opened`` holds the step each series was last seen with (merged, as
+    ``merge_detections`` leaves it); a series with an open step dates a repeat of
+    it over the same splits as its first detection, now with more points after.
+    """
+    open_steps = opened or {}
+    candidates = [
+        candidate(series, settings, open_steps.get(series_id(series))) for series in family
+    ]
     tested = [found for found in candidates if found is not None]
     q_values = benjamini_hochberg([found.p_value for found in tested])
     return [
@@ -110,19 +135,21 @@ def online_checks(
     ]
 
 
-def candidate(series: Series, settings: OnlineSettings) -> Detection | None:
+def candidate(
+    series: Series, settings: OnlineSettings, opened: Detection | None = None
+) -> Detection | None:
     """The best recent split in the bad direction, whatever its p-value; ``None`` if too short.
 
     Spikes (``dtf.analysis.changepoints.spikes``) are set aside, from the test and
     from the medians and shift measured. The p-value is that of the best of the
-    last ``max_recent`` splits; the dating comes from ``locate`` among the last
-    ``dating_span``.
+    last ``max_recent`` splits; the dating comes from ``locate`` from
+    ``dating_start`` on.
     """
     newest_run_start = series.environment_runs()[-1][0]
     window_start = max(newest_run_start, len(series) - settings.baseline_size - settings.max_recent)
     window = series.values[window_start:]
     first = max(settings.min_baseline, len(window) - settings.max_recent)
-    dating_first = max(settings.min_baseline, len(window) - settings.dating_span)
+    dating_first = max(settings.min_baseline, dating_start(series, settings, opened) - window_start)
     centre, scale = robust_spread(window[:dating_first])
     kept_at = np.flatnonzero(~spikes(window, centre, scale))
     kept = window[kept_at]
@@ -138,9 +165,26 @@ def candidate(series: Series, settings: OnlineSettings) -> Detection | None:
         last=last,
         side=side,
         scale=scale,
-        tolerance=settings.merge_tolerance,
+        tolerance=settings.dating_tolerance,
     )
     return detection_at(series, window_start + int(kept_at[dated]), kept, dated, split.p_value)
+
+
+def dating_start(series: Series, settings: OnlineSettings, opened: Detection | None) -> int:
+    """The first split, as a position in ``series``, that a step seen now is dated from.
+
+    The newest ``dating_span`` splits; but while a step is open (seen at most
+    ``merge_gap`` checks ago in this environment), the splits its first detection
+    was dated from, so that each repeat re-dates the step over the same splits
+    with more points after them. A span that slid forward with each check would
+    soon leave the step near its far edge, where ``locate`` dates late.
+    """
+    newest = len(series) - settings.dating_span
+    if opened is None or opened.environment_fingerprint != series.environments[-1].fingerprint:
+        return newest
+    if not 0 < len(series) - 1 - opened.seen_until_index <= settings.merge_gap:
+        return newest
+    return min(newest, opened.checked_index + 1 - settings.dating_span)
 
 
 def detection_at(
@@ -176,19 +220,18 @@ def is_repeat(
 ) -> bool:
     """Whether ``later`` sees the step ``earlier`` already reported.
 
-    Same series and kind, at most ``merge_gap`` checks after ``earlier`` was last
-    seen, and dating a change that was already there when ``earlier`` was last
-    seen and not before it (less ``merge_tolerance`` points). A second step that
-    comes while the first is still seen is folded into it; the retrospective
-    segmenter tells them apart.
+    Same series, environment and kind, at most ``merge_gap`` checks after
+    ``earlier`` was last seen, and dating a change among the splits ``earlier``
+    was first dated from that was already there when ``earlier`` was last seen.
+    A second step that comes while the first is still seen is folded into it;
+    the retrospective segmenter tells them apart.
     """
     return (
-        earlier.metric == later.metric
-        and earlier.labels == later.labels
+        series_id(earlier) == series_id(later)
         and earlier.environment_fingerprint == later.environment_fingerprint
         and earlier.kind is later.kind
         and 0 < later.checked_index - earlier.seen_until_index <= settings.merge_gap
-        and earlier.change_index - settings.merge_tolerance
+        and earlier.checked_index + 1 - settings.dating_span
         <= later.change_index
         <= earlier.seen_until_index
     )
@@ -200,38 +243,25 @@ def merge_detections(
     """Fold repeated detections of one step into the first, in order of checking.
 
     The merged detection keeps when the step was first seen (``checked_index``)
-    and takes its dating and values from the newest repeat that could date it:
-    more points after a step date it better, until the step is older than
-    ``dating_span``. It counts how often and until when the step was seen.
+    and takes its dating and values from the newest repeat, which dated the step
+    over the same splits with more points after it (``online_checks`` with the
+    open step); it counts how often and until when the step was seen.
     """
     merged: list[Detection] = []
     for detection in sorted(detections, key=lambda found: found.checked_index):
         for position in range(len(merged) - 1, -1, -1):
             if is_repeat(merged[position], detection, settings):
-                merged[position] = folded(merged[position], detection, settings)
+                merged[position] = folded(merged[position], detection)
                 break
         else:
             merged.append(detection)
     return merged
 
 
-def folded(merged: Detection, repeat: Detection, settings: OnlineSettings) -> Detection:
-    """Both as one: first seen when ``merged`` was, dated by the more points after it.
-
-    A repeat re-dates the step if the current dating, and the ``merge_tolerance``
-    splits before it, were among the splits it dated from (its ``dating_span``):
-    it weighed that stretch against its own with more points after both. A
-    dating near the far edge of a repeat's span is pushed later by the edge
-    (``locate`` weighs stretches, and the edge cuts the ones there short), so such
-    a repeat only extends when the step was seen.
-    """
-    age_of_dating = repeat.checked_index - merged.change_index + 1
-    could_choose = (
-        settings.min_recent <= age_of_dating <= settings.dating_span - settings.merge_tolerance
-    )
-    dated = repeat if could_choose else merged
+def folded(merged: Detection, repeat: Detection) -> Detection:
+    """Both as one: first seen when ``merged`` was, dated and measured as ``repeat`` was."""
     return msgspec.structs.replace(
-        dated,
+        repeat,
         checked_index=merged.checked_index,
         seen_until_index=repeat.checked_index,
         times_seen=merged.times_seen + 1,

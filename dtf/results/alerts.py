@@ -28,8 +28,10 @@ from dtf.analysis.online import (
     DEFAULT_SETTINGS,
     Detection,
     OnlineSettings,
+    SeriesId,
     merge_detections,
     online_checks,
+    series_id,
 )
 from dtf.analysis.series import Kind, Series
 from dtf.results import queries
@@ -39,8 +41,6 @@ from dtf.results.schema import TABLES
 from dtf.results.store import ArrowBatch, ResultsStore
 
 log = logging.getLogger(__name__)
-
-SeriesId = tuple[str, tuple[tuple[str, str], ...]]
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ class OnlineRegressions:
             rows = queries.latest_alerts(cursor)
         for row in reversed(rows):
             detection = detection_of(row)
-            self._open[(detection.metric, detection.labels)] = detection
+            self._open[series_id(detection)] = detection
             self._first_seen_at[row["alert_id"]] = row["first_seen_at"]
 
     def check(self, batch: Sequence[NewPoints]) -> list[Row]:
@@ -107,15 +107,28 @@ class OnlineRegressions:
                 for tail, whole, ends in checks
                 if round_number < len(ends)
             ]
-            by_id = {(s.metric, s.labels): tail for tail, s in family}
-            detections = online_checks([s for _, s in family], fdr=self.fdr, settings=self.settings)
+            by_id = {series_id(s): tail for tail, s in family}
+            detections = online_checks(
+                [s for _, s in family],
+                fdr=self.fdr,
+                settings=self.settings,
+                opened=self._opened_in(by_id),
+            )
             for detection in detections:
-                tail = by_id[(detection.metric, detection.labels)]
+                tail = by_id[series_id(detection)]
                 row = self._record(shifted(detection, tail.first_index), tail.key)
                 if row is not None:
                     rows.append(row)
         self._write(rows)
         return rows
+
+    def _opened_in(self, tails: Mapping[SeriesId, queries.Series]) -> dict[SeriesId, Detection]:
+        """The open step of each series, in positions of the newest points read."""
+        return {
+            key: shifted(self._open[key], -tail.first_index)
+            for key, tail in tails.items()
+            if key in self._open
+        }
 
     def _write(self, rows: list[Row]) -> None:
         if rows:
@@ -126,12 +139,12 @@ class OnlineRegressions:
             log.log(level, "%s", row["summary"], extra={"event": "regression_alert"})
 
     def _record(self, detection: Detection, key: Mapping[str, Any]) -> Row | None:
-        series_id = (detection.metric, detection.labels)
-        current = self._open.get(series_id)
+        seen_in = series_id(detection)
+        current = self._open.get(seen_in)
         if current is not None and detection.checked_index <= current.seen_until_index:
             return None  # points checked before (a replayed batch): nothing new seen
         merged = merge_detections([current, detection] if current else [detection], self.settings)
-        self._open[series_id] = merged[-1]
+        self._open[seen_in] = merged[-1]
         return self._alert_row(merged[-1], key)
 
     def _alert_row(self, detection: Detection, key: Mapping[str, Any]) -> Row:

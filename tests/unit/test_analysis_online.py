@@ -15,6 +15,7 @@ from dtf.analysis.online import (
     merge_detections,
     online_check,
     online_checks,
+    series_id,
 )
 from dtf.analysis.series import Environment, Kind, Series
 from dtf.analysis.units import Direction, metric_direction
@@ -95,10 +96,14 @@ def test_family_control_keeps_the_step_and_drops_the_stationary_series() -> None
 
 
 def detections_while_ingesting(series: Series, start: int) -> list[Detection]:
-    found = []
+    """Every detection of a check after each new point, each check given the open step."""
+    found: list[Detection] = []
     for length in range(start, len(series) + 1):
         prefix = Series.of(series.metric, series.values[:length], labels=dict(series.labels))
-        found.extend(online_checks([prefix]))
+        merged = merge_detections(found)
+        found.extend(
+            online_checks([prefix], opened={series_id(prefix): merged[-1]} if merged else {})
+        )
     return found
 
 
@@ -144,19 +149,33 @@ def test_a_spiky_step_whose_points_before_run_high_is_dated_at_its_first_point()
     assert 58 <= merged.change_index <= 60  # re-dated with more points after: 57 and 58 run high
 
 
-def test_a_repeat_re_dates_a_step_only_while_it_could_choose_the_first_dating() -> None:
-    first = online_check(stepped("latency_ms", 1.10, after=8))
+def test_a_repeat_re_dates_the_step_over_the_splits_it_was_first_dated_from() -> None:
+    values = spiky(100.0, 100, 7, {})
+    values[60:] += 5.0  # 5 % at 3 % noise, 40 points after it
+    series = Series.of("latency_ms", values)
+    first = online_check(Series.of("latency_ms", values[:64]))
+    assert first is not None and first.change_index == 44  # four points after it: a rough guess
+    still_open = msgspec.structs.replace(first, seen_until_index=98)
+    repeat = online_check(series, opened=still_open)
+    assert repeat is not None and repeat.change_index == 60
+    newest_only = candidate(series, DEFAULT_SETTINGS)  # 25 newest splits: the step is older
+    assert (
+        newest_only is not None and newest_only.change_index >= 100 - DEFAULT_SETTINGS.dating_span
+    )
+    [merged] = merge_detections([still_open, repeat])
+    assert (merged.checked_index, merged.change_index, merged.times_seen) == (63, 60, 2)
+    [ingested] = merge_detections(detections_while_ingesting(series, 61))
+    assert (ingested.checked_index, ingested.change_index) == (63, 60)
+
+
+def test_an_open_step_seen_too_long_ago_does_not_anchor_the_dating() -> None:
+    values = spiky(100.0, 100, 7, {})
+    values[60:] += 5.0
+    first = online_check(Series.of("latency_ms", values[:64]))
     assert first is not None
-    early = msgspec.structs.replace(first, change_index=first.change_index - 6)
-    repeat = msgspec.structs.replace(first, checked_index=first.checked_index + 5)
-    assert merge_detections([early, repeat])[0].change_index == first.change_index
-    # the repeat's span must hold the dating and the merge_tolerance splits before it
-    oldest_age = DEFAULT_SETTINGS.dating_span - DEFAULT_SETTINGS.merge_tolerance
-    for age, re_dated in ((oldest_age, True), (oldest_age + 1, False)):
-        later = msgspec.structs.replace(repeat, checked_index=early.change_index + age - 1)
-        stale = msgspec.structs.replace(early, seen_until_index=later.checked_index - 1)
-        expected = later.change_index if re_dated else early.change_index
-        assert merge_detections([stale, later])[0].change_index == expected
+    long_ago = msgspec.structs.replace(first, seen_until_index=99 - DEFAULT_SETTINGS.merge_gap - 1)
+    series = Series.of("latency_ms", values)
+    assert candidate(series, DEFAULT_SETTINGS, long_ago) == candidate(series, DEFAULT_SETTINGS)
 
 
 def test_a_spiky_stationary_series_is_not_alerted() -> None:
