@@ -145,16 +145,26 @@ def node_client(url: str, admin_key: str) -> Iterator[httpx.Client]:
 def measure_tasks(
     client: httpx.Client, tasks: int, warm_up: int, timeout_s: float
 ) -> dict[str, Any]:
-    """Tasks/s after a warm-up, and the CPU each role spent per task meanwhile."""
+    """Tasks/s after a warm-up, and the CPU each role spent per task meanwhile; the
+    journal entries per task (each is appended once and, in a cluster, applied by
+    every coordinator)."""
     run_batch(client, warm_up, timeout_s)
-    before = cpu_by_role()
+    before, seq_before = cpu_by_role(), journal_seq(client)
     tasks_per_s, _ = run_batch(client, tasks, timeout_s)
-    after = cpu_by_role()
+    after, seq_after = cpu_by_role(), journal_seq(client)
     per_task = {
         name: 1000 * (seconds - before.get(name, 0.0)) / tasks
         for name, seconds in sorted(after.items())
     }
-    return {"tasks_per_s": tasks_per_s, "cpu_ms_per_task": per_task}
+    return {
+        "tasks_per_s": tasks_per_s,
+        "cpu_ms_per_task": per_task,
+        "journal_entries_per_task": (seq_after - seq_before) / tasks,
+    }
+
+
+def journal_seq(client: httpx.Client) -> int:
+    return int(client.get("/health").json()["journal_seq"])
 
 
 def cpu_by_role() -> dict[str, float]:
