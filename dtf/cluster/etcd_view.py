@@ -152,8 +152,11 @@ class EtcdClusterView:
                 self._leadership_changed.clear()
                 await self._refresh_terms()
             await self._refresh_nodes()
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow the
+            # cancellation from stop() when the event is set at the same moment.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._leadership_changed.wait(), self.refresh_s)
+                async with asyncio.timeout(self.refresh_s):
+                    await self._leadership_changed.wait()
 
     async def _refresh_nodes(self) -> None:
         before = self._shape()
