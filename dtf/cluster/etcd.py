@@ -269,7 +269,13 @@ class Etcd:
         create = rpc.WatchCreateRequest(
             key=prefix, range_end=utils.prefix_range_end(prefix), start_revision=start_revision
         )
-        call = client.watchstub.Watch(metadata=client.metadata)
+        try:
+            call = client.watchstub.Watch(metadata=client.metadata)
+        except grpc.aio.UsageError:
+            # Another call found the endpoint failing and retired this channel meanwhile.
+            raise EtcdUnavailable(
+                f"watch on {prefix!r} at {endpoint} not started: its channel was closed"
+            ) from None
         try:
             async with asyncio.timeout(self._settings.timeout_s):
                 await call.write(rpc.WatchRequest(create_request=create))

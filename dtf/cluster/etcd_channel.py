@@ -62,6 +62,9 @@ async def _leader_change(client: AetcdClient, term: int) -> str:
         status = await client.maintenancestub.Status(
             rpc.StatusRequest(), timeout=LEADER_CHECK_TIMEOUT_S, metadata=client.metadata
         )
+    except grpc.aio.UsageError:
+        # Another call found the endpoint failing and retired this channel meanwhile.
+        return "the adapter moved off this endpoint"
     except grpc.aio.AioRpcError as error:
         details = error.details() or ""
         return "the member lost its leader" if "no leader" in details else ""
@@ -163,6 +166,8 @@ class EtcdChannel:
         if not is_write:
             try:
                 return await send(client)
+            except grpc.aio.UsageError as error:
+                raise _Retry("its channel was retired") from error
             except grpc.aio.AioRpcError as error:
                 if not is_retryable(error):
                     raise refused(what, client.endpoint, error) from error
@@ -171,6 +176,9 @@ class EtcdChannel:
             raise _Retry("not connected")
         try:
             return await self._send_write(client, send)
+        except grpc.aio.UsageError as error:
+            # Raised when the call is made, so the channel never sent it.
+            raise _Retry("its channel was retired") from error
         except grpc.aio.AioRpcError as error:
             if not is_retryable(error):
                 raise refused(what, client.endpoint, error) from error
