@@ -136,6 +136,9 @@ class AttemptRecord(Struct):
     resumed_from: CheckpointRef | None = None
     checkpoints_saved: int = 0
     last_checkpoint: CheckpointRef | None = None
+    lost_with_node: str | None = None
+    """The cluster node whose loss ended this attempt, set only by the state
+    machine (``lose_with_coordinator``); such an attempt is not charged to the task."""
 
     def finish(
         self,

@@ -90,10 +90,9 @@ def plan_recovery(
 
 def charged_attempts(task: TaskRecord, attempt: AttemptRecord) -> int:
     """How many attempts up to ``attempt`` count against the task's retries:
-    those lost with a coordinator node were the cluster's loss, not the task's."""
-    lost = sum(
-        1 for a in task.attempts[: attempt.number - 1] if a.failure is FailureKind.COORDINATOR_LOST
-    )
+    those the state machine ended as lost with a coordinator node were the
+    cluster's loss, not the task's."""
+    lost = sum(1 for a in task.attempts[: attempt.number - 1] if a.lost_with_node is not None)
     return attempt.number - lost
 
 

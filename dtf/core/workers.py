@@ -42,6 +42,14 @@ class WorkerMixin(Lifecycle):
         self.check_holder(command.worker_id, command.lease)
 
     def check_report_outcome(self, command: c.ReportOutcome) -> None:
+        if command.outcome.failure is FailureKind.COORDINATOR_LOST:
+            raise InvalidRequest(
+                f"worker {command.worker_id!r} reported failure 'coordinator_lost' for task "
+                f"{command.lease.task_id!r}: only the coordinator ends an attempt so, when the "
+                "node the worker was connected through is lost; report what the task met "
+                "(e.g. 'executor_error' or 'crashed')",
+                field="outcome.failure",
+            )
         self.check_holder(command.worker_id, command.lease)
 
     def session_worker(self, worker_id: str, session: str) -> WorkerRecord:
@@ -179,6 +187,7 @@ class WorkerMixin(Lifecycle):
         attempt.failure_type = classification.failure_type
         attempt.evidence = classification.evidence_text
         attempt.classified_by = classification.rule_name
+        attempt.lost_with_node = node_id
         attempt.retry_delay_s = 0.0
         attempt.recovery_reason = "queued again at once; not counted against the task"
         self.set_status(task, TaskStatus.PENDING, f"retry after attempt {attempt.number}: {reason}")

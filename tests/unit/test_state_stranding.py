@@ -378,3 +378,31 @@ def test_losing_nodes_costs_the_tasks_and_workers_nothing(steps: list[tuple[Any,
     assert {a.failure for a in lost} <= {FailureKind.COORDINATOR_LOST}
     assert events_of(cluster.events, BreakerChanged) == []
     assert [w.id for w in state.workers.values() if w.tasks_failed or w.health.quarantined] == []
+
+
+# -- what a worker may not claim, and what losing nodes may not do forever ----------
+
+
+def test_a_worker_cannot_report_its_attempt_lost_with_a_coordinator(
+    driver: StateDriver, make_spec: MakeSpec
+) -> None:
+    register(driver, "w1", "n1")
+    driver.submit(("t", make_spec(retry_policy={"max_retries": 2, **NO_DELAY})))
+    with pytest.raises(InvalidRequest, match="coordinator_lost"):
+        driver.fail("t", FailureKind.COORDINATOR_LOST, at=1.0)
+    assert driver.state.tasks["t"].attempts[0].status is AttemptStatus.RUNNING
+
+
+def test_only_attempts_the_state_machine_lost_with_a_node_go_uncharged(
+    driver: StateDriver, make_spec: MakeSpec
+) -> None:
+    register(driver, "w1", "n1")
+    driver.submit(("t", make_spec(retry_policy={"max_retries": 1, **NO_DELAY})))
+    lose_node(driver, "n1", at=1.0)
+    register(driver, "w2", "n2", at=2.0)
+    driver.tick(10.0)  # attempt 1 lost with n1
+    task = driver.state.tasks["t"]
+    assert task.attempts[0].lost_with_node == "n1"
+    task.attempts[0].lost_with_node = None  # as if a worker had claimed the failure
+    driver.fail("t", at=11.0)
+    assert driver.status("t") == "failed"  # both attempts charged: max_retries=1 spent
