@@ -208,3 +208,10 @@ def test_test_comparisons_list_newly_failing_first_with_a_sentence() -> None:
 def test_an_unknown_outcome_is_refused_by_name() -> None:
     with pytest.raises(InvalidRequest, match=r"'t::a' has outcomes \['crashed'\]"):
         compare_tests({"t::a": ["crashed"]}, {})
+
+
+def test_samples_where_the_exact_ks_recursion_fails_get_the_asymptotic_p_value() -> None:
+    a = np.array([1.0, 4.0, 5.0, 8.0, 2.5])
+    b = np.array([2.0, 3.0, 6.0, 7.0, 1.5])
+    comparison = compare_samples(a, b, direction=LOWER, metric="latency_ms", unit="ms")
+    assert 0.0 < comparison.ks_p <= 1.0
