@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 Fence = Callable[[], int | None]
 
-LEADER_ONLY = (c.Tick, c.Configure, c.CoordinatorStarted)
+LEADER_ONLY = (c.Tick, c.Configure, c.CoordinatorStarted, c.CoordinatorNodeLost)
 MAX_TAIL_RETRIES = 20
 
 

@@ -182,6 +182,8 @@ def test_leader_only_commands_need_the_current_epoch(etcd_cluster: EtcdCluster) 
             with pytest.raises(NotLeader, match="the leader is coord-b") as refused:
                 await a.bus.execute(c.Tick(time.time()))
             assert refused.value.status_code == 409
+            with pytest.raises(NotLeader, match="the leader is coord-b"):
+                await a.bus.execute(c.CoordinatorNodeLost(time.time(), "coord-c"))
             await a.bus.execute(submit("after-the-term"))
             tail = await in_step([a, b])
             assert tail == 3
