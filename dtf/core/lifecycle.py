@@ -71,6 +71,11 @@ class StateConfig(msgspec.Struct, frozen=True):
     retry_budget_min_tasks: int = 10
     health_threshold: float = DEFAULT_HEALTH_THRESHOLD
     health_half_life_s: float = DEFAULT_HALF_LIFE_S
+    max_coordinator_losses: int = 3
+    """How many of a task's attempts may end lost with a cluster node uncharged;
+    beyond that (a task that takes its host down, coordinator and all, every
+    time) they count against its retries, breakers and poison verdict as any lost
+    lease does."""
 
     @property
     def health_recheck_s(self) -> float:

@@ -156,12 +156,19 @@ class WorkerMixin(Lifecycle):
         """End the current attempt as lost, remembering which tasks went down
         with it: their retries are kept apart, so that a task that crashes
         worker after worker (a poison task) is told from its bystanders.
-        A worker stranded by a lost coordinator node says nothing about its tasks."""
+        A worker stranded by a lost coordinator node says nothing about its
+        tasks, up to ``max_coordinator_losses`` such losses per task."""
         assert task.lease is not None
         worker = self.workers.get(task.lease.worker_id)
         if worker is not None and worker.lost_node is not None:
-            self.lose_with_coordinator(task, worker.lost_node, reason, now)
-            return
+            if self.is_loss_forgiven(task):
+                self.lose_with_coordinator(task, worker.lost_node, reason, now)
+                return
+            reason = (
+                f"{reason}; lost with coordinator node {worker.lost_node}, but the task was "
+                f"lost with nodes {self.config.max_coordinator_losses} times already "
+                "(max_coordinator_losses), so this one counts"
+            )
         if worker is not None:
             if task.id not in worker.incident_tasks:  # an earlier incident's list is stale
                 worker.incident_tasks = list(worker.leases)
@@ -176,8 +183,9 @@ class WorkerMixin(Lifecycle):
         """End the attempt as lost with the worker's coordinator node and queue the
         task again at once. The task and the worker did nothing wrong, so neither
         is charged: no classification as a worker crash (no poison verdict), no
-        breaker, health or failure count, no retry spent, no worker avoided. This
-        cannot loop on the task's account: only a lost node strands a worker."""
+        breaker, health or failure count, no retry spent, no worker avoided. A task
+        that takes its host down, coordinator node and all, would loop so forever:
+        ``is_loss_forgiven`` allows only ``max_coordinator_losses`` per task."""
         reason = f"{reason}; the coordinator node it was connected through ({node_id}) was lost"
         attempt = self.end_attempt(
             task, AttemptStatus.LOST, now, failure=FailureKind.COORDINATOR_LOST, reason=reason
@@ -193,6 +201,11 @@ class WorkerMixin(Lifecycle):
         self.set_status(task, TaskStatus.PENDING, f"retry after attempt {attempt.number}: {reason}")
         self.events.append(RetryScheduled(task.id, attempt.number + 1, now, 0.0))
         self.make_ready(task, now)
+
+    def is_loss_forgiven(self, task: TaskRecord) -> bool:
+        """Whether losing ``task``'s attempt with a coordinator node goes uncharged."""
+        forgiven = sum(1 for a in task.attempts if a.lost_with_node is not None)
+        return forgiven < self.config.max_coordinator_losses
 
     def expire_silent_workers(self, now: float) -> None:
         for worker in self.workers.values():

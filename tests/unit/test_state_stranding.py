@@ -267,7 +267,8 @@ def test_a_snapshot_keeps_the_stranding(driver: StateDriver) -> None:
 
 NODES = ["n1", "n2", "n3"]
 WORKERS = {"a": "n1", "b": "n1", "c": "n2", "d": "n3"}
-CONFIG = StateConfig(lease_timeout_s=10.0, worker_timeout_s=30.0)
+# Any number of losses is forgiven here; the allowance per task is tested on its own.
+CONFIG = StateConfig(lease_timeout_s=10.0, worker_timeout_s=30.0, max_coordinator_losses=10**6)
 
 submits = st.tuples(st.just("submit"), st.integers(1, 3))
 losses = st.tuples(st.just("lose"), st.sampled_from(NODES))
@@ -406,3 +407,33 @@ def test_only_attempts_the_state_machine_lost_with_a_node_go_uncharged(
     task.attempts[0].lost_with_node = None  # as if a worker had claimed the failure
     driver.fail("t", at=11.0)
     assert driver.status("t") == "failed"  # both attempts charged: max_retries=1 spent
+
+
+@pytest.mark.parametrize("allowance", [0, 1, 3])
+def test_a_task_that_takes_down_host_after_host_is_charged_beyond_its_allowance(
+    allowance: int, make_spec: MakeSpec
+) -> None:
+    """Worker and coordinator share each host, and the task kills the host (an OOM):
+    the first ``max_coordinator_losses`` losses are free, the next ones are charged."""
+    config = StateConfig(
+        lease_timeout_s=10.0,
+        worker_timeout_s=30.0,
+        poison_after_worker_crashes=0,
+        max_coordinator_losses=allowance,
+    )
+    driver = StateDriver(config)
+    driver.submit(("t", make_spec(retry_policy={"max_retries": 1, **NO_DELAY})))
+    task = driver.state.tasks["t"]
+    for host in range(10):
+        if task.status.is_terminal:
+            break
+        register(driver, f"w{host}", f"n{host}", at=driver.now + 1)
+        lose_node(driver, f"n{host}", at=driver.now + 4)
+        driver.tick(driver.now + 10)
+    assert task.status is TaskStatus.FAILED
+    assert len(task.attempts) == allowance + 2  # the free losses, then max_retries=1 charged
+    free = [a.lost_with_node for a in task.attempts if a.lost_with_node is not None]
+    assert free == [f"n{i}" for i in range(allowance)]
+    charged = task.attempts[allowance]
+    assert (charged.failure, charged.reason) == (FailureKind.WORKER_LOST, charged.reason)
+    assert charged.reason is not None and "max_coordinator_losses" in charged.reason
