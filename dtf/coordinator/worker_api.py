@@ -83,7 +83,14 @@ def _session_routes(router: APIRouter, rt: Runtime) -> None:
         """Renew the leases the worker holds; 409 means: reconnect and register."""
         body = await _worker_body(rt, request, authorization, p.HeartbeatRequest)
         await rt.bus.execute(
-            c.Heartbeat(time.time(), worker_id, body.session, body.held, body.max_fence_seen)
+            c.Heartbeat(
+                time.time(),
+                worker_id,
+                body.session,
+                body.held,
+                body.max_fence_seen,
+                rt.hub.node_id,
+            )
         )
         renewed = [ref for ref in body.held if rt.state.is_current_lease_ref(worker_id, ref)]
         return json_response(p.HeartbeatReply(rt.settings.lease_timeout_s, renewed))

@@ -60,13 +60,16 @@ class WorkerDisconnected(Struct, frozen=True, tag="worker_disconnected"):
 class Heartbeat(Struct, frozen=True, tag="heartbeat"):
     """Renews the leases in ``held``. A lease of this worker that is absent
     from ``held`` although its fence is at most ``max_fence_seen`` was dropped
-    by the worker (it self-fenced) and ends as lost."""
+    by the worker (it self-fenced) and ends as lost. ``node_id``: the cluster
+    node that journals this, filled in by that node ("" for a standalone
+    coordinator and in old journals)."""
 
     at: float
     worker_id: str
     session: str
     held: list[LeaseRef] = []
     max_fence_seen: int = 0
+    node_id: str = ""
 
 
 class TaskStarted(Struct, frozen=True, tag="task_started"):

@@ -211,6 +211,8 @@ class WorkerRecord(Struct):
     health: WorkerHealth = msgspec.field(default_factory=WorkerHealth)
     node_id: str = ""
     lost_node: str | None = None
+    status_when_stranded: WorkerStatus | None = None
+    """What a heartbeat through the healed node restores (online only if it was)."""
 
     @property
     def is_stranded(self) -> bool:

@@ -9,7 +9,7 @@ stopped. So the leader watches the node registry and, when a node's record
 expires while workers are still connected through it, journals
 ``CoordinatorNodeLost``: those workers become ``suspect`` (no new work) and
 stranded (``lost_node``). Whatever a stranded worker loses until it registers
-again, or heartbeats through that node again, is lost with the coordinator
+again, or a heartbeat journaled by that node shows it back, is lost with the coordinator
 (``WorkerMixin.lose_with_coordinator``): queued again at once, not charged to
 the task, its retries or the worker. Leases still end only when they expire,
 as always, so a task never runs twice at once.
@@ -55,7 +55,7 @@ class StrandingMixin(WorkerMixin):
     def on_coordinator_node_lost(self, command: c.CoordinatorNodeLost, now: float) -> None:
         for worker in self.workers.values():
             if is_connected_through(worker, command.node_id):
-                worker.lost_node = command.node_id
+                worker.lost_node, worker.status_when_stranded = command.node_id, worker.status
                 self.set_worker_status(
                     worker, WorkerStatus.SUSPECT, f"coordinator node {command.node_id} lost"
                 )

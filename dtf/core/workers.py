@@ -10,7 +10,7 @@ it no longer holds ends as lost at once instead of waiting for expiry.
 
 In a cluster a worker is also ``suspect`` once the node it is connected
 through is lost (``stranding.py``); what it loses until it registers again,
-or heartbeats through that node again, is lost with the coordinator.
+or a heartbeat journaled by that node shows it back, is lost with the coordinator.
 """
 
 from __future__ import annotations
@@ -97,24 +97,25 @@ class WorkerMixin(Lifecycle):
         self.ready.forget_worker(worker.id)
         self.reconcile_leases(worker, command.held, max_fence_seen=None, now=now)
         worker.node_id, worker.lost_node = command.node_id, None
+        worker.status_when_stranded = None
 
     def on_heartbeat(self, command: c.Heartbeat, now: float) -> None:
-        """A heartbeat of the registered session came through the node the worker
-        registered with (its channel and heartbeats share one coordinator URL), so
-        that node appends again: a worker stranded by its loss is back, and
-        online again if its channel did not close meanwhile."""
+        """A heartbeat of the registered session journaled by the very node whose
+        loss stranded the worker shows that node appends again: the worker is back,
+        with the status it had when stranded, if its channel did not close meanwhile."""
         worker = self.workers[command.worker_id]
         worker.last_seen_at = now
         if worker.status is WorkerStatus.OFFLINE:
             self.set_worker_status(worker, WorkerStatus.SUSPECT, "heartbeat after silence")
         self.reconcile_leases(worker, command.held, command.max_fence_seen, now)
-        if worker.lost_node is not None:
-            is_connected = worker.node_id == worker.lost_node
-            worker.lost_node = None
-            if is_connected:
-                self.set_worker_status(
-                    worker, WorkerStatus.ONLINE, f"coordinator node {worker.node_id} is back"
-                )
+        if worker.lost_node is not None and command.node_id == worker.lost_node:
+            self.end_stranding(worker)
+
+    def end_stranding(self, worker: WorkerRecord) -> None:
+        node_id, was = worker.lost_node, worker.status_when_stranded
+        worker.lost_node, worker.status_when_stranded = None, None
+        if worker.node_id == node_id and was is not None:
+            self.set_worker_status(worker, was, f"coordinator node {node_id} is back")
 
     def on_worker_disconnected(self, command: c.WorkerDisconnected, now: float) -> None:
         worker = self.workers.get(command.worker_id)

@@ -103,6 +103,7 @@ class Interpreter:
 
     driver: StateDriver = field(default_factory=lambda: StateDriver(CONFIG))
     sessions: dict[str, int] = field(default_factory=dict)
+    nodes: dict[str, str] = field(default_factory=dict)
     task_ids: list[str] = field(default_factory=list)
     events: list[list[Event]] = field(default_factory=list)
 
@@ -175,6 +176,7 @@ class Interpreter:
         caps, slots = WORKERS[worker_id]
         held = self.held(worker_id, held_mask)
         session = f"s{self.sessions[worker_id]}"
+        self.nodes[worker_id] = NODES[node]
         return c.RegisterWorker(
             self.driver.now, worker_id, session, caps, slots, held, node_id=NODES[node]
         )
@@ -193,6 +195,7 @@ class Interpreter:
             session,
             self.held(worker_id, held_mask),
             max(0, max(fences, default=0) + seen_offset),
+            node_id=self.nodes.get(worker_id, ""),
         )
 
     def make_started(self, index: int) -> c.Command | None:

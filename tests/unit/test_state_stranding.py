@@ -48,6 +48,23 @@ def lose_node(driver: StateDriver, node_id: str, *, at: float | None = None) -> 
     return driver.apply(c.CoordinatorNodeLost(driver.at(at), node_id))
 
 
+def beat(
+    driver: StateDriver,
+    worker_id: str,
+    node_id: str,
+    *,
+    held: Sequence[LeaseRef] = (),
+    max_fence_seen: int = 0,
+    session: str = "s1",
+    at: float | None = None,
+) -> list[Event]:
+    """A heartbeat journaled by ``node_id``."""
+    command = c.Heartbeat(
+        driver.at(at), worker_id, session, list(held), max_fence_seen, node_id=node_id
+    )
+    return driver.apply(command)
+
+
 def assigned(events: list[Event]) -> list[tuple[str, str, int]]:
     return [(e.worker_id, e.task_id, e.attempt) for e in events_of(events, AssignTask)]
 
@@ -185,7 +202,7 @@ def test_a_heartbeat_through_the_healed_node_brings_its_worker_back(
     worker = driver.state.workers["w1"]
     assert worker.status is WorkerStatus.OFFLINE
     assert worker.health.samples == []  # its silence was the lost node's
-    events = driver.heartbeat("w1", [], max_fence_seen=1, at=40.0)
+    events = beat(driver, "w1", "n1", max_fence_seen=1, at=40.0)
     assert (worker.status, worker.status_reason) == (
         WorkerStatus.ONLINE,
         "coordinator node n1 is back",
@@ -199,7 +216,7 @@ def test_a_heartbeat_after_the_channel_closed_does_not_bring_the_worker_online(
     register(driver, "w1", "n1")
     lose_node(driver, "n1", at=1.0)
     driver.disconnect("w1", at=2.0)
-    driver.heartbeat("w1", [], at=3.0)
+    beat(driver, "w1", "n1", at=3.0)
     worker = driver.state.workers["w1"]
     assert (worker.status, worker.lost_node) == (WorkerStatus.SUSPECT, None)
 
@@ -317,8 +334,8 @@ class Cluster:
         for worker_id in stranded:
             seen = self.driver.state.next_fence - 1
             session = f"s{self.sessions[worker_id]}"
-            self.events += self.driver.heartbeat(
-                worker_id, [], max_fence_seen=seen, session=session
+            self.events += beat(
+                self.driver, worker_id, node_id, max_fence_seen=seen, session=session
             )
 
     def do_move(self, worker_id: str, node_id: str) -> None:
@@ -353,7 +370,12 @@ class Cluster:
         for worker_id in WORKERS:
             if not self.is_cut_off(worker_id):
                 session = f"s{self.sessions[worker_id]}"
-                self.events += self.driver.heartbeat(worker_id, session=session)
+                held = self.held(worker_id)
+                seen = max((ref.fence for ref in held), default=0)
+                node_id = self.through[worker_id]
+                self.events += beat(
+                    self.driver, worker_id, node_id, held=held, max_fence_seen=seen, session=session
+                )
 
     def held(self, worker_id: str) -> list[LeaseRef]:
         leases = self.driver.state.workers[worker_id].leases
@@ -437,3 +459,26 @@ def test_a_task_that_takes_down_host_after_host_is_charged_beyond_its_allowance(
     charged = task.attempts[allowance]
     assert (charged.failure, charged.reason) == (FailureKind.WORKER_LOST, charged.reason)
     assert charged.reason is not None and "max_coordinator_losses" in charged.reason
+
+
+def test_healing_restores_the_status_the_worker_had_when_stranded(driver: StateDriver) -> None:
+    register(driver, "w1", "n1")
+    driver.tick(31.0)  # silent: offline
+    beat(driver, "w1", "n1", at=32.0)  # back after silence: suspect until it registers
+    lose_node(driver, "n1", at=33.0)
+    beat(driver, "w1", "n1", at=34.0)
+    worker = driver.state.workers["w1"]
+    assert (worker.status, worker.lost_node) == (WorkerStatus.SUSPECT, None)
+
+
+def test_only_a_heartbeat_journaled_by_the_lost_node_ends_the_stranding(
+    driver: StateDriver,
+) -> None:
+    register(driver, "w1", "n1")
+    lose_node(driver, "n1", at=1.0)
+    beat(driver, "w1", "n2", at=2.0)  # journaled by another node
+    beat(driver, "w1", "", at=3.0)  # an old journal's heartbeat names no node
+    worker = driver.state.workers["w1"]
+    assert (worker.status, worker.lost_node) == (WorkerStatus.SUSPECT, "n1")
+    beat(driver, "w1", "n1", at=4.0)
+    assert (worker.status, worker.lost_node) == (WorkerStatus.ONLINE, None)
