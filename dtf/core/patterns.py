@@ -39,7 +39,7 @@ from msgspec import Struct
 
 from dtf.core.breakers import HARDWARE_FAULTS
 from dtf.core.failures import FailureType
-from dtf.core.model import HardwareClass
+from dtf.core.model import FailureKind, HardwareClass
 from dtf.core.pattern_model import scored_and_ranked
 from dtf.core.records import AttemptRecord, AttemptStatus, TaskRecord, WorkerRecord
 from dtf.core.state import State
@@ -151,7 +151,8 @@ TYPE_ACTIONS = {
 
 
 def failures_of(state: State) -> list[FailureRecord]:
-    """Every classified failed attempt, in task order then attempt order."""
+    """Every classified failed attempt, in task order then attempt order; not
+    those lost with a coordinator node, which say nothing about worker or task."""
     return [
         FailureRecord(
             task_id=task.id,
@@ -164,7 +165,9 @@ def failures_of(state: State) -> list[FailureRecord]:
         )
         for task in state.tasks.values()
         for attempt in task.attempts
-        if attempt.failure_type is not None and attempt.finished_at is not None
+        if attempt.failure_type is not None
+        and attempt.finished_at is not None
+        and attempt.failure is not FailureKind.COORDINATOR_LOST
     ]
 
 

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dtf.core import commands as c
 from dtf.core import pattern_model
 from dtf.core.failures import FailureType
 from dtf.core.model import FailureKind, HardwareClass, Outcome
@@ -350,6 +351,20 @@ def test_failures_and_successes_of_a_state() -> None:
         )
     ]
     assert successes_of(driver.state) == [SuccessRecord("plain", "g1", "cpu", 4.0)]
+
+
+def test_attempts_lost_with_a_coordinator_node_are_no_failures() -> None:
+    """A node's loss says nothing about its workers or tasks: no quarantine, no poison."""
+    driver = StateDriver()
+    for worker_id, node_id in (("w1", "n1"), ("w2", "n2")):
+        driver.apply(
+            c.RegisterWorker(driver.now, worker_id, "s1", capabilities(), 1, node_id=node_id)
+        )
+    driver.submit(("t", task_spec(retry_policy={"retry_delay_seconds": 0.0})), at=1.0)
+    driver.apply(c.CoordinatorNodeLost(2.0, driver.state.workers[driver.worker_of("t")].node_id))
+    driver.tick(12.0)  # the lease expires: lost with the node, retried on the other worker
+    assert driver.state.tasks["t"].attempts[0].failure is FailureKind.COORDINATOR_LOST
+    assert failures_of(driver.state) == []
 
 
 H = HardwareClass
