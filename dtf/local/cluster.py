@@ -112,11 +112,7 @@ class LocalCluster:
         return read_log(self.fault_log_path) if self.fault_log_path else []
 
     def __enter__(self) -> LocalCluster:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
+        self.start()
         return self
 
     def __exit__(
@@ -131,8 +127,16 @@ class LocalCluster:
         return Client(self.url, api_key or self.admin_key, timeout_s=timeout_s)
 
     def start(self) -> None:
+        """Start everything; should any of it fail, stop what did start (and the guard)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.guard = OrphanGuard()
+        self.guard = OrphanGuard(self.settings.python)
+        try:
+            self._start_children()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_children(self) -> None:
         self.start_coordinator()
         self.worker_key = self.create_worker_key()
         for number in range(1, self.settings.workers + 1):

@@ -132,7 +132,7 @@ class HaCluster:
         ports = self._fixed_ports() if self.settings.base_port else []
         self.etcd = EtcdCluster(self.data_dir / "etcd", size=self.settings.nodes)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.guard = OrphanGuard()
+        self.guard = OrphanGuard(self.settings.python)
         with self.guard.marking_this_process():
             self.etcd.start()
         self.etcd.wait_healthy(self.settings.startup_timeout_s)

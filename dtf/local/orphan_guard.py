@@ -1,13 +1,15 @@
 """No child of ``dtf up`` or ``dtf cluster local`` outlives it, even one SIGKILLed.
 
 How this works (``dtf.worker.reaper`` one level up): the supervising process starts
-one sidecar (``main`` here, given MARKER PID PGID) in a session of its own
-and holds the only write end of a pipe to the sidecar's stdin (pipes are
-close-on-exec). Every child it starts gets ``DTF_LOCAL_MARKER=<marker>`` in its
-environment, and what they start inherits it: etcd members, coordinators, workers,
-their reaper sidecars and task processes. When the supervisor exits, however it
-exits, the sidecar reads end-of-file and SIGKILLs every process carrying the marker,
-with its process group. After a clean stop it finds none.
+one sidecar (``dtf.proc_markers.run_sidecar``, which imports nothing of dtf but that
+module) in a session of its own, holds the only write end of a pipe to the sidecar's
+stdin (pipes are close-on-exec) and waits, bounded, until the sidecar writes on its
+stdout that it is armed. Every child it starts gets ``DTF_LOCAL_MARKER=<marker>`` in
+its environment, and what they start inherits it: etcd members, coordinators,
+workers, their reaper sidecars and task processes. When the supervisor exits, however
+it exits, the sidecar reads end-of-file and SIGKILLs every process carrying the
+marker, with its process group, through pidfds so that a reused pid is spared. After
+a clean stop it finds none.
 
 Not PR_SET_PDEATHSIG: that signal comes when the *thread* that started a child ends,
 and supervisor threads restart children; it must be set between fork and exec, with
@@ -25,35 +27,41 @@ import contextlib
 import logging
 import os
 import secrets
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
+from typing import NoReturn
+
+from dtf.errors import DtfError
+from dtf.proc_markers import start_sidecar, wait_ready
 
 logger = logging.getLogger(__name__)
 
 MARKER_ENV = "DTF_LOCAL_MARKER"
-# Not ``-m dtf.local.orphan_guard``: the ``dtf.local`` package imports this module, which
-# runpy would then run a second time as ``__main__`` (and warn about it on stderr).
-SIDECAR_CODE = "import sys; from dtf.local.orphan_guard import main; sys.exit(main(sys.argv))"
+SIDECAR_NAME = "orphan guard"
+READY_TIMEOUT_S = 30.0
 CLOSE_TIMEOUT_S = 10.0
-KILL_PASSES = 5
+
+
+class OrphanGuardError(DtfError):
+    """The sidecar did not start: nothing would kill the children of a SIGKILLed supervisor."""
+
+    status_code = 500
 
 
 class OrphanGuard:
     """``guard = OrphanGuard()``; start children with ``guard.environment()`` in their
-    environment; ``guard.close()`` once they are stopped."""
+    environment; ``guard.close()`` once they are stopped. Raises ``OrphanGuardError``
+    when the sidecar does not report that it is armed."""
 
-    def __init__(self) -> None:
+    def __init__(self, python: str = sys.executable) -> None:
+        """``python`` runs the sidecar: the interpreter the children run with."""
         self.marker = secrets.token_hex(12)
-        self.sidecar = subprocess.Popen(
-            [sys.executable, "-c", SIDECAR_CODE, self.marker, str(os.getpid()), str(os.getpgrp())],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            env={name: value for name, value in os.environ.items() if name != MARKER_ENV},
-            start_new_session=True,
+        self.sidecar = start_sidecar(
+            python, SIDECAR_NAME, MARKER_ENV, self.marker, spared_group=os.getpgrp()
         )
+        if not wait_ready(self.sidecar, READY_TIMEOUT_S):
+            self._abandon(python)
 
     def environment(self) -> dict[str, str]:
         """The variable a child's environment needs for the guard to find it."""
@@ -62,7 +70,8 @@ class OrphanGuard:
     @contextlib.contextmanager
     def marking_this_process(self) -> Iterator[None]:
         """Put the marker into this process's environment for children started by code
-        that builds their environment from it (``EtcdCluster``); taken out afterwards."""
+        that builds their environment from it (``EtcdCluster``); taken out afterwards.
+        Every thread sees the change meanwhile."""
         previous = os.environ.get(MARKER_ENV)
         os.environ[MARKER_ENV] = self.marker
         try:
@@ -85,51 +94,14 @@ class OrphanGuard:
             self.sidecar.kill()
             self.sidecar.wait()
 
-
-def carries_marker(environ: bytes, marker: str) -> bool:
-    """Does a ``/proc/<pid>/environ`` blob hold exactly ``DTF_LOCAL_MARKER=marker``?"""
-    return f"{MARKER_ENV}={marker}".encode() in environ.split(b"\0")
-
-
-def marked_pids(marker: str, *, exclude: set[int], proc: Path = Path("/proc")) -> list[int]:
-    found = []
-    for entry in proc.iterdir():
-        if not entry.name.isdigit() or int(entry.name) in exclude:
-            continue
-        with contextlib.suppress(OSError):
-            if carries_marker((entry / "environ").read_bytes(), marker):
-                found.append(int(entry.name))
-    return found
-
-
-def kill_marked(marker: str, *, exclude: set[int], spared_group: int) -> int:
-    """SIGKILL every marked process and its group (unless that is ``spared_group``, the
-    supervisor's, which a terminal or test runner may share); look again while new ones
-    appear. Returns how many were found."""
-    killed: set[int] = set()
-    for _ in range(KILL_PASSES):
-        found = marked_pids(marker, exclude=exclude)
-        if not found:
-            break
-        for pid in found:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                if (group := os.getpgid(pid)) != spared_group:
-                    os.killpg(group, signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-        killed.update(found)
-    return len(killed)
-
-
-def main(argv: list[str]) -> int:
-    marker, supervisor_pid, spared_group = argv[1], int(argv[2]), int(argv[3])
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, signal.SIG_IGN)
-    while sys.stdin.buffer.read(65536):
-        pass
-    killed = kill_marked(marker, exclude={os.getpid(), supervisor_pid}, spared_group=spared_group)
-    if killed:
-        print(
-            f"orphan guard: killed {killed} processes left by pid {supervisor_pid}", file=sys.stderr
+    def _abandon(self, python: str) -> NoReturn:
+        self.sidecar.kill()
+        self.sidecar.wait()
+        assert self.sidecar.stdin is not None
+        self.sidecar.stdin.close()
+        raise OrphanGuardError(
+            f"the orphan guard sidecar (pid {self.sidecar.pid}, exit status "
+            f"{self.sidecar.returncode}) did not report ready within {READY_TIMEOUT_S:g} s, "
+            "so processes of a killed local cluster could be left running; its error, if "
+            f"any, is on stderr above; check that {python} -c 'import dtf.proc_markers' works"
         )
-    return 0

@@ -1,5 +1,7 @@
 """Nothing a local cluster started outlives its supervising process, even one SIGKILLed:
-the orphan guard alone, then a whole ``dtf up`` with a task running."""
+the orphan guard alone, then a whole ``dtf up`` with a task running. The guard's
+sidecar must be running before any child starts, and kills no process it has not
+checked (through a pidfd) to carry the marker."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import contextlib
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,8 +21,10 @@ import pytest
 
 from dtf.client import Client
 from dtf.errors import DtfError
-from dtf.local.orphan_guard import OrphanGuard
+from dtf.local import ClusterError, ClusterSettings, LocalCluster
+from dtf.local.orphan_guard import MARKER_ENV, OrphanGuard
 from dtf.local.processes import find_free_port
+from dtf.proc_markers import NO_GROUP, kill_if_marked, marked_pids
 from dtf.testing.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -138,6 +143,71 @@ def test_close_kills_marked_leftovers_only(cleanup: list[Started], durations: li
     assert marked.wait(timeout=GONE_WITHIN_S) == -signal.SIGKILL
     assert unmarked.poll() is None
     assert guard.sidecar.returncode == 0
+
+
+def test_a_sidecar_that_cannot_start_is_a_clear_error(tmp_path: Path) -> None:
+    """Its python cannot import dtf (no site-packages, no current directory on its path)."""
+    python = tmp_path / "python-without-dtf"
+    python.write_text(f'#!/bin/sh\nexec {sys.executable} -S -P "$@"\n')
+    python.chmod(0o755)
+    with pytest.raises(DtfError, match=r"orphan guard sidecar .* did not report ready"):
+        OrphanGuard(str(python))
+
+
+def test_a_cluster_that_fails_to_start_leaves_no_sidecar(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        cluster = LocalCluster(ClusterSettings(tmp_path, workers=1, port=port))
+        try:
+            with pytest.raises(ClusterError, match=f"port {port}"):
+                cluster.start()
+            assert cluster.guard is not None
+            assert cluster.guard.sidecar.poll() == 0
+        finally:
+            cluster.stop()
+
+
+def test_a_pid_found_marked_that_now_names_an_unmarked_process_is_spared(
+    tmp_path: Path, cleanup: list[Started], durations: list[str]
+) -> None:
+    """The scan saw the marker under a pid that an unmarked process holds by the time
+    it is signalled (the marked one exited, the pid was reused)."""
+    unmarked = subprocess.Popen(["sleep", durations[0]], start_new_session=True)
+    marked = subprocess.Popen(
+        ["sleep", durations[1]], env={**os.environ, MARKER_ENV: "abc"}, start_new_session=True
+    )
+    cleanup.extend([unmarked, marked])
+    for process in (unmarked, marked):
+        (tmp_path / str(process.pid)).mkdir()
+        (tmp_path / str(process.pid) / "environ").write_bytes(f"{MARKER_ENV}=abc\0".encode())
+    found = marked_pids(MARKER_ENV, "abc", exclude=set(), proc=tmp_path)
+    assert sorted(found) == sorted([unmarked.pid, marked.pid])
+
+    killed = [pid for pid in found if kill_if_marked(pid, MARKER_ENV, "abc", spared_group=NO_GROUP)]
+    assert killed == [marked.pid]
+    assert marked.wait(timeout=GONE_WITHIN_S) == -signal.SIGKILL
+    assert unmarked.poll() is None
+
+
+def test_a_marked_process_takes_its_group_along_unless_the_group_is_spared(
+    cleanup: list[Started], durations: list[str]
+) -> None:
+    marked_env = {**os.environ, MARKER_ENV: "abc"}
+    script = f"env -u {MARKER_ENV} sleep {durations[0]} & exec sleep {durations[1]}"
+    leader = subprocess.Popen(["sh", "-c", script], env=marked_env, start_new_session=True)
+    in_spared_group = subprocess.Popen(["sleep", durations[2]], env=marked_env)
+    unmarked_in_spared_group = subprocess.Popen(["sleep", durations[2]])
+    cleanup.extend([leader, in_spared_group, unmarked_in_spared_group])
+    wait_for(lambda: len(sleeps(durations[0])) == 1, START_TIMEOUT_S, "the unmarked sleep")
+    [unmarked_in_group] = sleeps(durations[0])
+
+    for process in (leader, in_spared_group):
+        assert kill_if_marked(process.pid, MARKER_ENV, "abc", spared_group=os.getpgrp())
+    assert leader.wait(timeout=GONE_WITHIN_S) == -signal.SIGKILL
+    assert in_spared_group.wait(timeout=GONE_WITHIN_S) == -signal.SIGKILL
+    wait_gone([unmarked_in_group], "the unmarked sleep in the marked leader's group")
+    assert unmarked_in_spared_group.poll() is None
 
 
 def online_workers(url: str, admin_key_path: Path) -> int:

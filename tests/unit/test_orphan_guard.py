@@ -1,12 +1,14 @@
-"""Which processes the orphan guard recognises as its supervisor's."""
+"""Which processes the orphan guard's sidecar recognises as its supervisor's."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
-from dtf.local.orphan_guard import carries_marker, marked_pids
+from dtf.local.orphan_guard import MARKER_ENV
+from dtf.proc_markers import carries_marker, marked_pids
 
 
 @pytest.mark.parametrize(
@@ -20,7 +22,7 @@ from dtf.local.orphan_guard import carries_marker, marked_pids
     ],
 )
 def test_carries_marker(environ: bytes, expected: bool) -> None:
-    assert carries_marker(environ, "abc") is expected
+    assert carries_marker(environ, MARKER_ENV, "abc") is expected
 
 
 def test_marked_pids_reads_each_process_environment_and_skips_the_excluded(
@@ -36,4 +38,15 @@ def test_marked_pids_reads_each_process_environment_and_skips_the_excluded(
         (tmp_path / pid / "environ").write_bytes(environ)
     (tmp_path / "13").mkdir()  # a process that exited while being read: no environ
     (tmp_path / "self").mkdir()  # not a process directory
-    assert marked_pids("abc", exclude={11}, proc=tmp_path) == [10]
+    assert marked_pids(MARKER_ENV, "abc", exclude={11}, proc=tmp_path) == [10]
+
+
+def test_the_sidecar_module_imports_the_standard_library_only() -> None:
+    """What ``python -c SIDECAR_CODE`` loads must not fail on anything else dtf needs."""
+    source = Path(__file__).parents[2] / "dtf" / "proc_markers.py"
+    imported = {
+        line.split()[1].split(".")[0]
+        for line in source.read_text(encoding="utf-8").splitlines()
+        if line.startswith(("import ", "from "))
+    }
+    assert imported - sys.stdlib_module_names == set()
