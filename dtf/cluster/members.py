@@ -3,14 +3,18 @@
 How this works: each node keeps ``P/nodes/<id>`` attached to a lease of its
 own and rewrites it about every second with its applied log position, so the
 key vanishes within the TTL after the node dies and ``nodes()`` lists only live
-nodes. ``P/disabled/<id>`` (no lease; written through any node) takes a node
-out of elections and load balancing; each node watches ``P/disabled/`` and
-calls ``on_disabled`` when its own flag changes, which is how its election
-learns to resign. Each node also watches ``P/nodes/`` and keeps the ids of
-the nodes whose record it saw vanish and not come back (``departed``): the
-leader journals their loss for the workers still connected through them.
-A node writes its record before it serves, so no worker can be connected
-through a node that has not been listed yet.
+nodes. Each record names the node's ``incarnation``, a random id of this
+process: a node restarted under the same id is another incarnation, and the
+workers connected through the old one are not connected through the new.
+``P/disabled/<id>`` (no lease; written through any node) takes a node out of
+elections and load balancing; each node watches ``P/disabled/`` and calls
+``on_disabled`` when its own flag changes, which is how its election learns to
+resign. Each node also watches ``P/nodes/`` (``listed``: node id ->
+incarnation) and wakes ``wait_nodes_changed`` when a node joins, leaves or is
+replaced; the leader then reads the registry afresh (``registry``) before it
+journals a node's loss. A node writes its record before it serves, so a
+worker's registration is journaled only after the record of the node it came
+through is in etcd.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import contextlib
 import json
 import logging
 import math
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -52,6 +57,7 @@ class NodeRecord:
     started_at: float
     updated_at: float
     version: str
+    incarnation: str = ""
 
 
 def encode_node(record: NodeRecord) -> bytes:
@@ -68,6 +74,7 @@ def decode_node(value: bytes) -> NodeRecord:
             started_at=float(data["started_at"]),
             updated_at=float(data["updated_at"]),
             version=str(data["version"]),
+            incarnation=str(data.get("incarnation", "")),
         )
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise CorruptRecord(f"node record {value[:120]!r} is not valid ({exc})") from None
@@ -142,8 +149,8 @@ class Members:
         self._reported_at = -math.inf
         self._disabled: dict[str, str] = {}
         self._is_self_disabled = False
-        self._listed: set[str] | None = None
-        self._departed: set[str] = set()
+        self.incarnation = secrets.token_hex(8)
+        self._listed: dict[str, str] | None = None
         self._nodes_changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -153,9 +160,15 @@ class Members:
         return self._disabled.get(self.node_id)
 
     @property
-    def departed(self) -> frozenset[str]:
-        """Nodes whose record this node saw vanish (lease expired or revoked) and not return."""
-        return frozenset(self._departed)
+    def listed(self) -> dict[str, str] | None:
+        """The registry as this node's watch last saw it (node id -> incarnation,
+        "" for a record that names none); None until it was first read."""
+        return None if self._listed is None else dict(self._listed)
+
+    async def registry(self) -> dict[str, str]:
+        """The registry as etcd has it now (a fresh, linearizable read)."""
+        kvs, _ = await self.etcd.get_prefix(self._nodes_prefix)
+        return self._incarnations(kvs)
 
     async def wait_nodes_changed(self, timeout_s: float) -> None:
         """Return when the registry changed, or after ``timeout_s``."""
@@ -263,6 +276,7 @@ class Members:
             started_at=self._started_at,
             updated_at=self._wall_clock(),
             version=self.version,
+            incarnation=self.incarnation,
         )
         try:
             await self.etcd.put(self._node_key, encode_node(record), self._lease)
@@ -325,31 +339,35 @@ class Members:
         )
 
     async def _read_nodes(self) -> int:
-        """List the registry; nodes listed before and missing now departed meanwhile."""
         kvs, revision = await self.etcd.get_prefix(self._nodes_prefix)
-        listed = {self._registered_id(kv.key) for kv in kvs}
-        if self._listed is not None:
-            self._departed |= self._listed - listed
-        self._departed -= listed
-        self._listed = listed
+        self._listed = self._incarnations(kvs)
         self._nodes_changed.set()
         return revision
 
     def _take_node_events(self, events: list[WatchEvent]) -> None:
-        """Note nodes joining and leaving (a record's periodic rewrite changes nothing)."""
-        listed = self._listed if self._listed is not None else set()
-        before = set(listed)
+        """Note nodes joining, leaving and restarting (a record's periodic rewrite changes nothing)."""
+        listed = dict(self._listed or {})
+        before = dict(listed)
         for event in events:
             node_id = self._registered_id(event.kv.key)
             if event.kind == "put":
-                listed.add(node_id)
-                self._departed.discard(node_id)
+                listed[node_id] = self._incarnation_of(event.kv)
             else:
-                listed.discard(node_id)
-                self._departed.add(node_id)
+                listed.pop(node_id, None)
         self._listed = listed
         if listed != before:
             self._nodes_changed.set()
+
+    def _incarnations(self, kvs: list[KeyValue]) -> dict[str, str]:
+        return {self._registered_id(kv.key): self._incarnation_of(kv) for kv in kvs}
+
+    def _incarnation_of(self, kv: KeyValue) -> str:
+        """The incarnation a record names; "" (matching any) if it is unreadable."""
+        try:
+            return decode_node(kv.value).incarnation
+        except CorruptRecord as exc:
+            log.warning("skipping %r: %s", kv.key, exc)
+            return ""
 
     def _registered_id(self, key: bytes) -> str:
         return key[len(self._nodes_prefix) :].decode()

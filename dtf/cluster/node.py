@@ -6,10 +6,12 @@ cluster's snapshot and log (so the coordinator serves nothing until it has
 caught up); ``start`` registers the node and joins the election. Each time this
 node becomes leader, ``on_elected`` runs (the coordinator journals its settings
 and a fresh lease period there). While it leads, it also journals
-``CoordinatorNodeLost`` for each node whose registry record vanished while
-workers were still connected through it (``dtf.core.stranding``). ``stop``
-resigns first, so another node takes over at once instead of after the lease
-TTL, then stops the bus and closes etcd.
+``CoordinatorNodeLost`` for each node incarnation that live workers are still
+connected through but the registry no longer lists (``dtf.core.stranding``):
+its watch of the registry says which to suspect, a fresh read of the registry
+confirms them, since the watch may lag behind the log. ``stop`` resigns first,
+so another node takes over at once instead of after the lease TTL, then stops
+the bus and closes etcd.
 """
 
 from __future__ import annotations
@@ -57,6 +59,11 @@ class ClusterNode:
     def registry_ttl_s(self) -> int:
         """How long a node's record outlives the node: the longest a node loss goes unnoticed."""
         return REGISTRY_TTL_FACTOR * self.settings.lease_ttl_s
+
+    @property
+    def incarnation(self) -> str:
+        """This node process's id in the registry; journaled with each worker registration."""
+        return self.members.incarnation
 
     @classmethod
     async def open(cls, settings: ClusterSettings, *, snapshot_every: int) -> ClusterNode:
@@ -153,24 +160,38 @@ class ClusterNode:
             log.warning("could not journal the start of epoch %d: %s", term.epoch, exc)
 
     async def _declare_lost_nodes(self) -> None:
-        """While this node leads, journal the loss of every departed node that
-        workers are still connected through (looked at whenever the registry
-        changes, and every ``LOST_NODES_CHECK_S``)."""
+        """While this node leads, journal the loss of every node incarnation that
+        live workers are connected through and the registry no longer lists
+        (looked at whenever the registry changes, and every ``LOST_NODES_CHECK_S``)."""
         while True:
             await self.members.wait_nodes_changed(LOST_NODES_CHECK_S)
-            if not self.election.is_leader:
-                continue
-            departed = self.members.departed - {self.settings.node_id}
-            for node_id in nodes_to_declare_lost(self.bus.state.workers.values(), departed):
-                await self._declare_lost(node_id)
+            try:
+                await self._check_lost_nodes()
+            except DtfError as exc:
+                log.warning("could not journal a lost coordinator node: %s", exc)
 
-    async def _declare_lost(self, node_id: str) -> None:
+    async def _check_lost_nodes(self) -> None:
+        listed = self.members.listed
+        if not self.election.is_leader or listed is None:
+            return
+        own = (self.settings.node_id, self.incarnation)
+        suspects = nodes_to_declare_lost(self.bus.state.workers.values(), listed, own)
+        if not suspects:
+            return
+        # The suspects' registrations were applied before this read was sent, so
+        # their nodes' records, written before those nodes served, are in it if alive.
+        registry = await self.members.registry()
+        lost = nodes_to_declare_lost(self.bus.state.workers.values(), registry, own)
+        for node_id, incarnation in suspects:
+            if (node_id, incarnation) in lost:
+                await self._declare_lost(node_id, incarnation)
+
+    async def _declare_lost(self, node_id: str, incarnation: str) -> None:
         log.warning(
-            "coordinator node %s left the registry while workers were connected through it",
+            "coordinator node %s (incarnation %s) left the registry while workers were "
+            "connected through it",
             node_id,
+            incarnation or "unknown",
             extra={"event": "coordinator_node_lost", "node_id": node_id},
         )
-        try:
-            await self.bus.execute(c.CoordinatorNodeLost(time.time(), node_id))
-        except DtfError as exc:
-            log.warning("could not journal the loss of node %s: %s", node_id, exc)
+        await self.bus.execute(c.CoordinatorNodeLost(time.time(), node_id, incarnation))

@@ -114,6 +114,7 @@ def _open(settings: CoordinatorSettings, node: ClusterNode | None) -> _Parts:
         heartbeat_interval_s=settings.heartbeat_interval_s,
         grants=grants,
         node_id=node.settings.node_id if node else "",
+        node_incarnation=node.incarnation if node else "",
     )
     auth = Authenticator(admin_key, lambda: bus.state.api_keys)
     where = _journal_description(journal, node)

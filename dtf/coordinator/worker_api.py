@@ -62,6 +62,7 @@ def _session_routes(router: APIRouter, rt: Runtime) -> None:
                 body.incarnation,
                 body.health_check,
                 rt.hub.node_id,
+                rt.hub.node_incarnation,
             )
         )
         registered = p.Registered(
@@ -90,6 +91,7 @@ def _session_routes(router: APIRouter, rt: Runtime) -> None:
                 body.held,
                 body.max_fence_seen,
                 rt.hub.node_id,
+                rt.hub.node_incarnation,
             )
         )
         renewed = [ref for ref in body.held if rt.state.is_current_lease_ref(worker_id, ref)]

@@ -62,10 +62,12 @@ class WorkerHub:
         heartbeat_interval_s: float,
         grants: GrantIssuer | None = None,
         node_id: str = "",
+        node_incarnation: str = "",
     ) -> None:
         self.bus = bus
         self.grants = grants
-        self.node_id = node_id  # journaled with each registration; "" when standalone
+        # journaled with each registration and heartbeat; "" when standalone
+        self.node_id, self.node_incarnation = node_id, node_incarnation
         self.lease_timeout_s = lease_timeout_s
         self.heartbeat_interval_s = heartbeat_interval_s
         self._connections: dict[str, _Connection] = {}
@@ -151,6 +153,7 @@ class WorkerHub:
             message.incarnation,
             message.health_check,
             self.node_id,
+            self.node_incarnation,
         )
         try:
             self.bus.state.check(command)

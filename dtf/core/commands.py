@@ -37,8 +37,10 @@ class RegisterWorker(Struct, frozen=True, tag="register_worker"):
     """A worker (re)connects. ``held`` lists the attempts it still holds:
     running ones and finished ones whose outcome it has not had acknowledged.
     Any other lease the coordinator has for it is ended as lost. ``node_id``:
-    the cluster node the worker is connected through, filled in by the node
-    that journals this ("" for a standalone coordinator and in old journals)."""
+    the cluster node the worker is connected through, and ``node_incarnation``,
+    that node's process (a node restarted under the same id is another
+    incarnation), both filled in by the node that journals this ("" for a
+    standalone coordinator and in old journals)."""
 
     at: float
     worker_id: str
@@ -49,6 +51,7 @@ class RegisterWorker(Struct, frozen=True, tag="register_worker"):
     incarnation: str = ""
     health_check: str | None = None
     node_id: str = ""
+    node_incarnation: str = ""
 
 
 class WorkerDisconnected(Struct, frozen=True, tag="worker_disconnected"):
@@ -61,8 +64,8 @@ class Heartbeat(Struct, frozen=True, tag="heartbeat"):
     """Renews the leases in ``held``. A lease of this worker that is absent
     from ``held`` although its fence is at most ``max_fence_seen`` was dropped
     by the worker (it self-fenced) and ends as lost. ``node_id``: the cluster
-    node that journals this, filled in by that node ("" for a standalone
-    coordinator and in old journals)."""
+    node that journals this and its ``node_incarnation``, filled in by that
+    node ("" for a standalone coordinator and in old journals)."""
 
     at: float
     worker_id: str
@@ -70,6 +73,7 @@ class Heartbeat(Struct, frozen=True, tag="heartbeat"):
     held: list[LeaseRef] = []
     max_fence_seen: int = 0
     node_id: str = ""
+    node_incarnation: str = ""
 
 
 class TaskStarted(Struct, frozen=True, tag="task_started"):
@@ -120,13 +124,17 @@ class CoordinatorStarted(Struct, frozen=True, tag="coordinator_started"):
 
 
 class CoordinatorNodeLost(Struct, frozen=True, tag="coordinator_node_lost"):
-    """The cluster's leader saw ``node_id``'s registration expire while workers
-    were still connected through it: they can reach no live coordinator, so
-    they get no new work, and the leases they lose meanwhile are the
-    cluster's loss, not the tasks' or the workers'."""
+    """The cluster's leader found ``node_id``'s ``node_incarnation`` gone from
+    the node registry while workers were still connected through it: they can
+    reach no live coordinator, so they get no new work, and the leases they
+    lose meanwhile are the cluster's loss, not the tasks' or the workers'.
+    Workers connected through another incarnation of the node are not
+    touched; an empty ``node_incarnation`` (old journals) means every one.
+    Only the leader journals this, fenced by its epoch."""
 
     at: float
     node_id: str
+    node_incarnation: str = ""
 
 
 class Configure(Struct, frozen=True, tag="configure"):

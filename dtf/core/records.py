@@ -210,6 +210,7 @@ class WorkerRecord(Struct):
     incident_tasks: list[str] = []
     health: WorkerHealth = msgspec.field(default_factory=WorkerHealth)
     node_id: str = ""
+    node_incarnation: str = ""
     lost_node: str | None = None
     status_when_stranded: WorkerStatus | None = None
     """What a heartbeat through the healed node restores (online only if it was)."""

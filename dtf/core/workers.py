@@ -96,19 +96,24 @@ class WorkerMixin(Lifecycle):
             self.set_worker_status(worker, WorkerStatus.ONLINE, "reconnected")
         self.ready.forget_worker(worker.id)
         self.reconcile_leases(worker, command.held, max_fence_seen=None, now=now)
-        worker.node_id, worker.lost_node = command.node_id, None
+        worker.node_id, worker.node_incarnation = command.node_id, command.node_incarnation
+        worker.lost_node = None
         worker.status_when_stranded = None
 
     def on_heartbeat(self, command: c.Heartbeat, now: float) -> None:
-        """A heartbeat of the registered session journaled by the very node whose
-        loss stranded the worker shows that node appends again: the worker is back,
+        """A heartbeat of the registered session journaled by the very node (and
+        incarnation) whose loss stranded the worker shows that node appends again: the worker is back,
         with the status it had when stranded, if its channel did not close meanwhile."""
         worker = self.workers[command.worker_id]
         worker.last_seen_at = now
         if worker.status is WorkerStatus.OFFLINE:
             self.set_worker_status(worker, WorkerStatus.SUSPECT, "heartbeat after silence")
         self.reconcile_leases(worker, command.held, command.max_fence_seen, now)
-        if worker.lost_node is not None and command.node_id == worker.lost_node:
+        journaled_by = (command.node_id, command.node_incarnation)
+        if worker.lost_node is not None and journaled_by == (
+            worker.lost_node,
+            worker.node_incarnation,
+        ):
             self.end_stranding(worker)
 
     def end_stranding(self, worker: WorkerRecord) -> None:

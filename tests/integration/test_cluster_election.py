@@ -310,17 +310,28 @@ async def listed_positions(members: Members, expected: dict[str, int]) -> bool:
     return {node.node_id: node.applied_seq for node in await members.nodes()} == expected
 
 
-def test_a_node_whose_record_vanishes_is_departed_until_it_registers_again(
+def test_the_registry_names_each_node_process_and_forgets_a_node_that_left(
     etcd_cluster: EtcdCluster, name: str
 ) -> None:
     async def scenario() -> None:
         settings = [etcd_cluster.settings()] * 2
         async with cluster_of(settings, name, with_members=True) as (_, members):
             watcher, leaving = members
-            assert watcher.departed == frozenset()
+            both = {"n0": watcher.incarnation, "n1": leaving.incarnation}
+            await eventually(lambda: watcher.listed == both, "both nodes to be listed")
+            assert await watcher.registry() == both
             await leaving.stop()
-            await eventually(lambda: watcher.departed == {"n1"}, "n1 to be seen departed")
-            await leaving.start()
-            await eventually(lambda: watcher.departed == frozenset(), "n1 to be listed again")
+            await eventually(lambda: watcher.listed == {"n0": both["n0"]}, "n1 to be gone")
+            assert await watcher.registry() == {"n0": both["n0"]}
+            restarted = Members(
+                leaving.etcd, name, "n1", leaving.url, ttl_s=2, applied_seq=lambda: 0
+            )
+            assert restarted.incarnation != leaving.incarnation
+            await restarted.start()
+            try:
+                again = {"n0": both["n0"], "n1": restarted.incarnation}
+                await eventually(lambda: watcher.listed == again, "n1 listed as a new process")
+            finally:
+                await restarted.stop()
 
     asyncio.run(scenario())

@@ -221,33 +221,81 @@ def test_a_heartbeat_after_the_channel_closed_does_not_bring_the_worker_online(
     assert (worker.status, worker.lost_node) == (WorkerStatus.SUSPECT, None)
 
 
-def worker(worker_id: str, node_id: str, **fields: Any) -> WorkerRecord:
-    return WorkerRecord(worker_id, Capabilities(), 1, 0.0, 0.0, "s1", node_id=node_id, **fields)
+def worker(worker_id: str, node_id: str, incarnation: str = "i1", **fields: Any) -> WorkerRecord:
+    return WorkerRecord(
+        worker_id,
+        Capabilities(),
+        1,
+        0.0,
+        0.0,
+        "s1",
+        node_id=node_id,
+        node_incarnation=incarnation,
+        **fields,
+    )
+
+
+ME = ("n0", "i0")
 
 
 @pytest.mark.parametrize(
-    ("workers", "departed", "expected"),
+    ("workers", "registry", "expected"),
     [
-        # a departed node with a live worker through it
-        ([worker("w1", "n1")], {"n1"}, ["n1"]),
+        # a node gone from the registry with a live worker through it
+        ([worker("w1", "n1")], {}, [("n1", "i1")]),
+        # listed under the incarnation its worker registered through
+        ([worker("w1", "n1")], {"n1": "i1"}, []),
+        # restarted under the same id: only its old incarnation is lost
+        ([worker("w1", "n1"), worker("w2", "n1", "i2")], {"n1": "i2"}, [("n1", "i1")]),
+        # a record or a registration that names no incarnation matches any
+        ([worker("w1", "n1", "")], {"n1": "i2"}, []),
+        ([worker("w1", "n1")], {"n1": ""}, []),
+        # registered before incarnations, and its node is gone
+        ([worker("w1", "n1", "")], {}, [("n1", "")]),
         # its worker is stranded already: journaled once
-        ([worker("w1", "n1", lost_node="n1", status=WorkerStatus.SUSPECT)], {"n1"}, []),
+        ([worker("w1", "n1", lost_node="n1", status=WorkerStatus.SUSPECT)], {}, []),
         # its worker went offline long ago: nothing to strand
-        ([worker("w1", "n1", status=WorkerStatus.OFFLINE)], {"n1"}, []),
+        ([worker("w1", "n1", status=WorkerStatus.OFFLINE)], {}, []),
         # a suspect worker still connected through it (heard from after a silence)
-        ([worker("w1", "n1", status=WorkerStatus.SUSPECT)], {"n1"}, ["n1"]),
-        # its workers moved on to another node
-        ([worker("w1", "n2")], {"n1"}, []),
+        ([worker("w1", "n1", status=WorkerStatus.SUSPECT)], {}, [("n1", "i1")]),
         # standalone workers name no node
-        ([worker("w1", "")], {""}, []),
+        ([worker("w1", "", "")], {}, []),
+        # the leader's own node, missing from its registry for a moment: never lost
+        ([worker("w1", "n0", "i0")], {}, []),
+        # ... but an earlier incarnation of the leader's node is
+        ([worker("w1", "n0", "i9")], {"n0": "i0"}, [("n0", "i9")]),
         # several, in order, each once
-        ([worker("w2", "n2"), worker("w1", "n1"), worker("w3", "n2")], {"n1", "n2"}, ["n1", "n2"]),
+        (
+            [worker("w2", "n2"), worker("w1", "n1"), worker("w3", "n2")],
+            {"n3": "i1"},
+            [("n1", "i1"), ("n2", "i1")],
+        ),
     ],
 )
 def test_nodes_to_declare_lost(
-    workers: list[WorkerRecord], departed: set[str], expected: list[str]
+    workers: list[WorkerRecord], registry: dict[str, str], expected: list[tuple[str, str]]
 ) -> None:
-    assert nodes_to_declare_lost(workers, departed) == expected
+    assert nodes_to_declare_lost(workers, registry, ME) == expected
+
+
+def test_a_lost_incarnation_strands_only_the_workers_registered_through_it(
+    driver: StateDriver,
+) -> None:
+    """n1 restarted: w1 registered through its old process, w2 through the new one."""
+    driver.apply(
+        c.RegisterWorker(0.0, "w1", "s1", Capabilities(), 1, node_id="n1", node_incarnation="a")
+    )
+    driver.apply(
+        c.RegisterWorker(0.0, "w2", "s1", Capabilities(), 1, node_id="n1", node_incarnation="b")
+    )
+    driver.apply(c.CoordinatorNodeLost(1.0, "n1", node_incarnation="a"))
+    workers = driver.state.workers
+    assert (workers["w1"].status, workers["w1"].lost_node) == (WorkerStatus.SUSPECT, "n1")
+    assert (workers["w2"].status, workers["w2"].lost_node) == (WorkerStatus.ONLINE, None)
+    driver.apply(c.Heartbeat(2.0, "w1", "s1", node_id="n1", node_incarnation="b"))
+    assert workers["w1"].lost_node == "n1"  # journaled by the new process: not its channel
+    driver.apply(c.Heartbeat(3.0, "w1", "s1", node_id="n1", node_incarnation="a"))
+    assert (workers["w1"].status, workers["w1"].lost_node) == (WorkerStatus.ONLINE, None)
 
 
 class OldRegisterWorker(msgspec.Struct, frozen=True, tag="register_worker"):
