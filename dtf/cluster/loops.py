@@ -1,7 +1,7 @@
 """The two loops the election and the node registry run against etcd.
 
 ``keep_doing`` repeats a step (refresh a lease, report a position) and keeps
-going through etcd errors; ``follow`` reads a key range and then watches it,
+going through etcd errors and unexpected ones; ``follow`` reads a key range and then watches it,
 reading again after the watch breaks. Both warn of the first failure in a
 row and log the retries after it at debug level, so an etcd outage is one
 warning per loop, not one per try.
@@ -28,8 +28,9 @@ def level(failures: int) -> int:
 
 
 async def keep_doing(step: Step, *, what: str, retry_s: Callable[[int], float]) -> None:
-    """Run ``step`` until cancelled; after an ``EtcdError`` run it again in
-    ``retry_s(failures in a row)``. ``what`` names the work in the log."""
+    """Run ``step`` until cancelled; after an ``EtcdError``, or any other error
+    (logged with its traceback: it is a bug, but the work must go on), run it
+    again in ``retry_s(failures in a row)``. ``what`` names the work in the log."""
     failures = 0
     while True:
         try:
@@ -39,6 +40,10 @@ async def keep_doing(step: Step, *, what: str, retry_s: Callable[[int], float]) 
             failures = 0
         except EtcdError as exc:
             log.log(level(failures), "%s failed: %s", what, exc)
+            delay_s = retry_s(failures)
+            failures += 1
+        except Exception:
+            log.exception("%s failed unexpectedly; trying again", what)
             delay_s = retry_s(failures)
             failures += 1
         await asyncio.sleep(delay_s)

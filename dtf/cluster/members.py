@@ -12,9 +12,9 @@ elections and load balancing; each node watches ``P/disabled/`` and calls
 resign. Each node also watches ``P/nodes/`` (``listed``: node id ->
 incarnation) and wakes ``wait_nodes_changed`` when a node joins, leaves or is
 replaced; the leader then reads the registry afresh (``registry``) before it
-journals a node's loss. A node writes its record before it serves, so a
-worker's registration is journaled only after the record of the node it came
-through is in etcd.
+journals a node's loss. A node writes its record before it serves (``start``
+fails if it cannot), so a worker's registration is journaled only after the
+record of the node it came through is in etcd.
 """
 
 from __future__ import annotations
@@ -33,18 +33,22 @@ from dtf import __version__
 from dtf.cluster.etcd import Etcd, EtcdError, KeyValue, LeaseNotFound, WatchEvent, delete_op
 from dtf.cluster.history import (
     CorruptRecord,
+    backoff_s,
     cluster_prefix,
     decode_leader,
     disabled_key,
     leader_key,
 )
-from dtf.cluster.loops import follow, keep_doing
+from dtf.cluster.loops import follow, keep_doing, level
 from dtf.cluster.view import NodeInfo
+from dtf.errors import CoordinatorUnavailable
 
 log = logging.getLogger(__name__)
 
 DisabledCallback = Callable[[bool], None]
 """Called with True when this node gets disabled and False when it is enabled again."""
+REGISTER_WITHIN_S = 30.0
+"""How long ``start`` tries to write the node's first record before giving up."""
 
 
 @dataclass(frozen=True)
@@ -177,18 +181,38 @@ class Members:
                 await self._nodes_changed.wait()
         self._nodes_changed.clear()
 
-    async def start(self) -> None:
-        """Write this node's record (a failure is logged; the loop retries), then
-        keep it fresh and follow the registry and the disabled flags."""
-        try:
-            await self._refresh_registration()
-        except EtcdError as exc:
-            log.warning("%s is not in the node registry yet: %s", self.node_id, exc)
+    async def start(self, register_within_s: float = REGISTER_WITHIN_S) -> None:
+        """Write this node's record (retried for up to ``register_within_s``; a
+        node must not serve unlisted), then keep it fresh and follow the registry
+        and the disabled flags."""
+        await self._register_first(register_within_s)
         self._tasks = [
             asyncio.create_task(self._keep_registered(), name="dtf-members-report"),
             asyncio.create_task(self._follow_disabled(), name="dtf-members-watch"),
             asyncio.create_task(self._follow_nodes(), name="dtf-members-nodes"),
         ]
+
+    async def _register_first(self, within_s: float) -> None:
+        deadline = time.monotonic() + within_s
+        failures = 0
+        while True:
+            try:
+                await self._refresh_registration()
+                return
+            except EtcdError as exc:
+                delay_s = backoff_s(failures)
+                if time.monotonic() + delay_s > deadline:
+                    raise CoordinatorUnavailable(
+                        f"node {self.node_id} could not write its record {self._node_key!r} "
+                        f"to etcd within {within_s:g} s (last error: {exc}); a node must be "
+                        "in the registry before it serves: check that etcd is reachable and "
+                        "has quorum, then start the coordinator again"
+                    ) from exc
+                log.log(
+                    level(failures), "%s is not in the node registry yet: %s", self.node_id, exc
+                )
+                failures += 1
+            await asyncio.sleep(delay_s)
 
     async def stop(self) -> None:
         """Stop reporting and give the lease back, which removes this node's record."""

@@ -5,17 +5,21 @@ what it journals, and that no error ends it."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
-from dtf.cluster.etcd import EtcdSettings
+from dtf.cluster.etcd import EtcdSettings, EtcdUnavailable
+from dtf.cluster.loops import keep_doing
+from dtf.cluster.members import Members
 from dtf.cluster.node import ClusterNode
 from dtf.cluster.settings import ClusterSettings
 from dtf.core import commands as c
 from dtf.core.model import Capabilities
 from dtf.core.state import State
+from dtf.errors import CoordinatorUnavailable
 
 ME = ("n0", "i0")
 
@@ -137,3 +141,41 @@ def test_a_follower_or_a_node_that_has_not_listed_the_registry_journals_nothing(
         registered(bus, "w1", "n1", "a")
         asyncio.run(cluster_node(members, bus, election)._check_lost_nodes())
         assert (lost(bus), members.reads) == ([], 0)
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    async with asyncio.timeout(5.0):
+        while not condition():
+            await asyncio.sleep(0.001)
+
+
+def test_keep_doing_goes_on_after_an_unexpected_error(caplog: pytest.LogCaptureFixture) -> None:
+    calls: list[int] = []
+
+    async def step() -> float:
+        calls.append(len(calls))
+        if len(calls) == 1:
+            raise RuntimeError("a bug in the step")
+        return 0.0
+
+    async def main() -> None:
+        task = asyncio.create_task(keep_doing(step, what="the step", retry_s=lambda _: 0.0))
+        await until(lambda: len(calls) >= 3, "the step to run on")
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(main())
+    assert any("the step failed unexpectedly" in r.getMessage() for r in caplog.records)
+
+
+class UnreachableEtcd:
+    async def grant_lease(self, ttl_s: int) -> int:
+        raise EtcdUnavailable("no etcd endpoint answers")
+
+
+def test_a_node_that_cannot_write_its_record_does_not_start() -> None:
+    etcd: Any = UnreachableEtcd()
+    members = Members(etcd, "c", "n0", "http://127.0.0.1:1", ttl_s=3, applied_seq=lambda: 0)
+    with pytest.raises(CoordinatorUnavailable, match="could not write its record") as raised:
+        asyncio.run(members.start(register_within_s=0.0))
+    assert "no etcd endpoint answers" in raised.value.message
