@@ -28,6 +28,7 @@ from dtf.cluster.etcd import Etcd
 from dtf.cluster.etcd_view import EtcdClusterView
 from dtf.cluster.history import LeaderInfo
 from dtf.cluster.log import EtcdLog
+from dtf.cluster.loops import level
 from dtf.cluster.members import Members
 from dtf.cluster.settings import ClusterSettings
 from dtf.core import commands as c
@@ -119,6 +120,7 @@ class ClusterNode:
         self.view.start()
         await self.election.start()
         self._lost_nodes = asyncio.create_task(self._declare_lost_nodes(), name="dtf-lost-nodes")
+        self._lost_nodes.add_done_callback(_log_unexpected_end)
         log.info(
             "node %s joined cluster %s through etcd %s",
             self.settings.node_id,
@@ -130,9 +132,10 @@ class ClusterNode:
     async def stop(self) -> None:
         """Resign (instant hand-over), stop the bus, leave the registry, close etcd."""
         await self.election.stop(resign=True)
-        for task in (self._leading, self._lost_nodes):
-            if task is not None:
-                task.cancel()
+        tasks = [task for task in (self._leading, self._lost_nodes) if task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.bus.stop()
         await self.view.stop()
         await self.members.stop()
@@ -162,13 +165,19 @@ class ClusterNode:
     async def _declare_lost_nodes(self) -> None:
         """While this node leads, journal the loss of every node incarnation that
         live workers are connected through and the registry no longer lists
-        (looked at whenever the registry changes, and every ``LOST_NODES_CHECK_S``)."""
+        (looked at whenever the registry changes, and every ``LOST_NODES_CHECK_S``).
+        A failure is logged (once in a row as a warning) and the checks go on."""
+        failures = 0
         while True:
             await self.members.wait_nodes_changed(LOST_NODES_CHECK_S)
             try:
                 await self._check_lost_nodes()
+                failures = 0
             except DtfError as exc:
-                log.warning("could not journal a lost coordinator node: %s", exc)
+                log.log(level(failures), "could not journal a lost coordinator node: %s", exc)
+                failures += 1
+            except Exception:
+                log.exception("checking for lost coordinator nodes failed; trying again")
 
     async def _check_lost_nodes(self) -> None:
         listed = self.members.listed
@@ -195,3 +204,8 @@ class ClusterNode:
             extra={"event": "coordinator_node_lost", "node_id": node_id},
         )
         await self.bus.execute(c.CoordinatorNodeLost(time.time(), node_id, incarnation))
+
+
+def _log_unexpected_end(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the lost-node check stopped", exc_info=task.exception())

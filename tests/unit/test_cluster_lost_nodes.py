@@ -5,7 +5,8 @@ what it journals, and that no error ends it."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,6 +148,50 @@ async def until(condition: Callable[[], bool], what: str) -> None:
     async with asyncio.timeout(5.0):
         while not condition():
             await asyncio.sleep(0.001)
+
+
+def run_checks(bus: FakeBus, scenario: Callable[[ClusterNode], Awaitable[None]]) -> None:
+    registered(bus, "w1", "n1", "a")
+    node = cluster_node(FakeMembers({}, {}), bus, FakeElection())
+
+    async def main() -> None:
+        node._lost_nodes = asyncio.create_task(node._declare_lost_nodes())
+        await scenario(node)
+
+    asyncio.run(main())
+
+
+def test_an_unexpected_error_does_not_end_the_checks(caplog: pytest.LogCaptureFixture) -> None:
+    bus = FakeBus(failures=[RuntimeError("a bug")])
+
+    async def scenario(node: ClusterNode) -> None:
+        await until(lambda: lost(bus) == [("n1", "a")], "n1 to be journaled lost")
+        await node.stop()
+
+    run_checks(bus, scenario)
+    assert any("a bug" in (r.exc_text or "") for r in caplog.records)
+
+
+def test_a_writer_that_keeps_refusing_is_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    bus = FakeBus(failures=[CoordinatorUnavailable("the log writer is closed")] * 5)
+
+    async def scenario(node: ClusterNode) -> None:
+        await until(lambda: lost(bus) == [("n1", "a")], "n1 to be journaled lost")
+        await node.stop()
+
+    with caplog.at_level(logging.DEBUG, logger="dtf.cluster.node"):
+        run_checks(bus, scenario)
+    refusals = [r for r in caplog.records if "writer is closed" in r.getMessage()]
+    assert [r.levelno for r in refusals] == [logging.WARNING] + [logging.DEBUG] * 4
+
+
+def test_stop_waits_for_the_checks_to_end() -> None:
+    async def scenario(node: ClusterNode) -> None:
+        await asyncio.sleep(0)
+        await node.stop()
+        assert node._lost_nodes is not None and node._lost_nodes.done()
+
+    run_checks(FakeBus(), scenario)
 
 
 def test_keep_doing_goes_on_after_an_unexpected_error(caplog: pytest.LogCaptureFixture) -> None:
