@@ -62,6 +62,10 @@ CLOCK_MAX_SLEEP_S = 0.5
 FOLLOWER_POLL_S = 0.05
 NODE_LOSS_MARGIN_S = 1.0
 """Time for the leader to see a node's record vanish and journal its loss."""
+ETCD_LEADER_CHANGE_S = 1.0
+"""How much longer a node's record can last than its TTL: etcd renews every lease
+when its leader changes, which takes up to one etcd election timeout (1 s by
+etcd's default; 300-500 ms as the README advises for production)."""
 
 
 @dataclass
@@ -227,20 +231,24 @@ async def start_cluster_serving(runtime: Runtime, node: ClusterNode) -> asyncio.
 
 
 def _warn_if_leases_outrun_node_loss(settings: CoordinatorSettings, node: ClusterNode) -> None:
-    """A node cut off from etcd is declared lost up to its registry TTL (plus a
-    moment to journal it) after the cut; its workers' leases must last longer,
-    or they expire first and count against their tasks and workers."""
+    """A node cut off from etcd is declared lost up to its registry TTL, plus an
+    etcd leader change that renews the record's lease, plus a moment to journal
+    it, after the cut; its workers' leases must last longer, or they expire
+    first and count against their tasks and workers."""
     lasts_s = settings.lease_timeout_s - settings.heartbeat_interval_s
-    if lasts_s < node.registry_ttl_s + NODE_LOSS_MARGIN_S:
+    needed_s = node.registry_ttl_s + ETCD_LEADER_CHANGE_S + NODE_LOSS_MARGIN_S
+    if lasts_s <= needed_s:
         log.warning(
             "leases (--lease-timeout %g s, heartbeats every %g s) can expire before the loss "
-            "of a node cut off from etcd is journaled (registry TTL %d s + %g s): give a lease "
+            "of a node cut off from etcd is journaled (registry TTL %d s, + %g s should an "
+            "etcd leader change renew its record, + %g s to journal it): give a lease "
             "timeout over %g s plus one heartbeat interval",
             settings.lease_timeout_s,
             settings.heartbeat_interval_s,
             node.registry_ttl_s,
+            ETCD_LEADER_CHANGE_S,
             NODE_LOSS_MARGIN_S,
-            node.registry_ttl_s + NODE_LOSS_MARGIN_S,
+            needed_s,
         )
 
 
