@@ -44,7 +44,7 @@ from dtf.core.recovery import (
     Strategy,
     select_ladder,
 )
-from dtf.core.state import State
+from dtf.core.state import State, StateConfig
 from dtf.testing.simfaults import Behaviour, behaviour_of
 
 
@@ -95,7 +95,7 @@ def check_recovery(
     problems: list[str] = []
     for task in state.tasks.values():
         problems.extend(_escalation_problems(state, task))
-        problems.extend(_bound_problems(task, state.config.recovery))
+        problems.extend(_bound_problems(task, state.config))
         problems.extend(_oom_problems(task, halves_first=halves_batch_first(state.config.recovery)))
         problems.extend(_poison_problems(task))
     threshold = state.config.circuit_breaker_threshold
@@ -134,12 +134,24 @@ def _escalation_problems(state: State, task: TaskRecord) -> Iterator[str]:
             yield f"task {task.id} escalated ({kind}) but its last attempt is {last}"
 
 
-def _bound_problems(task: TaskRecord, policy: RecoveryPolicy) -> Iterator[str]:
+def _bound_problems(task: TaskRecord, config: StateConfig) -> Iterator[str]:
+    """At most ``max_retries + 1`` charged attempts, plus up to
+    ``max_coordinator_losses`` lost with a coordinator node (re-queued without a step)."""
+    forgiven = sum(1 for a in task.attempts if a.lost_with_node is not None)
+    if forgiven > config.max_coordinator_losses:
+        yield (
+            f"task {task.id} had {forgiven} attempts lost with coordinator nodes uncharged; "
+            f"max_coordinator_losses allows {config.max_coordinator_losses}"
+        )
     limit = task.spec.retry_policy.max_retries + 1
-    if len(task.attempts) > limit:
-        yield f"task {task.id} ran {len(task.attempts)} attempts; its policy allows {limit}"
+    if len(task.attempts) - forgiven > limit:
+        yield (
+            f"task {task.id} ran {len(task.attempts) - forgiven} charged attempts "
+            f"({forgiven} more lost with coordinator nodes); its policy allows {limit}"
+        )
     for attempt in task.attempts[:-1]:
-        if attempt.failure_type is None or attempt.recovery is None:
+        is_classified = attempt.failure_type is not None
+        if not is_classified or (attempt.recovery is None and attempt.lost_with_node is None):
             yield f"task {task.id} attempt {attempt.number} was retried without a classified step"
     steps = Counter(
         (a.failure_type, a.recovery)
@@ -151,7 +163,7 @@ def _bound_problems(task: TaskRecord, policy: RecoveryPolicy) -> Iterator[str]:
     for (failure_type, strategy), times in steps.items():
         if times > 1:
             yield f"task {task.id} took {strategy} {times} times for {failure_type}"
-    yield from _batch_problems(task, policy)
+    yield from _batch_problems(task, config.recovery)
 
 
 def _batch_problems(task: TaskRecord, policy: RecoveryPolicy) -> Iterator[str]:

@@ -19,11 +19,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dtf.core import commands as c
 from dtf.core import recovery
 from dtf.core.failures import FailureType
+from dtf.core.model import Capabilities
 from dtf.core.recovery import RecoveryMode, RecoveryPolicy, Strategy
+from dtf.core.state import StateConfig
 from dtf.testing import simworker
-from dtf.testing.simrecovery import RecoveryTally
+from dtf.testing.factories import StateDriver, task_spec
+from dtf.testing.simrecovery import RecoveryTally, check_recovery
 from dtf.testing.simulation import SimulationConfig, SimulationReport, run_simulation
 
 
@@ -213,3 +217,26 @@ def test_simulation_is_the_same_under_another_hash_seed(hash_seed: str) -> None:
         cwd=Path(__file__).resolve().parents[2],
     )
     assert result.stdout.strip() == hashlib.sha256(report.final_snapshot).hexdigest()
+
+
+def test_the_recovery_check_allows_attempts_lost_with_coordinator_nodes() -> None:
+    """Attempts lost with nodes are not charged: up to max_coordinator_losses of them
+    come on top of max_retries + 1, re-queued without a recovery step."""
+    driver = StateDriver(StateConfig(lease_timeout_s=10.0, max_coordinator_losses=2))
+    driver.submit(("t", task_spec(retry_policy={"max_retries": 0})))
+    for host in range(2):
+        worker = c.RegisterWorker(
+            driver.now, f"w{host}", "s1", Capabilities(), 1, node_id=f"n{host}"
+        )
+        driver.apply(worker)
+        driver.apply(c.CoordinatorNodeLost(driver.now + 1.0, f"n{host}"))
+        driver.tick(driver.now + 12.0)
+    driver.apply(c.RegisterWorker(driver.now, "w9", "s1", Capabilities(), 1, node_id="n9"))
+    driver.succeed("t")
+    task = driver.state.tasks["t"]
+    assert [a.lost_with_node for a in task.attempts] == ["n0", "n1", None]
+    assert check_recovery(driver.state, bad_workers=(), breakers_opened=()) is not None
+    task.attempts[0].lost_with_node = None  # as if it had been charged
+    with pytest.raises(AssertionError, match="2 charged attempts"):
+        check_recovery(driver.state, bad_workers=(), breakers_opened=())
+
