@@ -9,6 +9,12 @@ pushes assignments, cancels and acks down the worker's connection, answers
 heartbeats with the leases it renewed, and ticks when ``next_deadline`` is due.
 A restart rebuilds the state from the last snapshot plus the journal tail,
 checks it against the state it had, and applies ``CoordinatorStarted``.
+
+It also plays a cluster of ``nodes``: each worker is connected through one
+(``node_of``), which the registrations and heartbeats it journals name, with
+an incarnation that changes at each restart. A node cut off from the cluster
+journals nothing for its workers; the leader journals its loss
+(``CoordinatorNodeLost``) once its registry record would have expired.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ class SimCoordinator:
         *,
         heartbeat_interval_s: float,
         snapshot_every: int,
+        node_of: dict[str, str] | None = None,
     ) -> None:
         self.config, self.network = config, network
         self.heartbeat_interval_s = heartbeat_interval_s
@@ -45,6 +52,8 @@ class SimCoordinator:
         self.has_changed = False
         self.restarts = 0
         self.breakers_opened: Counter[str] = Counter()
+        self.node_of = node_of or {}
+        self.pending_node_losses: list[tuple[float, str]] = []
         self.execute(c.Configure(0.0, config))
 
     # -- the journal ---------------------------------------------------------
@@ -84,6 +93,7 @@ class SimCoordinator:
             )
         self.state, self.restarts = rebuilt, self.restarts + 1
         self.pending_disconnects.clear()
+        self.pending_node_losses.clear()
         self.execute_and_route(c.CoordinatorStarted(now))
 
     # -- the clock and the connections -------------------------------------------
@@ -93,12 +103,25 @@ class SimCoordinator:
         self.pending_disconnects = [d for d in self.pending_disconnects if d[0] > now]
         for _, worker_id, session in due:
             self.execute_and_route(c.WorkerDisconnected(now, worker_id, session))
+        lost = [node_id for at, node_id in self.pending_node_losses if at <= now]
+        self.pending_node_losses = [n for n in self.pending_node_losses if n[0] > now]
+        for node_id in lost:
+            self.execute_and_route(c.CoordinatorNodeLost(now, node_id, self.incarnation))
         deadline = self.state.next_deadline()
         if deadline is not None and deadline <= now:
             self.execute_and_route(c.Tick(now))
 
     def notice_disconnect(self, at: float, worker_id: str, session: str) -> None:
         self.pending_disconnects.append((at, worker_id, session))
+
+    def notice_node_loss(self, at: float, node_id: str) -> None:
+        """The leader will see ``node_id``'s registry record gone at ``at``."""
+        self.pending_node_losses.append((at, node_id))
+
+    @property
+    def incarnation(self) -> str:
+        """Every node's process: a restart starts them all anew."""
+        return f"i{self.restarts}"
 
     # -- messages ------------------------------------------------------------
 
@@ -122,6 +145,8 @@ class SimCoordinator:
                 message.capabilities,
                 message.slots,
                 message.held,
+                node_id=self.node_of.get(message.worker_id, ""),
+                node_incarnation=self.incarnation,
             )
         )
         if events is None:
@@ -138,7 +163,15 @@ class SimCoordinator:
 
     def on_heartbeat(self, now: float, envelope: Envelope, message: p.HeartbeatRequest) -> None:
         worker_id = envelope.worker_id
-        command = c.Heartbeat(now, worker_id, message.session, message.held, message.max_fence_seen)
+        command = c.Heartbeat(
+            now,
+            worker_id,
+            message.session,
+            message.held,
+            message.max_fence_seen,
+            node_id=self.node_of.get(worker_id, ""),
+            node_incarnation=self.incarnation,
+        )
         events = self.execute(command)
         reply: ToWorker = p.ErrorMessage("session replaced; register again")
         if events is not None:

@@ -10,7 +10,8 @@ exactly as the real coordinator does; a coordinator restart rebuilds the state
 from the last snapshot plus the journal tail and applies ``CoordinatorStarted``.
 
 Faults (worker crashes, agent restarts, network partitions, coordinator
-restarts, late, reordered and duplicated messages) happen only during
+restarts, losses of a cluster node with the workers connected through it,
+late, reordered and duplicated messages) happen only during
 ``fault_window_s``; then the fleet heals and the run must end with every task
 terminal. The tasks fail as real ones do (``simfaults``): software errors,
 OOM until recovery halves the batch enough, CUDA errors, browser crashes,
@@ -70,6 +71,9 @@ class SimulationConfig:
     run_sizes: tuple[int, int] = (12, 30)
     recovery: RecoveryPolicy = field(default_factory=RecoveryPolicy)
     poison_after_worker_crashes: int = 2
+    nodes: int = 3
+    node_loss_rate: float = 0.006
+    registry_ttl_s: float = 3.0
 
 
 @dataclass
@@ -88,6 +92,7 @@ class SimulationReport:
     agent_restarts: int = 0
     partitions: int = 0
     coordinator_restarts: int = 0
+    node_losses: int = 0
     duplicated_messages: int = 0
     poison_crashes: int = 0
     bad_workers: list[str] = field(default_factory=list)
@@ -107,6 +112,12 @@ class Simulation:
         self.config = config
         self.rng = random.Random(config.seed)
         self.network = Network(self.fork(), config.max_delay_s, config.duplicate_rate)
+        # Its own stream (seeded by a string: the same under any hash seed), so
+        # that node losses leave the other faults of a seed as they were.
+        self.node_rng = random.Random(f"node losses {config.seed}")
+        fleet = build_fleet(config.workers)
+        nodes = [f"n{i}" for i in range(config.nodes)]
+        self.node_of = {m.worker_id: nodes[i % len(nodes)] for i, m in enumerate(fleet) if nodes}
         state_config = StateConfig(
             config.lease_timeout_s,
             config.worker_timeout_s,
@@ -119,9 +130,9 @@ class Simulation:
             self.network,
             heartbeat_interval_s=config.heartbeat_interval_s,
             snapshot_every=config.snapshot_every,
+            node_of=self.node_of,
         )
         self.log = ExecutionLog()
-        fleet = build_fleet(config.workers)
         self.fault_model = self.plan_faults(fleet)
         self.workers = {m.worker_id: self.start_worker(m) for m in fleet}
         cancels = round(config.tasks * config.cancel_fraction)
@@ -230,6 +241,23 @@ class Simulation:
             self.coordinator.notice_disconnect(now + self.rng.uniform(0.0, 2.0), worker.id, session)
         if self.rng.random() < config.coordinator_restart_rate:
             self.restart_coordinator(now)
+        if self.node_of and self.node_rng.random() < config.node_loss_rate:
+            self.lose_node(now, self.node_rng.choice(sorted(set(self.node_of.values()))))
+
+    def lose_node(self, now: float, node_id: str) -> None:
+        """``node_id`` is cut off: its workers reach nothing (they self-fence) and
+        it journals nothing for them, not even their dropped connections."""
+        outage_s = self.node_rng.uniform(5.0, 60.0)
+        for worker in self.workers.values():
+            if self.node_of[worker.id] != node_id or not worker.is_alive:
+                continue
+            self.network.down_until[worker.id] = max(
+                self.network.down_until.get(worker.id, 0.0), now + outage_s
+            )
+            if worker.session is not None:
+                worker.drop_connection(now, reconnect_after_s=outage_s)
+        self.coordinator.notice_node_loss(now + self.config.registry_ttl_s, node_id)
+        self.faults["node_losses"] += 1
 
     def notice_poison_crashes(self, worker: SimWorker) -> None:
         """A task took the worker down: it reboots later, and its connection closed."""
@@ -325,6 +353,7 @@ class Simulation:
             agent_restarts=self.faults["agent_restarts"],
             partitions=self.faults["partitions"],
             coordinator_restarts=self.coordinator.restarts,
+            node_losses=self.faults["node_losses"],
             duplicated_messages=self.network.duplicated,
             poison_crashes=self.faults["poison_crashes"],
             bad_workers=sorted(self.fault_model.bad_workers),

@@ -24,7 +24,7 @@ from dtf.core import recovery
 from dtf.core.failures import FailureType
 from dtf.core.model import Capabilities
 from dtf.core.recovery import RecoveryMode, RecoveryPolicy, Strategy
-from dtf.core.state import StateConfig
+from dtf.core.state import State, StateConfig
 from dtf.testing import simworker
 from dtf.testing.factories import StateDriver, task_spec
 from dtf.testing.simrecovery import RecoveryTally, check_recovery
@@ -240,3 +240,17 @@ def test_the_recovery_check_allows_attempts_lost_with_coordinator_nodes() -> Non
     with pytest.raises(AssertionError, match="2 charged attempts"):
         check_recovery(driver.state, bad_workers=(), breakers_opened=())
 
+
+def test_lost_cluster_nodes_strand_their_workers_and_the_runs_still_check_out() -> None:
+    """Runs pass every check (retry bounds counting uncharged attempts among them)
+    while nodes are lost; some attempts end lost with a node."""
+    reports = [small_run(seed) for seed in RECOVERY_SEEDS]
+    assert all(report.node_losses > 0 for report in reports)
+    lost_with_nodes = [
+        attempt.lost_with_node
+        for report in reports
+        for task in State.restore(report.final_snapshot).tasks.values()
+        for attempt in task.attempts
+        if attempt.lost_with_node is not None
+    ]
+    assert lost_with_nodes
