@@ -1,6 +1,7 @@
 """Find and SIGKILL the processes whose environment carries a marker: the sidecar that
-kills what a supervising process leaves behind (``dtf.local.orphan_guard``), started
-with ``start_sidecar`` and ``wait_ready``.
+kills what a local cluster's supervisor leaves behind (``dtf.local.orphan_guard``) and
+what a worker agent's tasks leave behind (``dtf.worker.reaper``), started with
+``start_sidecar`` and ``wait_ready``, stopped with ``stop_sidecar``.
 
 Standard library only: the sidecar runs ``run_sidecar`` through ``python -c`` and
 imports nothing of dtf but this module, so its start costs little and cannot fail on
@@ -128,3 +129,18 @@ def wait_ready(sidecar: subprocess.Popen[bytes], timeout_s: float) -> bool:
     with sidecar.stdout as stdout:
         readable, _, _ = select.select([stdout], [], [], timeout_s)
         return bool(readable) and os.read(stdout.fileno(), len(READY)) == READY
+
+
+def stop_sidecar(sidecar: subprocess.Popen[bytes], timeout_s: float) -> bool:
+    """Close the sidecar's stdin, so that it kills every marked process and exits, and
+    wait for it; SIGKILL it after ``timeout_s``. Returns whether it exited in time."""
+    assert sidecar.stdin is not None
+    with contextlib.suppress(BrokenPipeError):
+        sidecar.stdin.close()
+    try:
+        sidecar.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        sidecar.kill()
+        sidecar.wait()
+        return False
+    return True

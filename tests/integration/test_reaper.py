@@ -8,13 +8,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from unittest import mock
 
 import psutil
 import pytest
 
-from dtf.worker.reaper import MARKER_ENV, Reaper
+from dtf.worker.reaper import MARKER_ENV, Reaper, ReaperError
 
 pytestmark = pytest.mark.integration
 
@@ -37,6 +38,13 @@ spec = msgspec.convert(
 assign = Assign("orphan-test", 1, 1, spec, lease_timeout_s=10.0)
 asyncio.run(execute(assign, workdir=Path(sys.argv[1]), cancelled=asyncio.Event()))
 """
+
+
+@pytest.fixture(autouse=True)
+def environment_restored() -> Iterator[None]:
+    """A ``Reaper`` marks this process's environment; later tests' children must not be."""
+    with mock.patch.dict(os.environ):
+        yield
 
 
 def wait_for(condition: Callable[[], bool], what: str, within_s: float = 30.0) -> None:
@@ -124,3 +132,14 @@ def test_a_dead_sidecar_is_replaced() -> None:
         for process in (task, reaper.sidecar):
             process.kill()
             process.wait(timeout=10)
+
+
+def test_a_sidecar_that_cannot_start_refuses_the_worker(tmp_path: Path) -> None:
+    """Its python cannot import dtf (no site-packages, no current directory on its path)."""
+    python = tmp_path / "python-without-dtf"
+    python.write_text(f'#!/bin/sh\nexec {sys.executable} -S -P "$@"\n')
+    python.chmod(0o755)
+    before = os.environ.get(MARKER_ENV)
+    with pytest.raises(ReaperError, match=r"reaper sidecar .* did not report ready"):
+        Reaper(str(python))
+    assert os.environ.get(MARKER_ENV) == before  # nothing marked for an unguarded task
