@@ -130,11 +130,12 @@ class HaCluster:
         """Check the data dir and ports, then start etcd and wait (bounded) until it is healthy."""
         _require_fresh(self.data_dir)
         ports = self._fixed_ports() if self.settings.base_port else []
-        self.etcd = EtcdCluster(self.data_dir / "etcd", size=self.settings.nodes)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.guard = OrphanGuard(self.settings.python)
-        with self.guard.marking_this_process():
-            self.etcd.start()
+        self.etcd = EtcdCluster(
+            self.data_dir / "etcd", size=self.settings.nodes, env=self.guard.environment()
+        )
+        self.etcd.start()
         self.etcd.wait_healthy(self.settings.startup_timeout_s)
         # Free ports are picked only now: etcd members starting meanwhile, here or in
         # another run, take theirs from the same range.

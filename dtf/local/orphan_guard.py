@@ -23,17 +23,14 @@ does not take it out first. Linux only: it reads ``/proc/<pid>/environ``.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import secrets
-import subprocess
 import sys
-from collections.abc import Iterator
 from typing import NoReturn
 
 from dtf.errors import DtfError
-from dtf.proc_markers import start_sidecar, wait_ready
+from dtf.proc_markers import start_sidecar, stop_sidecar, wait_ready
 
 logger = logging.getLogger(__name__)
 
@@ -67,38 +64,14 @@ class OrphanGuard:
         """The variable a child's environment needs for the guard to find it."""
         return {MARKER_ENV: self.marker}
 
-    @contextlib.contextmanager
-    def marking_this_process(self) -> Iterator[None]:
-        """Put the marker into this process's environment for children started by code
-        that builds their environment from it (``EtcdCluster``); taken out afterwards.
-        Every thread sees the change meanwhile."""
-        previous = os.environ.get(MARKER_ENV)
-        os.environ[MARKER_ENV] = self.marker
-        try:
-            yield
-        finally:
-            if previous is None:
-                del os.environ[MARKER_ENV]
-            else:
-                os.environ[MARKER_ENV] = previous
-
     def close(self) -> None:
         """Let the sidecar kill whatever marked process is left, and wait for it."""
-        assert self.sidecar.stdin is not None
-        with contextlib.suppress(BrokenPipeError):
-            self.sidecar.stdin.close()
-        try:
-            self.sidecar.wait(timeout=CLOSE_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            logger.error("orphan guard %d did not exit; killing it", self.sidecar.pid)
-            self.sidecar.kill()
-            self.sidecar.wait()
+        if not stop_sidecar(self.sidecar, CLOSE_TIMEOUT_S):
+            logger.error("orphan guard %d did not exit; killed it", self.sidecar.pid)
 
     def _abandon(self, python: str) -> NoReturn:
         self.sidecar.kill()
-        self.sidecar.wait()
-        assert self.sidecar.stdin is not None
-        self.sidecar.stdin.close()
+        stop_sidecar(self.sidecar, CLOSE_TIMEOUT_S)
         raise OrphanGuardError(
             f"the orphan guard sidecar (pid {self.sidecar.pid}, exit status "
             f"{self.sidecar.returncode}) did not report ready within {READY_TIMEOUT_S:g} s, "

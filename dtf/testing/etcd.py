@@ -21,7 +21,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -113,12 +113,15 @@ class EtcdCluster:
         *,
         compaction_retention_revisions: int = 100_000,
         extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
     ) -> None:
-        """``extra_args`` go to every member's command line, e.g. ``("--auth-token-ttl", "1")``."""
+        """``extra_args`` go to every member's command line, e.g. ``("--auth-token-ttl", "1")``;
+        ``env`` is added to this process's environment for every member, restarted ones too."""
         self._binary = find_etcd()
         self._directory = directory
         self._retention = compaction_retention_revisions
         self._extra_args = tuple(extra_args)
+        self.env = env
         self._token = f"dtf-{uuid4().hex[:12]}"
         ports = free_ports(2 * size)
         self._members = [
@@ -245,7 +248,8 @@ class EtcdCluster:
         member = self._members[index]
         member.data_dir.mkdir(parents=True, exist_ok=True)
         # etcd reads ETCD_* variables as flags and refuses a flag given twice.
-        environment = {k: v for k, v in os.environ.items() if not k.startswith("ETCD")}
+        inherited = {**os.environ, **(self.env or {})}
+        environment = {k: v for k, v in inherited.items() if not k.startswith("ETCD")}
         with member.log_file.open("ab") as log:
             member.process = subprocess.Popen(
                 self._command(member),

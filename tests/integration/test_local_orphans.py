@@ -25,6 +25,7 @@ from dtf.local import ClusterError, ClusterSettings, LocalCluster
 from dtf.local.orphan_guard import MARKER_ENV, OrphanGuard
 from dtf.local.processes import find_free_port
 from dtf.proc_markers import NO_GROUP, kill_if_marked, marked_pids
+from dtf.testing.etcd import EtcdCluster, require_etcd
 from dtf.testing.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -166,6 +167,30 @@ def test_a_cluster_that_fails_to_start_leaves_no_sidecar(tmp_path: Path) -> None
             assert cluster.guard.sidecar.poll() == 0
         finally:
             cluster.stop()
+
+
+def etcd_members(directory: Path) -> list[psutil.Process]:
+    """This process's etcd children whose data directories are below ``directory``."""
+    return [
+        process
+        for process in psutil.Process().children()
+        if process.name() == "etcd" and any(str(directory) in arg for arg in process.cmdline())
+    ]
+
+
+def test_etcd_members_restarted_after_the_start_are_marked_too(
+    tmp_path: Path, cleanup: list[Started]
+) -> None:
+    require_etcd()
+    guard = OrphanGuard()
+    with EtcdCluster(tmp_path / "etcd", size=2, env=guard.environment()) as etcd:
+        etcd.restart(1)
+        members = etcd_members(tmp_path)
+        cleanup.extend(members)
+        assert len(members) == 2
+        guard.close()
+        wait_gone(members, "the etcd members, the restarted one too, once the guard closes")
+        assert not etcd.is_running(1)
 
 
 def test_a_pid_found_marked_that_now_names_an_unmarked_process_is_spared(
