@@ -91,8 +91,11 @@ def decay(sample: HealthSample, now: float, half_life_s: float) -> float:
 
 def score(samples: list[HealthSample], now: float, half_life_s: float) -> float:
     """0-100; 100 for a worker with nothing against it."""
-    good = sum(s.good * decay(s, now, half_life_s) for s in samples)
-    bad = sum(s.bad * decay(s, now, half_life_s) for s in samples)
+    good = bad = 0.0
+    for sample in samples:  # one decay per sample: this runs on every outcome applied
+        weight = decay(sample, now, half_life_s)
+        good += sample.good * weight
+        bad += sample.bad * weight
     return 100.0 * ((PRIOR_GOOD + good) / (PRIOR_GOOD + good + bad))
 
 
