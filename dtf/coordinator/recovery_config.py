@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from dtf.core.failures import DEFAULT_RULES, ClassificationRule, rules_from_config
-from dtf.core.recovery import RecoveryPolicy, policy_from_config
+from dtf.core.recovery_policy import RecoveryPolicy, policy_from_config
 from dtf.errors import InvalidRequest
 
 

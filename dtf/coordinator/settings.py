@@ -10,7 +10,7 @@ from dtf.core.breakers import DEFAULT_RESET_TIME_S, DEFAULT_THRESHOLD
 from dtf.core.failures import DEFAULT_RULES, ClassificationRule
 from dtf.core.health import DEFAULT_HALF_LIFE_S
 from dtf.core.health import DEFAULT_THRESHOLD as DEFAULT_HEALTH_THRESHOLD
-from dtf.core.recovery import RecoveryPolicy
+from dtf.core.recovery_policy import RecoveryPolicy
 
 if TYPE_CHECKING:
     from dtf.cluster.settings import ClusterSettings

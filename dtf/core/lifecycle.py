@@ -50,8 +50,9 @@ from dtf.core.records import (
     WorkerRecord,
     WorkerStatus,
 )
-from dtf.core.recovery import Escalate, RecoveryDecision, RecoveryPolicy
+from dtf.core.recovery import Escalate, RecoveryDecision
 from dtf.core.recovery_plan import hardware_class_of, plan_recovery
+from dtf.core.recovery_policy import RecoveryPolicy
 from dtf.core.timers import TimerHeap, TimerKind
 
 

@@ -18,7 +18,7 @@ from msgspec import Struct
 from dtf.core.failures import FailureType
 from dtf.core.health import WorkerHealth
 from dtf.core.model import Capabilities, FailureKind, HardwareClass, Outcome, TaskSpec
-from dtf.core.recovery import Strategy
+from dtf.core.recovery_policy import Strategy
 from dtf.errors import InvalidTransition
 
 

@@ -22,15 +22,8 @@ from dtf.core.failures import (
 )
 from dtf.core.model import Capabilities, FailureKind, HardwareClass, Outcome, TaskType
 from dtf.core.records import AttemptRecord, TaskRecord
-from dtf.core.recovery import (
-    Escalate,
-    PastRecovery,
-    RecoveryDecision,
-    RecoveryPolicy,
-    Strategy,
-    backoff_delay_s,
-    decide,
-)
+from dtf.core.recovery import Escalate, PastRecovery, RecoveryDecision, backoff_delay_s, decide
+from dtf.core.recovery_policy import RecoveryPolicy, Strategy
 from dtf.core.retry import recovery_policy_for, retry_refusal
 
 

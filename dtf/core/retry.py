@@ -15,7 +15,7 @@ import msgspec
 
 from dtf.core.failures import FailureType
 from dtf.core.model import INFRASTRUCTURE_FAILURES, FailureKind, RetryPolicy
-from dtf.core.recovery import RecoveryPolicy
+from dtf.core.recovery_policy import RecoveryPolicy
 
 TASK_OWN_TYPES = frozenset({FailureType.SOFTWARE_ERROR, FailureType.UNKNOWN})
 

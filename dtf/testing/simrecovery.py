@@ -37,13 +37,8 @@ from dtf.core.events import Event, RetryScheduled
 from dtf.core.failures import FailureType
 from dtf.core.model import HardwareClass
 from dtf.core.records import AttemptRecord, TaskRecord, TaskStatus
-from dtf.core.recovery import (
-    REDUCING_STEPS,
-    RecoveryMode,
-    RecoveryPolicy,
-    Strategy,
-    select_ladder,
-)
+from dtf.core.recovery import REDUCING_STEPS, select_ladder
+from dtf.core.recovery_policy import RecoveryMode, RecoveryPolicy, Strategy
 from dtf.core.state import State, StateConfig
 from dtf.testing.simfaults import Behaviour, behaviour_of
 

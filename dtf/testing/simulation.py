@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 from dtf.core import commands as c
 from dtf.core.records import AttemptStatus
-from dtf.core.recovery import RecoveryPolicy
+from dtf.core.recovery_policy import RecoveryPolicy
 from dtf.core.state import State, StateConfig
 from dtf.testing.invariants import check_invariants
 from dtf.testing.simchecks import check_end_state, check_replay

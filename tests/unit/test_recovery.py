@@ -13,17 +13,19 @@ from hypothesis import strategies as st
 from dtf.core.failures import FailureType
 from dtf.core.model import HardwareClass
 from dtf.core.recovery import (
-    DEFAULT_FAILURE_LADDERS,
-    DEFAULT_HARDWARE_LADDERS,
     PRECISION_DOWN,
     Escalate,
     PastRecovery,
     RecoveryDecision,
+    backoff_delay_s,
+    decide,
+)
+from dtf.core.recovery_policy import (
+    DEFAULT_FAILURE_LADDERS,
+    DEFAULT_HARDWARE_LADDERS,
     RecoveryMode,
     RecoveryPolicy,
     Strategy,
-    backoff_delay_s,
-    decide,
     policy_from_config,
 )
 from dtf.errors import InvalidRequest

@@ -9,7 +9,7 @@ import pytest
 from dtf.coordinator.recovery_config import load_recovery_config
 from dtf.core.failures import DEFAULT_RULES, FailureType
 from dtf.core.model import HardwareClass
-from dtf.core.recovery import RecoveryMode, Strategy
+from dtf.core.recovery_policy import RecoveryMode, Strategy
 from dtf.errors import InvalidRequest
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "recovery.yaml"

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from dtf.cli.recovery_options import RecoveryFlags, recovery_options
 from dtf.coordinator.settings import CoordinatorSettings
-from dtf.core.recovery import RecoveryMode
+from dtf.core.recovery_policy import RecoveryMode
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

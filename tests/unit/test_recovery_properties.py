@@ -25,14 +25,8 @@ from dtf.core import commands as c
 from dtf.core.events import Event
 from dtf.core.failures import FailureType
 from dtf.core.model import FailureKind, HardwareClass, LeaseRef, Outcome
-from dtf.core.recovery import (
-    DEFAULT_FAILURE_LADDERS,
-    PastRecovery,
-    RecoveryMode,
-    RecoveryPolicy,
-    Strategy,
-    decide,
-)
+from dtf.core.recovery import PastRecovery, decide
+from dtf.core.recovery_policy import DEFAULT_FAILURE_LADDERS, RecoveryMode, RecoveryPolicy, Strategy
 from dtf.core.state import State, StateConfig
 from dtf.testing import simfaults as faults
 from dtf.testing.factories import StateDriver, capabilities, task_spec

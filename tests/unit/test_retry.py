@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 from dtf.core.failures import FailureType
 from dtf.core.model import FailureKind, RetryPolicy
-from dtf.core.recovery import RecoveryPolicy
 from dtf.core.recovery import backoff_delay_s as recovery_backoff_delay_s
+from dtf.core.recovery_policy import RecoveryPolicy
 from dtf.core.retry import recovery_policy_for, retry_refusal
 
 

@@ -23,7 +23,7 @@ from dtf.core import commands as c
 from dtf.core import recovery
 from dtf.core.failures import FailureType
 from dtf.core.model import Capabilities
-from dtf.core.recovery import RecoveryMode, RecoveryPolicy, Strategy
+from dtf.core.recovery_policy import RecoveryMode, RecoveryPolicy, Strategy
 from dtf.core.state import State, StateConfig
 from dtf.testing import simworker
 from dtf.testing.factories import StateDriver, task_spec

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dtf.core import commands as c
-from dtf.core.recovery import RecoveryMode, RecoveryPolicy
+from dtf.core.recovery_policy import RecoveryMode, RecoveryPolicy
 from dtf.core.state import State, StateConfig
 from dtf.testing.factories import StateDriver, task_spec
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dtf.core.events import AssignTask
 from dtf.core.failures import FailureType
 from dtf.core.model import FailureKind, Outcome
-from dtf.core.recovery import Strategy
+from dtf.core.recovery_policy import Strategy
 from dtf.core.state import StateConfig
 from dtf.testing.factories import StateDriver, capabilities, events_of, task_spec
 
