@@ -74,13 +74,8 @@ from dtf.core.pattern_model import (
     learned_probabilities,
     subject_features,
 )
-from dtf.core.patterns import (
-    FailurePattern,
-    FailureRecord,
-    PatternKind,
-    SuccessRecord,
-    detect_patterns,
-)
+from dtf.core.pattern_records import FailureRecord, SuccessRecord
+from dtf.core.patterns import FailurePattern, PatternKind, detect_patterns
 
 F = FailureType
 K = PatternKind

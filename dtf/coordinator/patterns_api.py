@@ -11,7 +11,8 @@ from fastapi import APIRouter, Header, Query, Response
 
 from dtf.coordinator.responses import json_response
 from dtf.coordinator.runtime import Runtime
-from dtf.core.patterns import detect_patterns, failures_of, successes_of, within_window
+from dtf.core.pattern_records import failures_of, successes_of, within_window
+from dtf.core.patterns import detect_patterns
 
 Authorization = Annotated[str | None, Header()]
 MAX_WINDOW_S = 30 * 24 * 3600.0

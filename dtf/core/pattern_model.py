@@ -42,7 +42,8 @@ from dtf.core.failures import FailureType
 
 if TYPE_CHECKING:
     # Only for annotations: dtf.core.patterns imports this module.
-    from dtf.core.patterns import FailurePattern, FailureRecord, SuccessRecord
+    from dtf.core.pattern_records import FailureRecord, SuccessRecord
+    from dtf.core.patterns import FailurePattern
 
 WORKER = "worker"
 HARDWARE = "hardware"

@@ -21,7 +21,7 @@ from dtf.analysis.units import metric_unit
 from dtf.core.effective import effective_requirements
 from dtf.core.health import score
 from dtf.core.model import HardwareClass, TaskSpec, TaskType
-from dtf.core.patterns import attempt_hardware
+from dtf.core.pattern_records import attempt_hardware
 from dtf.core.records import AttemptRecord, TaskRecord, WorkerRecord
 
 Row = dict[str, Any]

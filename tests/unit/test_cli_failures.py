@@ -13,7 +13,8 @@ from rich.console import Console
 from dtf.cli import cli
 from dtf.cli.failures import print_patterns
 from dtf.core.failures import FailureType
-from dtf.core.patterns import FailureRecord, SuccessRecord, detect_patterns
+from dtf.core.pattern_records import FailureRecord, SuccessRecord
+from dtf.core.patterns import detect_patterns
 
 NOW = 5000.0
 

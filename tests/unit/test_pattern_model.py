@@ -25,7 +25,7 @@ from dtf.core.pattern_model import (
     subject_features,
     with_relative,
 )
-from dtf.core.patterns import FailureRecord, SuccessRecord
+from dtf.core.pattern_records import FailureRecord, SuccessRecord
 
 F = FailureType
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "patterns.py"

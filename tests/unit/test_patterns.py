@@ -14,17 +14,19 @@ from dtf.core import pattern_model
 from dtf.core.failures import FailureType
 from dtf.core.model import FailureKind, HardwareClass, Outcome
 from dtf.core.pattern_model import LinearModel, feature_names
-from dtf.core.patterns import (
-    FailurePattern,
+from dtf.core.pattern_records import (
     FailureRecord,
-    PatternKind,
-    PatternThresholds,
     SuccessRecord,
     attempt_hardware,
-    detect_patterns,
     failures_of,
-    noisy_or,
     successes_of,
+)
+from dtf.core.patterns import (
+    FailurePattern,
+    PatternKind,
+    PatternThresholds,
+    detect_patterns,
+    noisy_or,
 )
 from dtf.core.records import AttemptRecord, TaskRecord, TaskStatus, WorkerRecord
 from dtf.testing.factories import StateDriver, capabilities, task_spec
