@@ -6,10 +6,8 @@ HTTP and self-fence attempts whose leases lapse (see ``heartbeat.py``). Every
 task runs in its own process group, marked so that the reaper sidecar
 kills it should the agent die. Tasks keep running while the connection is down;
 their outcomes are kept until acknowledged and sent again after each
-reconnect. Connection failures rotate through the coordinator URLs with
-capped exponential backoff, forever, until the agent is stopped; when an
-established session ends and there are other URLs, the next one is tried at
-once (its coordinator most likely died).
+reconnect. Connecting, registering and reconnecting (through the coordinator
+URLs in turn, with backoff) are in ``session.py``.
 
 An attempt is dropped, with no outcome reported, when the coordinator
 cancels it or its lease is fenced: the lease table no longer holds it, and
@@ -30,8 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+from websockets.exceptions import ConnectionClosed
 
 from dtf.core.model import Capabilities, FailureKind, LeaseRef, Outcome
 from dtf.protocol import (
@@ -47,12 +44,10 @@ from dtf.protocol import (
     RunHealthCheck,
     WorkerMessage,
     coordinator_frame_decoder,
-    coordinator_message_decoder,
     frame_messages,
-    json_encoder,
 )
 from dtf.worker.audit import AuditLog
-from dtf.worker.connection import Backoff, Channel, Endpoints
+from dtf.worker.connection import Channel, Endpoints
 from dtf.worker.executors import execute
 from dtf.worker.fault_actions import FaultInjector
 from dtf.worker.hardware import declare, detect
@@ -61,18 +56,19 @@ from dtf.worker.heartbeat import HeartbeatThread, Target, Watchdog
 from dtf.worker.leases import FencedLease, LeaseTable
 from dtf.worker.observer import AttemptObserver
 from dtf.worker.reaper import Reaper
+from dtf.worker.session import (
+    CLOSE_TIMEOUT_S,
+    connect_until_stopped,
+    open_connection,
+    register,
+)
 from dtf.worker.settings import WorkerSettings
 
 __all__ = ["WorkerAgent", "WorkerSettings", "run_worker"]
 
 logger = logging.getLogger(__name__)
 
-OPEN_TIMEOUT_S = 10.0
-MIN_SESSION_FOR_QUICK_SWITCH_S = 1.0
-CLOSE_TIMEOUT_S = 2.0
-REGISTER_TIMEOUT_S = 10.0
 HEARTBEAT_JOIN_S = 5.0
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 class WorkerAgent:
@@ -120,7 +116,9 @@ class WorkerAgent:
             loop.add_signal_handler(signum, self.stop, f"{signal.Signals(signum).name} received")
         self.watchdog.start()
         self.heartbeats.start()
-        connector = asyncio.create_task(self.connect_until_stopped())
+        connector = asyncio.create_task(
+            connect_until_stopped(self.settings, self.stopping, self.serve)
+        )
         stop_requested = asyncio.create_task(self.stopping.wait())
         try:
             await asyncio.wait((connector, stop_requested), return_when=asyncio.FIRST_COMPLETED)
@@ -143,41 +141,10 @@ class WorkerAgent:
 
     # -- connection ----------------------------------------------------------
 
-    async def connect_until_stopped(self) -> None:
-        endpoints = self.settings.endpoints
-        backoff = Backoff(self.settings.reconnect_min_delay_s, self.settings.reconnect_max_delay_s)
-        index = 0
-        while not self.stopping.is_set():
-            target = endpoints[index % len(endpoints)]
-            began = time.monotonic()
-            try:
-                registered = await self.serve(target)
-            except InvalidStatus as exc:
-                log_refusal(target, exc.response.status_code, exc)
-                registered = False
-            except (OSError, TimeoutError, WebSocketException, msgspec.DecodeError) as exc:
-                logger.warning("cannot reach coordinator %s: %s", target.base_url, exc)
-                registered = False
-            index += 1
-            if registered:
-                backoff.reset()
-                lasted_s = time.monotonic() - began
-                if len(endpoints) > 1 and lasted_s >= MIN_SESSION_FOR_QUICK_SWITCH_S:
-                    continue  # a long session ended: try another coordinator at once
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), backoff.next_delay())
-
     async def serve(self, endpoints: Endpoints) -> bool:
         """One connection, from register to close; False when registration failed."""
-        async with connect(
-            endpoints.websocket_url,
-            additional_headers={"Authorization": f"Bearer {self.settings.api_key}"},
-            open_timeout=OPEN_TIMEOUT_S,
-            close_timeout=CLOSE_TIMEOUT_S,
-            max_size=MAX_MESSAGE_BYTES,
-            compression=None,
-        ) as websocket:
-            registered = await self.register(websocket)
+        async with open_connection(endpoints, self.settings.api_key) as websocket:
+            registered = await register(websocket, self.registration())
             if registered is None or self.stopping.is_set():
                 return registered is not None
             self.heartbeats.point_at(
@@ -191,11 +158,12 @@ class WorkerAgent:
             await self.hold_session(Channel(websocket, registered.session))
         return True
 
-    async def register(self, websocket: ClientConnection) -> Registered | None:
+    def registration(self) -> Register:
+        """This worker as it registers: a new session, the attempts it holds."""
         held, _ = self.leases.held()
         session = uuid.uuid4().hex
         worker_id, slots = self.settings.worker_id, self.settings.slots
-        register = Register(
+        return Register(
             worker_id,
             session,
             self.capabilities,
@@ -204,22 +172,6 @@ class WorkerAgent:
             self.incarnation,
             self.settings.health_check,
         )
-        await websocket.send(json_encoder.encode(register))
-        reply = coordinator_message_decoder.decode(
-            await asyncio.wait_for(websocket.recv(), REGISTER_TIMEOUT_S)
-        )
-        if isinstance(reply, Registered):
-            logger.info(
-                "worker %s registered with session %s holding %d attempts",
-                worker_id,
-                session,
-                len(held),
-                extra={"event": "registered"},
-            )
-            return reply
-        detail = reply.message if isinstance(reply, ErrorMessage) else type(reply).__name__
-        logger.error("coordinator refused registration of worker %s: %s", worker_id, detail)
-        return None
 
     async def hold_session(self, channel: Channel) -> None:
         sender = asyncio.create_task(channel.drain())
@@ -406,18 +358,6 @@ class WorkerAgent:
         task = asyncio.create_task(coroutine)
         self.background.add(task)
         task.add_done_callback(self.background.discard)
-
-
-def log_refusal(target: Endpoints, status_code: int, exc: Exception) -> None:
-    if status_code in (401, 403):
-        logger.error(
-            "coordinator %s refused this worker's API key (HTTP %d); pass a key with the "
-            "worker role (--api-key or DTF_API_KEY)",
-            target.base_url,
-            status_code,
-        )
-    else:
-        logger.warning("coordinator %s refused the connection: %s", target.base_url, exc)
 
 
 def run_worker(settings: WorkerSettings) -> int:
