@@ -215,6 +215,6 @@ def worker(
         faults=faults,
         audit_log=audit_log.resolve() if audit_log else None,
     )
-    from dtf.worker.agent import run_worker
+    from dtf.worker.run import run_worker
 
     click.get_current_context().exit(run_worker(settings))

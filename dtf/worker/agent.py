@@ -17,13 +17,11 @@ the lease table is what decides (it is also what heartbeats report).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
-import tempfile
 import time
 import uuid
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +48,6 @@ from dtf.worker.audit import AuditLog
 from dtf.worker.connection import Channel, Endpoints
 from dtf.worker.executors import execute
 from dtf.worker.fault_actions import FaultInjector
-from dtf.worker.hardware import declare, detect
 from dtf.worker.health_check import run_health_check
 from dtf.worker.heartbeat import HeartbeatThread, Target, Watchdog
 from dtf.worker.leases import FencedLease, LeaseTable
@@ -64,7 +61,7 @@ from dtf.worker.session import (
 )
 from dtf.worker.settings import WorkerSettings
 
-__all__ = ["WorkerAgent", "WorkerSettings", "run_worker"]
+__all__ = ["WorkerAgent"]
 
 logger = logging.getLogger(__name__)
 
@@ -358,30 +355,3 @@ class WorkerAgent:
         task = asyncio.create_task(coroutine)
         self.background.add(task)
         task.add_done_callback(self.background.discard)
-
-
-def run_worker(settings: WorkerSettings) -> int:
-    """Run a worker agent until SIGTERM/SIGINT (or idle, in burst mode); exit status."""
-    capabilities = declare(
-        detect(), settings.declared_hardware, settings.declared_gpus, settings.labels
-    )
-    with _work_directory(settings.work_dir) as workdir:
-        return asyncio.run(_run_agent(settings, capabilities, workdir))
-
-
-async def _run_agent(settings: WorkerSettings, capabilities: Capabilities, workdir: Path) -> int:
-    reaper = Reaper()
-    try:
-        return await WorkerAgent(settings, capabilities, workdir, reaper).run()
-    finally:
-        reaper.close()
-
-
-@contextlib.contextmanager
-def _work_directory(configured: Path | None) -> Iterator[Path]:
-    if configured is not None:
-        configured.mkdir(parents=True, exist_ok=True)
-        yield configured
-        return
-    with tempfile.TemporaryDirectory(prefix="dtf-worker-") as created:
-        yield Path(created)

@@ -52,7 +52,8 @@ sys.exit(run_coordinator(CoordinatorSettings(
 WORKER_SCRIPT = """
 import json, logging, sys
 from pathlib import Path
-from dtf.worker.agent import WorkerSettings, run_worker
+from dtf.worker.run import run_worker
+from dtf.worker.settings import WorkerSettings
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 options = json.loads(sys.argv[1])
 options["work_dir"] = Path(options["work_dir"])
