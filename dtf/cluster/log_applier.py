@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from dtf.cluster.etcd import EtcdError
 from dtf.cluster.log import EtcdLog, LogCompacted
+from dtf.cluster.loops import level
 from dtf.cluster.pending import MAYBE_APPLIED, PendingCommands, resolve
 from dtf.core import commands as c
 from dtf.core.events import Event
@@ -120,22 +121,36 @@ class LogApplier:
 
     async def _catch_up(self) -> None:
         """Read the log after the applied seq (loading the snapshot if that part
-        was compacted), retrying with bounded backoff until etcd answers."""
+        was compacted), retrying with bounded backoff until etcd answers. The first
+        failure in a row is a warning: meanwhile this node applies nothing."""
         delay_s, max_delay_s = CATCH_UP_BACKOFF_S
+        failures = 0
         while True:
             try:
                 await self._read_after_applied()
+                if failures:
+                    logger.info(
+                        "caught up with the log of cluster %s at seq %d after %d failed reads",
+                        self.log.cluster,
+                        self.state.applied_seq,
+                        failures,
+                    )
                 return
             except (EtcdError, LogCompacted) as exc:
-                if self.pending:
-                    logger.warning(
-                        "etcd failed with %d commands unapplied: %s", len(self.pending), exc
+                logger.log(
+                    level(failures),
+                    "cannot read the log of cluster %s after seq %d, so nothing is applied "
+                    "here until it can (retrying): %s",
+                    self.log.cluster,
+                    self.state.applied_seq,
+                    exc,
+                )
+                failures += 1
+                self.pending.fail_all(
+                    CoordinatorUnavailable(
+                        f"etcd failed before the command was applied here; {MAYBE_APPLIED}"
                     )
-                    self.pending.fail_all(
-                        CoordinatorUnavailable(
-                            f"etcd failed before the command was applied here; {MAYBE_APPLIED}"
-                        )
-                    )
+                )
             await asyncio.sleep(delay_s)
             delay_s = min(2 * delay_s, max_delay_s)
 

@@ -4,12 +4,14 @@ on the coordinator that appended them (no decoding) as on the others."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
 from typing import cast
 
 import pytest
 
-from dtf.cluster.etcd import Etcd
+from dtf.cluster import log_applier
+from dtf.cluster.etcd import Etcd, EtcdUnavailable
 from dtf.cluster.log import EtcdLog
 from dtf.cluster.log_applier import LogApplier
 from dtf.cluster.pending import Pending, PendingCommands, resolve
@@ -112,3 +114,37 @@ def test_the_appending_coordinator_reaches_the_state_the_others_reach(
     assert [e.task_id for e in accepted if isinstance(e, TaskAccepted)] == ["t1", "t2"]
     assert any(isinstance(e, AssignTask) for e in published)
     assert isinstance(appended[2].future.exception(), NotFound)
+
+
+class _LogThatFailsFirst(EtcdLog):
+    """A stand-in log: its first reads fail as etcd would, then it holds ``entries``."""
+
+    def __init__(self, failures: int, entries: list[tuple[int, bytes]]) -> None:
+        super().__init__(cast(Etcd, None), "unit")
+        self.failures = failures
+        self.entries = entries
+
+    async def read(self, after_seq: int) -> tuple[list[tuple[int, bytes]], int]:
+        if self.failures:
+            self.failures -= 1
+            raise EtcdUnavailable("no etcd endpoint answered")
+        return [(seq, entry) for seq, entry in self.entries if seq > after_seq], 7
+
+
+def test_a_catch_up_that_cannot_read_the_log_says_so(
+    loop: asyncio.AbstractEventLoop,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(log_applier, "CATCH_UP_BACKOFF_S", (0.0, 0.0))
+    entries = [(seq, c.encode(command)) for seq, command in enumerate(commands(), start=1)]
+    follower = applier(PendingCommands())
+    follower.log = _LogThatFailsFirst(3, entries)
+    with caplog.at_level(logging.DEBUG, logger=log_applier.__name__):
+        loop.run_until_complete(asyncio.wait_for(follower._catch_up(), 10))
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1  # the first failure in a row, not one per retry
+    assert "nothing is applied" in warnings[0].getMessage()
+    assert "no etcd endpoint answered" in warnings[0].getMessage()
+    assert any("after 3 failed reads" in r.getMessage() for r in caplog.records)
+    assert follower.state.applied_seq == 3
