@@ -27,6 +27,7 @@ from typing import Any, Literal
 from _failover_load import Writer, is_flowing
 
 from dtf.local.ha_cluster import HaCluster, Node, formation_problem
+from dtf.local.supervisor import exit_text
 
 Kind = Literal["serving", "leader", "host"]
 KINDS: tuple[Kind, ...] = ("serving", "leader", "host")
@@ -134,11 +135,22 @@ class KillRounds:
         def lagging() -> str | None:
             statuses = self.cluster.statuses()
             mine = statuses[node.node_id]
-            if mine is None or int(mine["applied_seq"]) < target_seq:
-                return f"{node.node_id} has not applied seq {target_seq} yet"
+            if mine is None:
+                return self.not_answering(node)
+            if int(mine["applied_seq"]) < target_seq:
+                return f"{node.node_id} has applied seq {mine['applied_seq']}, not {target_seq} yet"
             return formation_problem(statuses, [n.node_id for n in self.cluster.nodes])
 
         self.wait_for(lagging, f"{node.node_id} to catch up")
+
+    def not_answering(self, node: Node) -> str:
+        process = self.cluster.coordinator_processes()[node.node_id]
+        if not process.is_running:
+            return (
+                f"{node.node_id} {exit_text(process.exit_code)} while starting; its log ends:\n"
+                f"{process.log_tail()}"
+            )
+        return f"{node.node_id} does not answer /api/cluster/status"
 
     def wait_whole(self) -> None:
         node_ids = [n.node_id for n in self.cluster.nodes]
