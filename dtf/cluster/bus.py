@@ -68,6 +68,7 @@ class ClusterBus:
         )
         self._writing: asyncio.Task[None] | None = None
         self._applying: asyncio.Task[None] | None = None
+        self.applying_stopped: str | None = None  # why this node no longer applies the log
 
     @classmethod
     async def recover(cls, log: EtcdLog, *, snapshot_every: int, fence: Fence) -> ClusterBus:
@@ -173,6 +174,9 @@ class ClusterBus:
             self._stop_applying()
 
     def _stop_applying(self) -> None:
+        self.applying_stopped = (
+            f"stopped applying the log after seq {self.state.applied_seq}; restart this coordinator"
+        )
         logger.exception(
             "cannot apply the log of cluster %s after seq %d; this coordinator stops taking writes",
             self.log.cluster,

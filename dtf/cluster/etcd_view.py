@@ -52,6 +52,7 @@ class EtcdClusterView:
         *,
         applied_seq: Callable[[], int],
         log_seq: Callable[[], int],
+        applying_stopped: Callable[[], str | None] = lambda: None,
         refresh_s: float = REFRESH_S,
     ) -> None:
         self.name = name
@@ -59,6 +60,7 @@ class EtcdClusterView:
         self.members = members
         self._applied_seq = applied_seq
         self._log_seq = log_seq
+        self._applying_stopped = applying_stopped
         self.refresh_s = refresh_s
         self._nodes: list[NodeInfo] = []
         self._terms: list[LeaderTerm] = []
@@ -115,6 +117,9 @@ class EtcdClusterView:
         reason = self.members.disabled_reason
         if reason is not None:
             return False, f"disabled: {reason}"
+        stopped = self._applying_stopped()
+        if stopped is not None:
+            return False, stopped
         if self._etcd_error is not None:
             return False, f"cannot read the cluster from etcd: {self._etcd_error}"
         if self.election.leader is None:

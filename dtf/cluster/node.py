@@ -108,6 +108,7 @@ class ClusterNode:
             members,
             applied_seq=lambda: bus.applied_seq,
             log_seq=lambda: bus.log_seq,
+            applying_stopped=lambda: bus.applying_stopped,
         )
         node = cls(settings, etcd, bus, election, members, view)
         listeners.append(node._leader_changed)
