@@ -21,6 +21,7 @@ T = TypeVar("T")
 
 
 def worker_protocol_routes(router: APIRouter, rt: Runtime) -> None:
+    _socket_route(router, rt)
     _session_routes(router, rt)
     _polling_routes(router, rt)
     _report_routes(router, rt)
@@ -34,7 +35,7 @@ async def _worker_body(
     return decode_body(await request.body(), kind)
 
 
-def _session_routes(router: APIRouter, rt: Runtime) -> None:
+def _socket_route(router: APIRouter, rt: Runtime) -> None:
     @router.websocket("/workers/ws")
     async def worker_socket(websocket: WebSocket) -> None:
         """The worker channel: register, assignments, started, outcomes."""
@@ -45,26 +46,15 @@ def _session_routes(router: APIRouter, rt: Runtime) -> None:
             return
         await rt.hub.serve(websocket)
 
+
+def _session_routes(router: APIRouter, rt: Runtime) -> None:
     @router.post(
         "/workers/register", openapi_extra=request_body(p.Register), tags=["worker protocol"]
     )
     async def register(request: Request, authorization: Authorization = None) -> Response:
         """Register over HTTP (workers that cannot hold a WebSocket)."""
         body = await _worker_body(rt, request, authorization, p.Register)
-        await rt.bus.execute(
-            c.RegisterWorker(
-                time.time(),
-                body.worker_id,
-                body.session,
-                body.capabilities,
-                body.slots,
-                body.held,
-                body.incarnation,
-                body.health_check,
-                rt.hub.node_id,
-                rt.hub.node_incarnation,
-            )
-        )
+        await rt.bus.execute(rt.hub.registration(body))
         registered = p.Registered(
             body.worker_id,
             body.session,

@@ -142,8 +142,9 @@ class WorkerHub:
         finally:
             await self._close(connection, sender)
 
-    async def _register(self, connection: _Connection, message: p.Register) -> bool:
-        command = c.RegisterWorker(
+    def registration(self, message: p.Register) -> c.RegisterWorker:
+        """The command registering ``message``'s worker through this node."""
+        return c.RegisterWorker(
             time.time(),
             message.worker_id,
             message.session,
@@ -155,6 +156,9 @@ class WorkerHub:
             self.node_id,
             self.node_incarnation,
         )
+
+    async def _register(self, connection: _Connection, message: p.Register) -> bool:
+        command = self.registration(message)
         try:
             self.bus.state.check(command)
         except DtfError as exc:
