@@ -37,6 +37,7 @@ from dtf.coordinator.cluster_api import cluster_router
 from dtf.coordinator.consistency import AppliedPosition
 from dtf.coordinator.datadir import DataDirLock
 from dtf.coordinator.errors import install_error_handlers
+from dtf.coordinator.heap import settle_after_start
 from dtf.coordinator.limits import BodySizeLimit
 from dtf.coordinator.live import LiveChannel
 from dtf.coordinator.reports_api import reports_router
@@ -153,6 +154,7 @@ def _lifespan(parts: _Parts) -> Callable[[FastAPI], AbstractAsyncContextManager[
             clock = await start_serving(parts.runtime)
         else:
             clock = await start_cluster_serving(parts.runtime, parts.node)
+        settle_after_start()
         try:
             yield
         finally:

@@ -91,6 +91,8 @@ def decay(sample: HealthSample, now: float, half_life_s: float) -> float:
 
 def score(samples: list[HealthSample], now: float, half_life_s: float) -> float:
     """0-100; 100 for a worker with nothing against it."""
+    if not any(sample.bad for sample in samples):
+        return 100.0
     good = bad = 0.0
     for sample in samples:  # one decay per sample: this runs on every outcome applied
         weight = decay(sample, now, half_life_s)

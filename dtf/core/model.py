@@ -68,6 +68,10 @@ class RequirementSet(Struct, forbid_unknown_fields=True, frozen=True, omit_defau
     worker_ids: list[str] = []
 
 
+# A Requirements' own fields follow those it inherits, so its first values are its primary set.
+_REQUIREMENT_SET_FIELDS = len(RequirementSet.__struct_fields__)
+
+
 class Requirements(RequirementSet, frozen=True, omit_defaults=True):
     """The primary requirement set plus ordered fallbacks.
 
@@ -80,7 +84,7 @@ class Requirements(RequirementSet, frozen=True, omit_defaults=True):
 
     def stage(self, index: int) -> RequirementSet:
         if index == 0:
-            return RequirementSet(**{f: getattr(self, f) for f in RequirementSet.__struct_fields__})
+            return RequirementSet(*msgspec.structs.astuple(self)[:_REQUIREMENT_SET_FIELDS])
         return self.fallbacks[index - 1]
 
     @property

@@ -74,7 +74,9 @@ class SubmissionMixin(Lifecycle):
                         f"task {task_id!r} depends on unknown task {dependency!r}",
                         field="dependencies",
                     )
-            graph[task_id] = [d for d in spec.dependencies if d in fresh]
+            in_batch = [d for d in spec.dependencies if d in fresh]
+            if in_batch:
+                graph[task_id] = in_batch
         try:
             TopologicalSorter(graph).prepare()
         except CycleError as exc:
