@@ -138,6 +138,10 @@ class EtcdLog:
         ``NotLeader`` when ``fence_epoch`` is no longer the leader's."""
         return await self._snapshots.save(seq, data, fence_epoch=fence_epoch)
 
+    async def published_snapshot_seq(self) -> int:
+        """The seq of the newest published snapshot; 0 when there is none."""
+        return await self._snapshots.published_seq()
+
     async def load_snapshot(self) -> tuple[int, bytes] | None:
         """The newest snapshot as ``(seq, data)``, checked against its sha256, or None."""
         return await self._snapshots.load()

@@ -234,13 +234,17 @@ class LogApplier:
         epoch = self._fence()
         if epoch is None:
             return
-        seq, data = self.state.applied_seq, self.state.snapshot()
-        self._snapshotting = asyncio.create_task(
-            self._save_snapshot(seq, data, epoch), name="dtf-log-snapshot"
-        )
+        self._snapshotting = asyncio.create_task(self._snapshot(epoch), name="dtf-log-snapshot")
 
-    async def _save_snapshot(self, seq: int, data: bytes, epoch: int) -> None:
+    async def _snapshot(self, epoch: int) -> None:
+        """Save a snapshot unless a recent one is published: a follower knows only
+        the snapshot it started from, so a new leader asks before it snapshots."""
+        seq = self.state.applied_seq
         try:
+            self._snapshot_seq = max(self._snapshot_seq, await self.log.published_snapshot_seq())
+            if self.state.applied_seq - self._snapshot_seq < self.snapshot_every:
+                return
+            seq, data = self.state.applied_seq, self.state.snapshot()
             published = await self.log.save_snapshot(seq, data, fence_epoch=epoch)
             self._snapshot_seq = max(self._snapshot_seq, published)
         except DtfError as exc:

@@ -84,6 +84,11 @@ class Snapshots:
         )
         return seq
 
+    async def published_seq(self) -> int:
+        """The seq of the newest published snapshot; 0 when there is none."""
+        pointer = _pointer_of(await self.etcd.get(self.keys.snapshot))
+        return 0 if pointer is None else pointer.seq
+
     async def load(self) -> tuple[int, bytes] | None:
         """The newest snapshot as ``(seq, data)``, checked against its sha256, or None."""
         for _ in range(SNAPSHOT_LOAD_TRIES):
