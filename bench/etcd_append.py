@@ -25,14 +25,20 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
 from dtf.cluster.etcd import Etcd
 from dtf.cluster.log import EtcdLog
+from dtf.cluster.log_writer import BatchLinger, LogWriter
+from dtf.cluster.pending import Pending, PendingCommands
+from dtf.core import commands as c
 from dtf.testing.etcd import EtcdCluster
 
 IDLE_S = 3.0
+OFFER_EVERY_S = 0.001
+NO_LINGER = BatchLinger(max_linger_s=0.0)
 MIN_APPENDS = 100  # a batch size gets at least this many appends, whatever --entries says
 
 
@@ -54,11 +60,14 @@ def parse_options() -> argparse.Namespace:
     parser.add_argument("--entries", type=int, default=2000, help="entries per batch size")
     parser.add_argument("--entry-bytes", type=int, default=300, help="bytes per entry")
     parser.add_argument("--batches", default="1,4,16,64", help="comma-separated batch sizes")
+    parser.add_argument("--rates", default="300,600,1000,2000", help="LogWriter commands/s")
+    parser.add_argument("--writer-seconds", type=float, default=2.0, help="per LogWriter rate")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     options = parser.parse_args()
     options.batches = [int(part) for part in options.batches.split(",") if part.strip()]
-    if min(options.entries, options.entry_bytes, *options.batches) < 1:
-        parser.error("--entries, --entry-bytes and every batch size must be at least 1")
+    options.rates = [float(part) for part in options.rates.split(",") if part.strip()]
+    if min(options.entries, options.entry_bytes, *options.batches, *options.rates) < 1:
+        parser.error("--entries, --entry-bytes, every batch size and rate must be at least 1")
     return options
 
 
@@ -116,11 +125,67 @@ async def measure(
 
 
 @dataclass(frozen=True)
+class WriterFigures:
+    lingers: bool
+    offered_per_s: float
+    commands: int
+    appends: int
+    commands_per_append: float
+    etcd_cpu_ms_per_command: float
+    client_cpu_ms_per_command: float
+
+
+@dataclass(frozen=True)
 class Report:
     entry_bytes: int
     etcd_idle_cpu_ms_per_s: float
     load_average: tuple[float, float, float]
     rows: list[Figures]
+    writer_rows: list[WriterFigures]
+
+
+async def offer(writer: LogWriter, entries: list[bytes], rate_per_s: float) -> None:
+    """Queue ``entries`` at ``rate_per_s``, whatever the writer does (an open loop)."""
+    loop = asyncio.get_running_loop()
+    command, started, sent = c.CancelTask(at=0.0, task_id="bench"), loop.time(), 0
+    while sent < len(entries):
+        due = min(len(entries), int((loop.time() - started) * rate_per_s) + 1)
+        for entry in entries[sent:due]:
+            writer.add(Pending(command, entry, loop.create_future()))
+        sent = due
+        await asyncio.sleep(OFFER_EVERY_S)
+
+
+async def measure_writer(
+    etcd: Etcd, members: list[psutil.Process], idle_share: float, rate_per_s: float, **kw: Any
+) -> WriterFigures:
+    """Commands offered at ``rate_per_s`` for ``kw["seconds"]`` through ``LogWriter``
+    (``kw["linger"]``) into a log of its own; how many rode each append, at what CPU."""
+    lingers: bool = kw["linger"] is not NO_LINGER
+    log = EtcdLog(etcd, f"writer-{'linger' if lingers else 'plain'}-{rate_per_s:g}")
+    writer = LogWriter(
+        log, PendingCommands(), fence=lambda: None, applied_seq=lambda: 0, linger=kw["linger"]
+    )
+    entries = [os.urandom(kw["entry_bytes"]) for _ in range(int(rate_per_s * kw["seconds"]))]
+    me = psutil.Process()
+    etcd_before, client_before, started = cpu_s(members), cpu_s([me]), time.perf_counter()
+    writing = asyncio.create_task(writer.run())
+    await offer(writer, entries, rate_per_s)
+    writer.close()
+    await writing
+    elapsed = time.perf_counter() - started
+    etcd_ms = 1000 * (cpu_s(members) - etcd_before - idle_share * elapsed)
+    client_ms = 1000 * (cpu_s([me]) - client_before)
+    appends = len((await etcd.get_prefix(log.keys.log_prefix))[0])
+    return WriterFigures(
+        lingers=lingers,
+        offered_per_s=rate_per_s,
+        commands=len(entries),
+        appends=appends,
+        commands_per_append=len(entries) / appends,
+        etcd_cpu_ms_per_command=etcd_ms / len(entries),
+        client_cpu_ms_per_command=client_ms / len(entries),
+    )
 
 
 async def run(options: argparse.Namespace, cluster: EtcdCluster) -> Report:
@@ -134,9 +199,22 @@ async def run(options: argparse.Namespace, cluster: EtcdCluster) -> Report:
             count = max(options.entries, MIN_APPENDS * batch)
             entries = [os.urandom(options.entry_bytes) for _ in range(count)]
             rows.append(await measure(log, members, idle_share, batch, entries))
+        writer_rows = [
+            await measure_writer(
+                etcd,
+                members,
+                idle_share,
+                rate,
+                linger=linger,
+                seconds=options.writer_seconds,
+                entry_bytes=options.entry_bytes,
+            )
+            for rate in options.rates
+            for linger in (NO_LINGER, BatchLinger())
+        ]
     finally:
         await etcd.close()
-    return Report(options.entry_bytes, 1000 * idle_share, os.getloadavg(), rows)
+    return Report(options.entry_bytes, 1000 * idle_share, os.getloadavg(), rows, writer_rows)
 
 
 def render(report: Report) -> None:
@@ -153,6 +231,16 @@ def render(report: Report) -> None:
             f"{row.batch:>5} {row.appends_per_s:>10.0f} {row.entries_per_s:>10.0f} "
             f"{row.etcd_cpu_ms_per_entry:>14.3f} {row.etcd_cpu_ms_per_append:>15.3f} "
             f"{row.client_cpu_ms_per_entry:>16.3f} {row.client_cpu_ms_per_append:>17.3f}"
+        )
+    print(
+        f"\nLogWriter, commands offered at a steady rate; {'linger':>6} {'offered/s':>9} "
+        f"{'per append':>10} {'etcd ms/command':>15} {'client ms/command':>17}"
+    )
+    for w in report.writer_rows:
+        print(
+            f"{'':>46}{'yes' if w.lingers else 'no':>6} {w.offered_per_s:>9.0f} "
+            f"{w.commands_per_append:>10.1f} {w.etcd_cpu_ms_per_command:>15.3f} "
+            f"{w.client_cpu_ms_per_command:>17.3f}"
         )
     print("load average (1, 5, 15 min):", ", ".join(f"{v:.1f}" for v in report.load_average))
 

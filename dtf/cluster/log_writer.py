@@ -7,13 +7,22 @@ appended after the highest seq this coordinator knows of, compare-and-swapping
 the log tail; when another coordinator appended first, the tail is learned and
 the rest of the batch is appended again. Leader-only commands go in runs of
 their own, fenced by the leader's epoch.
+
+Each append costs etcd and this process about the same CPU whatever it carries
+(bench/etcd_append.py: ~1.7 ms over three etcd members and ~0.6 ms here, against
+~0.03 ms per 300-byte entry), so while commands arrive fast the writer lets them
+gather a little longer before appending (``BatchLinger``). A command arriving
+alone, after a quiet spell, is appended at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
+import math
+import time
 from collections.abc import Callable, Sequence
 
 from dtf.cluster.etcd import EtcdUnavailable
@@ -30,6 +39,47 @@ LEADER_ONLY = (c.Tick, c.Configure, c.CoordinatorStarted, c.CoordinatorNodeLost)
 MAX_TAIL_RETRIES = 20
 
 
+class BatchLinger:
+    """How long the writer lets commands gather before its next append.
+
+    Arrivals are counted with exponential decay over ``window_s``, which gives
+    their recent rate. Lingering pays only when at least one more command is
+    expected within ``max_linger_s``: below that rate (an idle coordinator, or
+    writes a few milliseconds apart) the append goes at once. Above it the
+    writer waits ``max_linger_s``, or less when ``full_batch`` commands are
+    expected sooner; a queue already that long goes at once.
+    """
+
+    def __init__(
+        self, *, max_linger_s: float = 0.002, full_batch: int = 64, window_s: float = 0.05
+    ) -> None:
+        self.max_linger_s = max_linger_s
+        self.full_batch = full_batch
+        self.window_s = window_s
+        self._weight = 0.0
+        self._last_at = 0.0
+
+    def arrived(self, now: float) -> None:
+        """Count one command arriving at ``now``."""
+        self._weight = self._decayed(now) + 1.0
+        self._last_at = now
+
+    def rate_per_s(self, now: float) -> float:
+        """Commands per second arriving lately."""
+        return self._decayed(now) / self.window_s
+
+    def linger_s(self, now: float, queued: int) -> float:
+        """Seconds to wait at ``now`` before appending, ``queued`` commands waiting."""
+        rate = self.rate_per_s(now)
+        if queued >= self.full_batch or rate * self.max_linger_s < 1.0:
+            return 0.0
+        return min(self.max_linger_s, (self.full_batch - queued) / rate)
+
+    def _decayed(self, now: float) -> float:
+        elapsed = max(0.0, now - self._last_at)
+        return self._weight * math.exp(-elapsed / self.window_s)
+
+
 class LogWriter:
     def __init__(
         self,
@@ -38,15 +88,20 @@ class LogWriter:
         *,
         fence: Fence,
         applied_seq: Callable[[], int],
+        linger: BatchLinger | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.log = log
         self.pending = pending
         self.fence = fence
         self.applied_seq = applied_seq
+        self.linger = linger or BatchLinger()
+        self.clock = clock
         self.appended_tail = 0
         self.is_closed = False
         self._queue: list[Pending] = []
         self._wakeup = asyncio.Event()
+        self._full = asyncio.Event()  # set when lingering should end early
 
     @property
     def known_tail(self) -> int:
@@ -54,22 +109,39 @@ class LogWriter:
         return max(self.appended_tail, self.applied_seq())
 
     def add(self, pending: Pending) -> None:
+        self.linger.arrived(self.clock())
         self._queue.append(pending)
         self._wakeup.set()
+        if len(self._queue) >= self.linger.full_batch:
+            self._full.set()
 
     def close(self) -> None:
         """Append what is queued, then end ``run``."""
         self.is_closed = True
         self._wakeup.set()
+        self._full.set()
 
     async def run(self) -> None:
         while not (self.is_closed and not self._queue):
             await self._wakeup.wait()
+            await self._gather()
             self._wakeup.clear()
             batch, self._queue = self._queue, []
             runs = itertools.groupby(batch, key=lambda p: isinstance(p.command, LEADER_ONLY))
             for is_fenced, run in runs:
                 await self._write_run(list(run), is_fenced=is_fenced)
+
+    async def _gather(self) -> None:
+        """Let more commands join the queue while ``linger`` says it pays."""
+        if self.is_closed:
+            return
+        linger_s = self.linger.linger_s(self.clock(), len(self._queue))
+        if linger_s <= 0.0:
+            return
+        self._full.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(linger_s):
+                await self._full.wait()
 
     async def _write_run(self, run: list[Pending], *, is_fenced: bool) -> None:
         try:
