@@ -36,6 +36,7 @@ class ClusterFlags:
     etcd_cert: Path | None = None
     etcd_key: Path | None = None
     lease_ttl_s: int | None = None
+    max_coordinator_losses: int | None = None
 
     @property
     def wanted(self) -> bool:
@@ -108,6 +109,12 @@ OPTIONS = [
         "lease_ttl_s",
         type=click.IntRange(1, 30),
         help="Seconds a leader's etcd lease lives without keep-alives [default: 1].",
+    ),
+    click.option(
+        "--max-coordinator-losses",
+        type=click.IntRange(0, 100),
+        help="Attempts of one task that may end lost with a coordinator node without being "
+        "charged to its retries, workers or breakers [default: 3].",
     ),
 ]
 

@@ -7,6 +7,7 @@ A file like::
       node_id: coord-a
       advertise_url: http://10.0.0.5:8080
       lease_ttl_s: 1
+      max_coordinator_losses: 3
       etcd:
         endpoints: [https://10.0.0.5:2379, https://10.0.0.6:2379, https://10.0.0.7:2379]
         user: dtf
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,6 +35,7 @@ from dtf.errors import InvalidRequest
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 MAX_LEASE_TTL_S = 30
+MAX_COORDINATOR_LOSSES = 100
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class ClusterSettings:
     advertise_url: str
     etcd: EtcdSettings
     lease_ttl_s: int = 1
+    max_coordinator_losses: int = 3
 
     def __post_init__(self) -> None:
         for what, value in (("cluster name", self.name), ("node id", self.node_id)):
@@ -64,6 +67,13 @@ class ClusterSettings:
                 f"leader lease TTL {self.lease_ttl_s} s is outside 1..{MAX_LEASE_TTL_S} s; "
                 "1 or 2 s gives fast failover",
                 field="lease_ttl_s",
+            )
+        if not 0 <= self.max_coordinator_losses <= MAX_COORDINATOR_LOSSES:
+            raise InvalidRequest(
+                f"max_coordinator_losses {self.max_coordinator_losses} is outside "
+                f"0..{MAX_COORDINATOR_LOSSES}; it is how many attempts of one task may end "
+                "lost with a coordinator node without being charged (default 3)",
+                field="max_coordinator_losses",
             )
 
 
@@ -105,18 +115,25 @@ def cluster_settings(
         key_file=_path(given.pop("etcd_key", None) or etcd_block.get("key_file")),
     )
     name = given.pop("cluster", None) or block.get("cluster") or "dtf"
-    settings = ClusterSettings(
+    return ClusterSettings(
         name=str(name),
         node_id=str(given.pop("node_id", None) or block.get("node_id") or default_node_id),
         advertise_url=str(
             given.pop("advertise", None) or block.get("advertise_url") or default_url
         ),
         etcd=etcd,
-        lease_ttl_s=int(block.get("lease_ttl_s", 1)),
+        lease_ttl_s=_number("lease_ttl_s", given, block, default=1),
+        max_coordinator_losses=_number("max_coordinator_losses", given, block, default=3),
     )
-    if "lease_ttl_s" in given:
-        settings = replace(settings, lease_ttl_s=int(given.pop("lease_ttl_s")))
-    return settings
+
+
+def _number(key: str, given: dict[str, Any], block: dict[str, Any], *, default: int) -> int:
+    """The flag's value if given, else the block's, else ``default``."""
+    value = given.pop(key) if key in given else block.get(key, default)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise InvalidRequest(f"{key} {value!r} is not a whole number", field=key) from None
 
 
 def _password(etcd_block: dict[str, Any]) -> str | None:

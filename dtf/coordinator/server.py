@@ -255,6 +255,11 @@ def _warn_if_leases_outrun_node_loss(settings: CoordinatorSettings, node: Cluste
 
 
 def state_config(settings: CoordinatorSettings) -> StateConfig:
+    cluster_only = (
+        {}
+        if settings.cluster is None
+        else {"max_coordinator_losses": settings.cluster.max_coordinator_losses}
+    )
     return StateConfig(
         settings.lease_timeout_s,
         settings.worker_timeout_s,
@@ -267,6 +272,7 @@ def state_config(settings: CoordinatorSettings) -> StateConfig:
         settings.retry_budget_min_tasks,
         settings.health_threshold,
         settings.health_half_life_s,
+        **cluster_only,
     )
 
 
