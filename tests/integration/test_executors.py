@@ -96,6 +96,20 @@ def test_argv_command_is_not_run_by_a_shell(tmp_path: Path) -> None:
     assert outcome.stdout_tail == "$HOME a  b\n"
 
 
+def test_a_program_gone_from_where_it_was_found_is_searched_for_again(tmp_path: Path) -> None:
+    path = os.pathsep.join([str(tmp_path / "early"), str(tmp_path / "late"), os.defpath])
+    for place in ("early", "late"):
+        (tmp_path / place).mkdir()
+        tool = tmp_path / place / "dtf-test-tool"
+        tool.write_text(f"#!/bin/sh\necho {place}\n", encoding="utf-8")
+        tool.chmod(0o755)
+    config = {"command": ["dtf-test-tool"], "env": {"PATH": path}}
+    assert run(tmp_path, "command", config).stdout_tail == "early\n"
+    (tmp_path / "early" / "dtf-test-tool").unlink()
+    outcome = run(tmp_path, "command", config)
+    assert (outcome.failure, outcome.stdout_tail) == (None, "late\n")
+
+
 def test_nonzero_exit(tmp_path: Path) -> None:
     outcome = run(tmp_path, "command", {"command": "echo failing >&2; exit 3"})
     assert (outcome.failure, outcome.exit_code) == (FailureKind.EXIT_NONZERO, 3)

@@ -22,11 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from dtf.worker.executors.lookup import ProgramLookup
+
 logger = logging.getLogger(__name__)
 
 TAIL_BYTES = 4096
 KILL_GRACE_S = 2.0
 PIPE_DRAIN_S = 1.0
+
+Popen = subprocess.Popen[bytes]
+_PROGRAMS = ProgramLookup(time.monotonic)
 
 
 class ProcessObserver(Protocol):
@@ -193,15 +198,7 @@ async def run_process(
     start (``spawn_error`` says why)."""
     started = time.monotonic()
     try:
-        popen = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            cwd=cwd,
-            start_new_session=True,
-        )
+        popen = _spawn(argv, env, cwd)
     except (OSError, ValueError) as exc:
         error = _spawn_error(argv, cwd, exc)
         return ProcessResult(None, time.monotonic() - started, spawn_error=error)
@@ -213,6 +210,34 @@ async def run_process(
         stdout_tail=process.tails["stdout"].text(),
         stderr_tail=process.tails["stderr"].text(),
         stopped=stopped,
+    )
+
+
+def _spawn(argv: Sequence[str], env: Mapping[str, str], cwd: Path | str | None) -> Popen:
+    """Start ``argv`` in a session of its own, from the file its PATH search last
+    found (searching again if that file no longer starts)."""
+    executable = _PROGRAMS.executable(argv[0], env) if argv else None
+    try:
+        return _popen(argv, env, cwd, executable)
+    except OSError:
+        if executable is None:
+            raise
+        _PROGRAMS.forget(argv[0], env)
+        return _popen(argv, env, cwd, None)
+
+
+def _popen(
+    argv: Sequence[str], env: Mapping[str, str], cwd: Path | str | None, executable: str | None
+) -> Popen:
+    return subprocess.Popen(
+        argv,
+        executable=executable,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=cwd,
+        start_new_session=True,
     )
 
 
