@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import pyarrow as pa
 
@@ -168,8 +168,19 @@ class ResultsIngester:
     def on_events(self, events: list[Event]) -> None:
         """Bus subscriber: turn the batch's finished work into pending rows (no I/O)."""
         rows = PendingRows()
+        state = self.state
         for event in events:
-            self._collect(event, rows)
+            kind = type(event)
+            if kind is AttemptFinished:
+                self._collect_attempt(state, cast(AttemptFinished, event), rows)
+            elif kind is TaskStatusChanged:
+                changed = cast(TaskStatusChanged, event)
+                if changed.new.is_terminal:
+                    rows.tasks[changed.task_id] = task_row(state.tasks[changed.task_id])
+            elif kind is WorkerStatusChanged or kind is WorkerHealthChanged:
+                self._collect_worker(
+                    state, cast(WorkerStatusChanged | WorkerHealthChanged, event), rows
+                )
         if rows.is_empty:
             return
         with self._lock:
@@ -179,31 +190,32 @@ class ResultsIngester:
         if full:
             self._wake.set()
 
-    def _collect(self, event: Event, rows: PendingRows) -> None:
-        state = self.state
-        if isinstance(event, AttemptFinished):
-            task = state.tasks[event.task_id]
-            attempt = task.attempts[event.attempt - 1]
-            rows.attempts[(task.id, attempt.number)] = attempt_rows(
-                task, attempt, state.workers.get(attempt.worker_id)
-            )
-        elif isinstance(event, TaskStatusChanged) and event.new.is_terminal:
-            rows.tasks[event.task_id] = task_row(state.tasks[event.task_id])
-        elif isinstance(event, WorkerStatusChanged | WorkerHealthChanged):
-            worker = state.workers.get(event.worker_id)
-            if worker is not None:
-                kind = "status" if isinstance(event, WorkerStatusChanged) else "health"
-                key = (worker.id, state.applied_seq)
-                row = worker_snapshot_row(
-                    worker,
-                    journal_seq=state.applied_seq,
-                    recorded_at=self._clock(),
-                    event=kind,
-                    reason=event.reason,
-                    half_life_s=state.config.health_half_life_s,
-                )
-                earlier = rows.worker_snapshots.get(key)
-                rows.worker_snapshots[key] = row if earlier is None else merged(earlier, row)
+    @staticmethod
+    def _collect_attempt(state: State, event: AttemptFinished, rows: PendingRows) -> None:
+        task = state.tasks[event.task_id]
+        attempt = task.attempts[event.attempt - 1]
+        rows.attempts[(task.id, attempt.number)] = attempt_rows(
+            task, attempt, state.workers.get(attempt.worker_id)
+        )
+
+    def _collect_worker(
+        self, state: State, event: WorkerStatusChanged | WorkerHealthChanged, rows: PendingRows
+    ) -> None:
+        worker = state.workers.get(event.worker_id)
+        if worker is None:
+            return
+        kind = "status" if isinstance(event, WorkerStatusChanged) else "health"
+        key = (worker.id, state.applied_seq)
+        row = worker_snapshot_row(
+            worker,
+            journal_seq=state.applied_seq,
+            recorded_at=self._clock(),
+            event=kind,
+            reason=event.reason,
+            half_life_s=state.config.health_half_life_s,
+        )
+        earlier = rows.worker_snapshots.get(key)
+        rows.worker_snapshots[key] = row if earlier is None else merged(earlier, row)
 
     def flush(self) -> dict[str, int]:
         """Write what is pending now; on failure the rows stay pending for the next try."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from dtf.analysis.units import metric_unit
@@ -29,6 +30,11 @@ Row = dict[str, Any]
 # Dimensions with a column of their own; every other param goes into ``config``.
 DIMENSION_PARAMS = frozenset({"model", "batch_size", "precision"})
 
+# One encoder each, made once: ``json.dumps`` with options builds a new one per call.
+_labels_json = json.JSONEncoder(sort_keys=True).encode
+_params_json = json.JSONEncoder(sort_keys=True, default=str).encode
+_config_json = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str).encode
+
 
 @dataclass(frozen=True)
 class Location:
@@ -41,24 +47,27 @@ class Location:
     device_model: str
     batch_size: int | None
     precision: str | None
-    config: str
     params: dict[str, Any] = field(default_factory=dict)
+
+    @cached_property
+    def config(self) -> str:
+        """The params that are not dimensions, as canonical JSON (only samples need it)."""
+        other = {k: v for k, v in self.params.items() if k not in DIMENSION_PARAMS}
+        return _config_json(other) if other else "{}"
 
 
 def effective_params(task: TaskRecord, attempt: AttemptRecord) -> dict[str, Any]:
     """What the attempt ran with: a benchmark's params, or the recovery patch alone."""
-    params: dict[str, Any] = {}
-    if task.spec.type is TaskType.BENCHMARK:
-        params.update(task.spec.config.get("params", {}))
-    params.update(attempt.params_patch)
-    return params
+    patch = attempt.params_patch
+    if task.spec.type is not TaskType.BENCHMARK:
+        return dict(patch)
+    return {**task.spec.config.get("params", {}), **patch}
 
 
 def locate(task: TaskRecord, attempt: AttemptRecord, worker: WorkerRecord | None) -> Location:
     labels = task.spec.labels
     params = effective_params(task, attempt)
     hardware = attempt_hardware(task, attempt, worker)
-    other = {k: v for k, v in params.items() if k not in DIMENSION_PARAMS}
     return Location(
         run_id=labels.get("run_id"),
         commit=labels.get("commit") or labels.get("git_commit"),
@@ -67,7 +76,6 @@ def locate(task: TaskRecord, attempt: AttemptRecord, worker: WorkerRecord | None
         device_model=device_model(task, hardware, worker),
         batch_size=_integer(params.get("batch_size", labels.get("batch_size"))),
         precision=_text(params.get("precision", labels.get("precision"))),
-        config=json.dumps(other, sort_keys=True, separators=(",", ":"), default=str),
         params=params,
     )
 
@@ -211,7 +219,7 @@ def _attempt_row(
         "device_model": where.device_model,
         "batch_size": where.batch_size,
         "precision": where.precision,
-        "params": json.dumps(where.params, sort_keys=True, default=str),
+        "params": _params_json(where.params) if where.params else "{}",
         "injected_fault": outcome.injected_fault if outcome else None,
         "metric_samples": samples,
         "test_cases": tests,
@@ -237,7 +245,7 @@ def task_row(task: TaskRecord) -> Row:
         "run_id": labels.get("run_id"),
         "commit": labels.get("commit") or labels.get("git_commit"),
         "model": str(labels.get("model") or params.get("model") or task_name(task.spec)),
-        "labels": json.dumps(labels, sort_keys=True),
+        "labels": _labels_json(labels) if labels else "{}",
     }
 
 

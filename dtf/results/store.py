@@ -1,12 +1,17 @@
 """The results file: a DuckDB database written in Arrow batches.
 
 Idempotence is per attempt: an attempt's row, its metric samples and its test
-cases go in together in one transaction, and a batch's attempts already in
-the file are dropped (with their samples) before anything is inserted, so
-writing the same attempt twice — a journal replay, a backfill that overlaps
-the live stream — never adds a row. Only the small ``attempts`` table has a
-primary key (a second guard); the large ``metric_samples`` table has none,
-because maintaining an index would slow bulk inserts several times over.
+cases go in together in one transaction, so writing the same attempt twice —
+a journal replay, a backfill that overlaps the live stream — never adds a
+row. Only the small ``attempts`` table has a primary key; the large
+``metric_samples`` table has none, because maintaining an index would slow
+bulk inserts several times over. A batch is first inserted as it is: almost
+every batch is all new, and the keyed tables' primary keys refuse a row
+already in the file, which aborts the whole transaction. Only then is the
+batch written again the careful way: its attempts already in the file are
+dropped (with their samples), and keyed rows already there are ignored.
+Checking every batch against the file instead would cost a scan of the
+attempts table per write, growing with the file.
 
 Threads: one connection belongs to the writer; ``insert`` holds a lock while
 it writes. Every reader takes its own cursor (a separate DuckDB connection to
@@ -21,7 +26,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,6 +89,7 @@ class ResultsStore:
         try:
             if not read_only:
                 store._create_schema()
+                store._warm_up()
             store._check_version()
         except BaseException:
             store.close()  # else the refused file stays open, and locked, in this process
@@ -115,6 +121,12 @@ class ResultsStore:
                 "INSERT INTO schema_version VALUES (?, ?)", [SCHEMA_VERSION, time.time()]
             )
 
+    def _warm_up(self) -> None:
+        # DuckDB imports pandas the first time it is handed a Python object
+        # (~0.3 s of CPU holding the GIL): better at start-up than in the first
+        # write, while the event loop is serving.
+        self._connection.from_arrow(pa.table({"warm_up": pa.array([], pa.int32())}))
+
     def _check_version(self) -> None:
         try:
             found = self._connection.execute("SELECT max(version) FROM schema_version").fetchall()
@@ -133,23 +145,39 @@ class ResultsStore:
     def insert(self, batch: ArrowBatch) -> dict[str, int]:
         """Insert what is new in ``batch`` in one transaction; rows inserted per table."""
         with self._write_lock:
-            self._connection.execute("BEGIN TRANSACTION")
             try:
-                counts = self._insert_new(batch.tables)
-            except BaseException:
-                self._connection.execute("ROLLBACK")
-                raise
-            self._connection.execute("COMMIT")
+                return self._in_transaction(self._append_all, batch.tables)
+            except duckdb.ConstraintException as exc:
+                log.debug(
+                    "%s: batch holds rows already written (%s); dropping them", self.path, exc
+                )
+            return self._in_transaction(self._insert_new, batch.tables)
+
+    def _in_transaction(
+        self, write: Callable[[dict[str, pa.Table]], dict[str, int]], tables: dict[str, pa.Table]
+    ) -> dict[str, int]:
+        self._connection.execute("BEGIN TRANSACTION")
+        try:
+            counts = write(tables)
+        except BaseException:
+            self._connection.execute("ROLLBACK")
+            raise
+        self._connection.execute("COMMIT")
         return counts
+
+    def _append_all(self, tables: dict[str, pa.Table]) -> dict[str, int]:
+        """Every row of ``tables``; a keyed row already in the file raises ConstraintException."""
+        for name, table in tables.items():
+            if table.num_rows:
+                in_order = table.select(TABLES[name].column_names)
+                self._connection.from_arrow(in_order).insert_into(name)
+        return {name: table.num_rows for name, table in tables.items()}
 
     def _insert_new(self, tables: dict[str, pa.Table]) -> dict[str, int]:
         tables = dict(tables)
         if "attempts" in tables:
             tables = self._without_known_attempts(tables)
-        counts: dict[str, int] = {}
-        for name, table in tables.items():
-            counts[name] = self._append(TABLES[name], table) if table.num_rows else 0
-        return counts
+        return {name: self._append_unknown(TABLES[name], table) for name, table in tables.items()}
 
     def known_keys(self, table_name: str, keys: pa.Table) -> set[tuple[Any, ...]]:
         """Which of ``keys`` (columns: the table's primary key) are in the file already."""
@@ -178,7 +206,10 @@ class ResultsStore:
                 tables[name] = table.filter(pc.invert(pc.is_in(_keys(table), known_keys)))
         return tables
 
-    def _append(self, table: Table, rows: pa.Table) -> int:
+    def _append_unknown(self, table: Table, rows: pa.Table) -> int:
+        """The rows whose primary key is not in the file yet (every row of an unkeyed table)."""
+        if not rows.num_rows:
+            return 0
         columns = ", ".join(table.column_names)
         conflict = "OR IGNORE " if table.primary_key else ""
         self._connection.register("incoming_rows", rows.select(table.column_names))
