@@ -25,6 +25,7 @@ from dtf.cluster.etcd_client import (
     AetcdClient,
     EtcdError,
     EtcdUnavailable,
+    LeaseKeepAlives,
     LeaseNotFound,
     endpoint_address,
     is_retryable,
@@ -135,6 +136,7 @@ class Etcd:
     def __init__(self, settings: EtcdSettings, client: AetcdClient, index: int) -> None:
         self._settings = settings
         self._channel = EtcdChannel(settings, client, index)
+        self._keep_alives = LeaseKeepAlives(settings.timeout_s)
 
     @classmethod
     async def connect(cls, settings: EtcdSettings) -> Etcd:
@@ -147,6 +149,7 @@ class Etcd:
         return self._channel.client.endpoint
 
     async def close(self) -> None:
+        self._keep_alives.close()
         await self._channel.close()
 
     async def get(self, key: bytes) -> KeyValue | None:
@@ -202,26 +205,17 @@ class Etcd:
         return int(response.ID)
 
     async def refresh_lease(self, lease_id: int) -> int:
-        """Keep the lease alive; its remaining TTL in seconds, 0 when it is gone."""
+        """Keep the lease alive; its remaining TTL in seconds, 0 when it is gone.
+        Each lease keeps one keep-alive stream open for its refreshes."""
 
         async def keep_alive(client: AetcdClient) -> int:
-            call = client.leasestub.LeaseKeepAlive(
-                timeout=self._settings.timeout_s, metadata=client.metadata
-            )
-            try:
-                await call.write(rpc.LeaseKeepAliveRequest(ID=lease_id))
-                reply = await call.read()
-            finally:
-                call.cancel()
-            if reply is grpc.aio.EOF:
-                return 0
-            client.note_term(int(reply.header.raft_term))
-            return int(reply.TTL)
+            return await self._keep_alives.refresh(client, lease_id)
 
         return await self._channel.call("lease refresh", keep_alive)
 
     async def revoke_lease(self, lease_id: int) -> None:
         """Revoke the lease and delete its keys; a lease already gone is not an error."""
+        self._keep_alives.drop(lease_id)
         request = rpc.LeaseRevokeRequest(ID=lease_id)
         try:
             await self._channel.unary("lease revoke", "leasestub", "LeaseRevoke", request)

@@ -168,6 +168,8 @@ class EtcdChannel:
                 return await send(client)
             except grpc.aio.UsageError as error:
                 raise _Retry("its channel was retired") from error
+            except TimeoutError as error:  # a stream's own deadline, as a lease refresh has
+                raise _Retry(f"no answer within {self._settings.timeout_s}s") from error
             except grpc.aio.AioRpcError as error:
                 if not is_retryable(error):
                     raise refused(what, client.endpoint, error) from error

@@ -2,11 +2,14 @@
 
 Private to ``dtf.cluster.etcd``, which re-exports the errors raised here; import from there.
 Every request carries etcd's require-leader metadata, so a member cut off from its quorum
-refuses at once instead of hanging, and ends its watches instead of letting them go silent.
+refuses at once instead of hanging, and ends its watches and lease keep-alive streams
+instead of letting them go silent.
 """
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -169,6 +172,80 @@ class AetcdClient(aetcd.Client):  # type: ignore[misc]
         self._init_channel_attrs()
         self.watchstub = None
         self._connected.clear()
+
+
+@dataclass
+class _KeepAliveStream:
+    client: AetcdClient
+    call: Any
+    is_busy: bool = False
+
+
+class LeaseKeepAlives:
+    """One LeaseKeepAlive stream per lease, kept open: a refresh is one request and
+    its reply on it, not a new gRPC call. A stream that fails, times out, is cancelled
+    mid-refresh or belongs to a client since replaced is closed, and the next refresh
+    opens another. A refresh of a lease whose stream is busy uses a stream of its own."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._streams: dict[int, _KeepAliveStream] = {}
+
+    async def refresh(self, client: AetcdClient, lease_id: int) -> int:
+        """The lease's remaining TTL in seconds after keeping it alive, 0 when it is gone.
+        Raises what the gRPC call raises, and ``TimeoutError`` after ``timeout_s``."""
+        held = self._streams.get(lease_id)
+        if held is not None and held.client is not client:
+            self.drop(lease_id)
+            held = None
+        if held is not None and not held.is_busy:
+            ttl = await self._exchange(held, lease_id)
+            if ttl is not None:
+                return ttl
+        stream = _KeepAliveStream(client, client.leasestub.LeaseKeepAlive(metadata=client.metadata))
+        if lease_id not in self._streams:
+            self._streams[lease_id] = stream
+        try:
+            ttl = await self._exchange(stream, lease_id)
+        finally:
+            if self._streams.get(lease_id) is not stream:
+                stream.call.cancel()
+        return 0 if ttl is None else ttl
+
+    def drop(self, lease_id: int) -> None:
+        """Close the lease's stream, if it has one."""
+        stream = self._streams.pop(lease_id, None)
+        if stream is not None:
+            stream.call.cancel()
+
+    def close(self) -> None:
+        for lease_id in list(self._streams):
+            self.drop(lease_id)
+
+    async def _exchange(self, stream: _KeepAliveStream, lease_id: int) -> int | None:
+        """One request and its reply on ``stream``; None when etcd ended the stream."""
+        stream.is_busy = True
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await stream.call.write(rpc.LeaseKeepAliveRequest(ID=lease_id))
+                reply = await stream.call.read()
+        except BaseException:
+            self._forget(lease_id, stream)
+            raise
+        finally:
+            stream.is_busy = False
+        if reply is grpc.aio.EOF:
+            self._forget(lease_id, stream)
+            return None
+        stream.client.note_term(int(reply.header.raft_term))
+        if reply.TTL <= 0:
+            self._forget(lease_id, stream)
+        return max(0, int(reply.TTL))
+
+    def _forget(self, lease_id: int, stream: _KeepAliveStream) -> None:
+        stream.call.cancel()
+        if self._streams.get(lease_id) is stream:
+            del self._streams[lease_id]
 
 
 async def _open_client(endpoint: str, settings: EtcdSettings) -> AetcdClient:
