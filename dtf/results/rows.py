@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -30,13 +30,20 @@ Row = dict[str, Any]
 # Dimensions with a column of their own; every other param goes into ``config``.
 DIMENSION_PARAMS = frozenset({"model", "batch_size", "precision"})
 
+# The config key naming what a task of each type runs, for tasks without a name.
+WHAT_IT_RUNS = {
+    TaskType.BENCHMARK: "entry_point",
+    TaskType.TEST: "path",
+    TaskType.COMMAND: "command",
+}
+
 # One encoder each, made once: ``json.dumps`` with options builds a new one per call.
 _labels_json = json.JSONEncoder(sort_keys=True).encode
 _params_json = json.JSONEncoder(sort_keys=True, default=str).encode
 _config_json = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str).encode
 
 
-@dataclass(frozen=True)
+@dataclass  # not frozen: that takes twice as long to build, once per finished attempt
 class Location:
     """Where an attempt's results come from (see the module docstring)."""
 
@@ -47,7 +54,7 @@ class Location:
     device_model: str
     batch_size: int | None
     precision: str | None
-    params: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any]
 
     @cached_property
     def config(self) -> str:
@@ -84,8 +91,7 @@ def task_name(spec: TaskSpec) -> str:
     """The task's name, else what it runs: entry point, test path or command."""
     if spec.name:
         return spec.name
-    key = {"benchmark": "entry_point", "test": "path", "command": "command"}[spec.type.value]
-    what = spec.config.get(key, spec.type.value)
+    what = spec.config.get(WHAT_IT_RUNS[spec.type], spec.type.value)
     return " ".join(what) if isinstance(what, list) else str(what)
 
 
