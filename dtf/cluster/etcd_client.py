@@ -184,8 +184,10 @@ class _KeepAliveStream:
 class LeaseKeepAlives:
     """One LeaseKeepAlive stream per lease, kept open: a refresh is one request and
     its reply on it, not a new gRPC call. A stream that fails, times out, is cancelled
-    mid-refresh or belongs to a client since replaced is closed, and the next refresh
-    opens another. A refresh of a lease whose stream is busy uses a stream of its own."""
+    mid-refresh or belongs to a client since replaced is closed; a refresh whose kept
+    stream failed or was ended by etcd asks again at once on a new stream, whose
+    failure is the refresh's. A refresh of a lease whose stream is busy uses a stream
+    of its own."""
 
     def __init__(self, timeout_s: float) -> None:
         self.timeout_s = timeout_s
@@ -199,7 +201,12 @@ class LeaseKeepAlives:
             self.drop(lease_id)
             held = None
         if held is not None and not held.is_busy:
-            ttl = await self._exchange(held, lease_id)
+            try:
+                ttl = await self._exchange(held, lease_id)
+            except (grpc.aio.AioRpcError, grpc.aio.UsageError):
+                # A stream broken since its last refresh fails with whatever status the
+                # broken transport gives (often INTERNAL): ask again on a new one.
+                ttl = None
             if ttl is not None:
                 return ttl
         stream = _KeepAliveStream(client, client.leasestub.LeaseKeepAlive(metadata=client.metadata))
