@@ -129,37 +129,30 @@ class State(SubmissionMixin, CheckpointMixin, HealthMixin, StrandingMixin):
 
     def fire_timers(self, now: float) -> None:
         while (timer := self.timers.pop_due(now)) is not None:
+            if self.is_moot(timer):
+                continue
             if timer.kind is TimerKind.LEASE:
                 self.on_lease_timer(timer, now)
             elif timer.kind is TimerKind.RETRY:
-                self.on_retry_timer(timer.task_id, timer.token, now)
+                self.make_ready(self.tasks[timer.task_id], now)
             else:
-                self.on_fallback_timer(timer.task_id, timer.token, now)
+                self.on_fallback_timer(self.tasks[timer.task_id], now)
 
     def on_lease_timer(self, timer: Timer, now: float) -> None:
         """A renewed lease's timer is re-armed at the new expiry, even if that
         has passed too, so expiries fire in expiry order, live or restored."""
         task = self.tasks[timer.task_id]
-        lease = task.lease
-        if lease is None or lease.fence != timer.token:
+        assert task.lease is not None
+        if task.lease.expires_at != timer.due:
+            self.timers.push(
+                task.lease.expires_at, TimerKind.LEASE, task.seq, task.id, task.lease.fence
+            )
             return
-        if lease.expires_at != timer.due:
-            self.timers.push(lease.expires_at, TimerKind.LEASE, task.seq, task.id, lease.fence)
-            return
-        self.expire_lease(task.id, lease.fence, now)
+        self.expire_lease(task.id, task.lease.fence, now)
 
-    def on_retry_timer(self, task_id: str, attempt: int, now: float) -> None:
-        task = self.tasks[task_id]
-        is_waiting = task.status is TaskStatus.PENDING and task.id not in self.ready
-        if is_waiting and len(task.attempts) == attempt:
-            self.make_ready(task, now)
-
-    def on_fallback_timer(self, task_id: str, stage: int, now: float) -> None:
-        task = self.tasks[task_id]
-        if self.is_stale_fallback(task, stage, now):
-            return
+    def on_fallback_timer(self, task: TaskRecord, now: float) -> None:
         self.ready.remove(task.id)
-        task.requirement_stage = stage + 1
+        task.requirement_stage += 1
         task.stage_started_at = now
         self.enqueue(task)
         self.events.append(RequirementStageAdvanced(task.id, task.requirement_stage))
@@ -188,20 +181,26 @@ class State(SubmissionMixin, CheckpointMixin, HealthMixin, StrandingMixin):
         return [p for p in (b.next_probe_at for b in breakers) if p is not None]
 
     def is_moot(self, timer: Timer) -> bool:
+        """Whether ``timer`` can never fire again. Asked alike when a timer comes due
+        and when the leader's clock drops timers early (``next_deadline``), so a
+        replica that never drops them (a follower, a restored state) fires the same
+        timers in the same order. Each kind counts only for the exact lease, wait or
+        queueing it was set for; a later one pushes a timer of its own."""
         task = self.tasks[timer.task_id]
         if timer.kind is TimerKind.LEASE:
             return task.lease is None or task.lease.fence != timer.token
         if timer.kind is TimerKind.RETRY:
-            return task.status is not TaskStatus.PENDING or task.id in self.ready
-        return task.id not in self.ready or task.requirement_stage != timer.token
-
-    def is_stale_fallback(self, task: TaskRecord, stage: int, now: float) -> bool:
-        """A fallback timer set before the task was last re-queued does not count."""
-        waited = now - task.stage_started_at
+            return (
+                task.status is not TaskStatus.PENDING
+                or task.id in self.ready
+                or len(task.attempts) != timer.token
+                or task.not_before != timer.due
+            )
+        fallback_due = task.stage_started_at + task.spec.requirements.fallback_after_seconds
         return (
             task.id not in self.ready
-            or task.requirement_stage != stage
-            or waited < task.spec.requirements.fallback_after_seconds
+            or task.requirement_stage != timer.token
+            or timer.due != fallback_due
         )
 
     def rebuild_indexes(self) -> None:
