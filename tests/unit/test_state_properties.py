@@ -263,7 +263,7 @@ def test_replaying_the_journal_rebuilds_the_same_state(
 # The leader's clock dropped a fallback timer as moot while its task was assigned; the
 # task was queued again, and a restored state (which never drops timers) fired the old
 # timer ahead of a lease expiry, so the two emitted events in different orders.
-LATE_FALLBACK = (
+LATE_FALLBACK: tuple[list[tuple[float, tuple[Any, ...]]], ...] = (
     [
         (0.0, ("register", 0, 0, 0)),
         (6.0, ("register", 0, 0, 0)),
