@@ -46,6 +46,8 @@ class LeaseTable:
         self._changed = threading.Condition(self._lock)
         self._leases: dict[LeaseRef, _Lease] = {}
         self._max_fence_seen = 0
+        # when a waiting watchdog wakes by itself; -inf while none waits
+        self._watchdog_wakes_at = float("-inf")
 
     def see_fence(self, fence: int) -> None:
         """Record an assignment's fence, whether or not the worker takes it."""
@@ -53,10 +55,13 @@ class LeaseTable:
             self._max_fence_seen = max(self._max_fence_seen, fence)
 
     def add(self, lease: LeaseRef, now: float, timeout_s: float) -> None:
+        """Hold ``lease``; the watchdog is woken only if it would sleep past its deadline
+        (a new lease's deadline is usually the latest: waking a thread per task is not free)."""
         with self._lock:
-            self._leases[lease] = _Lease(renewed_at=now, timeout_s=timeout_s)
+            entry = self._leases[lease] = _Lease(renewed_at=now, timeout_s=timeout_s)
             self._max_fence_seen = max(self._max_fence_seen, lease.fence)
-            self._changed.notify_all()
+            if self._deadline(entry) < self._watchdog_wakes_at:
+                self._changed.notify_all()
 
     def set_process(self, lease: LeaseRef, pgid: int | None) -> None:
         with self._lock:
@@ -136,9 +141,14 @@ class LeaseTable:
         ``wake`` is called, or ``max_wait_s`` passed, whichever comes first."""
         with self._lock:
             deadline = self._next_deadline()
-            wait_s = max_wait_s if deadline is None else min(deadline - clock(), max_wait_s)
+            now = clock()
+            wait_s = max_wait_s if deadline is None else min(deadline - now, max_wait_s)
             if wait_s > 0:
-                self._changed.wait(wait_s)
+                self._watchdog_wakes_at = now + wait_s
+                try:
+                    self._changed.wait(wait_s)
+                finally:
+                    self._watchdog_wakes_at = float("-inf")
 
     def wake(self) -> None:
         with self._lock:

@@ -121,3 +121,20 @@ def test_a_new_lease_wakes_the_watchdog_waiting_with_none() -> None:
         if not waiter.is_alive():
             break
     assert not waiter.is_alive()
+
+
+def test_a_lease_due_after_the_watchdog_wakes_anyway_lets_it_sleep() -> None:
+    table = LeaseTable()
+    waiter = threading.Thread(target=table.wait_for_deadline, args=(lambda: 0.0, 60.0))
+    waiter.start()
+    try:
+        for _ in range(20):  # give the waiter time to wait; it would wake at 60.0 by itself
+            table.add(A, now=0.0, timeout_s=100.0)  # due at 90.0
+            waiter.join(timeout=0.01)
+        assert waiter.is_alive()
+        table.add(B, now=0.0, timeout_s=1.0)  # due at 0.9, before 60.0: wake it
+        waiter.join(timeout=5.0)
+        assert not waiter.is_alive()
+    finally:
+        table.wake()
+        waiter.join(timeout=5.0)
