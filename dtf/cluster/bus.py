@@ -55,7 +55,11 @@ class ClusterBus:
         self._fence = fence
         self._pending = PendingCommands()
         self._writer = LogWriter(
-            log, self._pending, fence=fence, applied_seq=lambda: state.applied_seq
+            log,
+            self._pending,
+            fence=fence,
+            applied_seq=lambda: state.applied_seq,
+            on_appended=self._apply_appended,
         )
         self._applier = LogApplier(
             log,
@@ -102,6 +106,13 @@ class ClusterBus:
             f"the log of cluster {log.cluster} was compacted {RECOVER_TRIES} times while this "
             "coordinator loaded the snapshot; start it again"
         )
+
+    def _apply_appended(self, first_seq: int, entries: list[bytes]) -> None:
+        """Apply a batch this node just appended without waiting for the watch to
+        bring it back, when every entry before it is applied here already; the
+        watch's copies are then skipped. A round trip less per command."""
+        if self.applying_stopped is None and self.state.applied_seq == first_seq - 1:
+            self._applier.apply_entries(list(enumerate(entries, start=first_seq)))
 
     @property
     def applied_seq(self) -> int:

@@ -90,6 +90,7 @@ class LogWriter:
         applied_seq: Callable[[], int],
         linger: BatchLinger | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_appended: Callable[[int, list[bytes]], None] | None = None,
     ) -> None:
         self.log = log
         self.pending = pending
@@ -97,6 +98,8 @@ class LogWriter:
         self.applied_seq = applied_seq
         self.linger = linger or BatchLinger()
         self.clock = clock
+        # told (first seq, entries) of each batch the log took, as soon as it took it
+        self.on_appended = on_appended
         self.appended_tail = 0
         self.is_closed = False
         self._queue: list[Pending] = []
@@ -177,6 +180,8 @@ class LogWriter:
                     return
                 continue
             self.appended_tail = max(self.appended_tail, last_seq)
+            if self.on_appended is not None:
+                self.on_appended(expected_tail + 1, entries)
             return
         raise CoordinatorUnavailable(
             f"other coordinators appended first {MAX_TAIL_RETRIES} times in a row; "
