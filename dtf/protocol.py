@@ -103,6 +103,9 @@ class Assign(Struct, frozen=True, tag="assign"):
     fence: int
     spec: TaskSpec
     lease_timeout_s: float
+    """What the lease has left when sent, not the full timeout: an assignment a node
+    sends late (catching up on the log after a partition) must not give the worker
+    more time than the coordinators will wait before running the task elsewhere."""
     checkpoint: CheckpointGrant | None = None
 
     @property

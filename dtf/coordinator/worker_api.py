@@ -12,6 +12,7 @@ from dtf import protocol as p
 from dtf.coordinator.bodies import decode_body, request_body
 from dtf.coordinator.responses import json_response
 from dtf.coordinator.runtime import Runtime
+from dtf.coordinator.worker_hub import lease_left_s
 from dtf.core import commands as c
 from dtf.core.effective import effective_spec
 from dtf.errors import NotFound
@@ -97,17 +98,12 @@ def _polling_routes(router: APIRouter, rt: Runtime) -> None:
         if worker is None:
             raise NotFound(f"worker {worker_id!r} is not registered")
         held = [rt.state.tasks[t] for t in worker.leases]
+        now = time.time()
         return json_response(
             [
-                p.Assign(
-                    t.id,
-                    t.lease.attempt,
-                    t.lease.fence,
-                    effective_spec(t),
-                    rt.settings.lease_timeout_s,
-                )
+                p.Assign(t.id, t.lease.attempt, t.lease.fence, effective_spec(t), left_s)
                 for t in held
-                if t.lease
+                if t.lease and (left_s := lease_left_s(t, now)) > 0
             ]
         )
 

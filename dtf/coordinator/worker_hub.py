@@ -22,6 +22,7 @@ from dtf.coordinator.checkpoint_grants import GrantIssuer
 from dtf.core import commands as c
 from dtf.core.events import AssignTask, CancelAttempt, Event, OutcomeAccepted, RunHealthCheck
 from dtf.core.model import LeaseRef
+from dtf.core.records import TaskRecord
 from dtf.errors import DtfError
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,14 @@ class _Connection:
             await self.websocket.send_text(p.encode_frame(messages).decode())
             if closing:
                 return
+
+
+def lease_left_s(task: TaskRecord, now: float) -> float:
+    """Seconds until the task's current lease expires at ``now`` (wall clock, as the
+    state's times are); what an assignment tells the worker, so that one sent late
+    cannot outlive the lease the coordinators hold."""
+    assert task.lease is not None
+    return task.lease.expires_at - now
 
 
 class WorkerHub:
@@ -85,18 +94,20 @@ class WorkerHub:
                 self._send(event.worker_id, p.RunHealthCheck(event.reason))
 
     def _send_assign(self, event: AssignTask) -> None:
-        """An assignment, with the checkpoint grant for its process when there are grants."""
+        """An assignment, with the checkpoint grant for its process when there are grants,
+        and what its lease has left; none once the lease is over by this node's clock."""
         connection = self._connections.get(event.worker_id)
         if connection is None or not self._is_current(event, connection):
+            return
+        left_s = lease_left_s(self.bus.state.tasks[event.task_id], time.time())
+        if left_s <= 0:
             return
         lease = LeaseRef(event.task_id, event.attempt, event.fence)
         grant = (
             self.grants.grant(self.bus.state, lease, connection.base_url) if self.grants else None
         )
         connection.send(
-            p.Assign(
-                lease.task_id, lease.attempt, lease.fence, event.spec, event.lease_timeout_s, grant
-            )
+            p.Assign(lease.task_id, lease.attempt, lease.fence, event.spec, left_s, grant)
         )
 
     def _is_current(self, event: AssignTask, connection: _Connection) -> bool:
