@@ -40,7 +40,8 @@ class ClusterFlags:
 
     @property
     def wanted(self) -> bool:
-        return any(value is not None for value in (self.cluster, self.etcd, self.ha_config))
+        given = (self.cluster, self.etcd, self.ha_config, self.lease_ttl_s)
+        return any(value is not None for value in (*given, self.max_coordinator_losses))
 
     def settings(self, host: str, port: int) -> ClusterSettings | None:
         """The cluster this coordinator joins, or None to run standalone."""

@@ -111,8 +111,15 @@ class ClusterBus:
         """Apply a batch this node just appended without waiting for the watch to
         bring it back, when every entry before it is applied here already; the
         watch's copies are then skipped. A round trip less per command."""
-        if self.applying_stopped is None and self.state.applied_seq == first_seq - 1:
+        if self.applying_stopped is not None or self.state.applied_seq != first_seq - 1:
+            return
+        try:
             self._applier.apply_entries(list(enumerate(entries, start=first_seq)))
+        except Exception:
+            # as when the applier fails: this state can no longer be trusted
+            self._stop_applying()
+            if self._applying is not None:
+                self._applying.cancel()
 
     @property
     def applied_seq(self) -> int:

@@ -197,13 +197,13 @@ class LeaseKeepAlives:
         """The lease's remaining TTL in seconds after keeping it alive, 0 when it is gone.
         Raises what the gRPC call raises, and ``TimeoutError`` after ``timeout_s``."""
         held = self._streams.get(lease_id)
-        if held is not None and held.client is not client:
-            self.drop(lease_id)
+        if held is not None and (held.client is not client or held.call.done()):
+            self.drop(lease_id)  # replaced client, or ended since (a member restart)
             held = None
         if held is not None and not held.is_busy:
             try:
                 ttl = await self._exchange(held, lease_id)
-            except (grpc.aio.AioRpcError, grpc.aio.UsageError):
+            except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
                 # A stream broken since its last refresh fails with whatever status the
                 # broken transport gives (often INTERNAL): ask again on a new one.
                 ttl = None
@@ -236,6 +236,13 @@ class LeaseKeepAlives:
             async with asyncio.timeout(self.timeout_s):
                 await stream.call.write(rpc.LeaseKeepAliveRequest(ID=lease_id))
                 reply = await stream.call.read()
+        except asyncio.CancelledError:
+            self._forget(lease_id, stream)
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            # the stream was closed under this refresh (a revoke, the client closing)
+            raise EtcdUnavailable("the lease keep-alive stream was closed mid-refresh") from None
         except BaseException:
             self._forget(lease_id, stream)
             raise

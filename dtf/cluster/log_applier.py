@@ -201,7 +201,12 @@ class LogApplier:
     def _apply_one(self, seq: int, entry: bytes) -> list[Event]:
         pending = self.pending.take(seq, entry)
         command = c.decode(entry) if pending is None else pending.command
-        result = apply_entry(self.state, seq, command)
+        try:
+            result = apply_entry(self.state, seq, command)
+        except Exception:
+            if pending is not None:
+                resolve(pending, CoordinatorUnavailable(f"applying it failed; {MAYBE_APPLIED}"))
+            raise
         if pending is not None:
             resolve(pending, result)
         return [] if isinstance(result, DtfError) else result

@@ -7,9 +7,11 @@ collection every 700 allocations and full collections that walk every tracked
 object; under load that cost a cluster node 15-25 % of its CPU, most of it
 re-proving that imported modules and recovered records are alive.
 
-Once serving starts, everything alive is moved out of the collector's sight
-(``gc.freeze``) and young collections run a hundredfold less often. Reference
-counting still frees everything not in a cycle at once; cycles wait longer.
+The ``dtf coordinator`` process, once its state is recovered and before it
+serves, moves everything alive out of the collector's sight (``gc.freeze``) and
+runs young collections a hundredfold less often. Reference counting still frees
+everything not in a cycle at once; cycles wait longer. Not done for apps built
+in someone else's process (tests), whose heap is not ours to freeze.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ OLD_THRESHOLD = 10
 
 
 def settle_after_start() -> None:
-    """Collect once, freeze what survives, and space out later collections."""
+    """Collect once, freeze what survives, and space out later collections
+    (process-wide: call it only in a process that is a coordinator)."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(YOUNG_THRESHOLD, MIDDLE_THRESHOLD, OLD_THRESHOLD)

@@ -154,7 +154,6 @@ def _lifespan(parts: _Parts) -> Callable[[FastAPI], AbstractAsyncContextManager[
             clock = await start_serving(parts.runtime)
         else:
             clock = await start_cluster_serving(parts.runtime, parts.node)
-        settle_after_start()
         try:
             yield
         finally:
@@ -319,7 +318,9 @@ def run_coordinator(settings: CoordinatorSettings) -> int:
     """Serve until SIGINT or SIGTERM. Returns the process exit code."""
     if settings.cluster is not None:
         return asyncio.run(_serve_cluster(settings))
-    uvicorn.Server(_server_config(create_app(settings), settings)).run()
+    app = create_app(settings)
+    settle_after_start()
+    uvicorn.Server(_server_config(app, settings)).run()
     return 0
 
 
@@ -335,6 +336,7 @@ async def _serve_cluster(settings: CoordinatorSettings) -> int:
     except BaseException:
         await node.etcd.close()
         raise
+    settle_after_start()
     await uvicorn.Server(_server_config(app, settings)).serve()
     return 0
 

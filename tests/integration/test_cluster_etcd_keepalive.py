@@ -117,3 +117,22 @@ def test_a_refresh_moves_to_another_member_when_the_one_in_use_dies(trio: EtcdCl
         assert await etcd.refresh_lease(lease) > 0
 
     run(settings, scenario)
+
+
+def test_a_refresh_after_the_member_restarted_opens_a_new_stream(tmp_path: Path) -> None:
+    """etcd ends an idle kept stream when its member restarts; the next refresh must
+    not fail on it but ask on a new stream."""
+    require_etcd()
+    with EtcdCluster(tmp_path / "etcd") as cluster:
+        cluster.wait_healthy(20.0)
+
+        async def scenario(etcd: Etcd) -> None:
+            lease = await etcd.grant_lease(60)
+            assert await etcd.refresh_lease(lease) > 0
+            cluster.kill(0)
+            cluster.restart(0)
+            await asyncio.to_thread(cluster.wait_healthy, 20.0)
+            await asyncio.sleep(1.0)  # the restarted member has ended the old stream
+            assert 0 < await etcd.refresh_lease(lease) <= 60
+
+        run(cluster.settings(), scenario)

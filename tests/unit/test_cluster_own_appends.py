@@ -14,9 +14,11 @@ from dtf.cluster.bus import ClusterBus
 from dtf.cluster.etcd import Etcd
 from dtf.cluster.log import EtcdLog, TailMoved
 from dtf.core import commands as c
+from dtf.core import state as state_module
 from dtf.core.events import TaskAccepted
 from dtf.core.records import TaskStatus
 from dtf.core.state import State
+from dtf.errors import CoordinatorUnavailable
 from dtf.testing.factories import task_spec
 
 
@@ -75,3 +77,30 @@ def test_a_batch_after_entries_not_yet_applied_here_waits_for_them(
     # another node appended seq 1 and 2; this node has applied nothing yet
     with pytest.raises(TimeoutError):
         asyncio.run(run_bus(SilentWatchLog(last_seq=2), State(), submit("t1"), timeout_s=0.5))
+
+
+def test_a_batch_that_breaks_the_state_stops_the_node_as_the_applier_would(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(self: State, command: c.SubmitTasks, now: float) -> None:
+        raise RuntimeError("a state machine bug")
+
+    monkeypatch.setitem(state_module._HANDLERS, c.SubmitTasks, broken)  # type: ignore[misc]
+
+    async def run() -> ClusterBus:
+        bus = ClusterBus(
+            SilentWatchLog(last_seq=0),
+            State(),
+            snapshot_every=10_000,
+            fence=lambda: None,
+            revision=1,
+        )
+        bus.start()
+        with pytest.raises(CoordinatorUnavailable, match="applying it failed"):
+            await asyncio.wait_for(bus.execute(submit("t1")), 5.0)
+        await bus.stop()
+        return bus
+
+    bus = asyncio.run(run())
+    assert bus.applying_stopped is not None
+    assert "restart this coordinator" in bus.applying_stopped

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 REMEMBER_S = 5.0
+_EFFECTIVE = os.access in os.supports_effective_ids  # exec checks the effective ids
 
 
 def search_path(name: str, path: str) -> str | None:
@@ -28,7 +29,7 @@ def search_path(name: str, path: str) -> str | None:
             mode = os.stat(candidate).st_mode
         except OSError:
             continue
-        if stat.S_ISREG(mode) and os.access(candidate, os.X_OK):
+        if stat.S_ISREG(mode) and os.access(candidate, os.X_OK, effective_ids=_EFFECTIVE):
             return candidate
     return None
 
