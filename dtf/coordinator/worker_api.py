@@ -103,7 +103,7 @@ def _polling_routes(router: APIRouter, rt: Runtime) -> None:
             [
                 p.Assign(t.id, t.lease.attempt, t.lease.fence, effective_spec(t), left_s)
                 for t in held
-                if t.lease and (left_s := lease_left_s(t, now)) > 0
+                if t.lease and (left_s := lease_left_s(t, now)) > rt.settings.heartbeat_interval_s
             ]
         )
 

@@ -95,12 +95,14 @@ class WorkerHub:
 
     def _send_assign(self, event: AssignTask) -> None:
         """An assignment, with the checkpoint grant for its process when there are grants,
-        and what its lease has left; none once the lease is over by this node's clock."""
+        and what its lease has left; none when less than a heartbeat interval is left by
+        this node's clock (the worker could not renew it in time: the coordinators will
+        expire it and run the task elsewhere)."""
         connection = self._connections.get(event.worker_id)
         if connection is None or not self._is_current(event, connection):
             return
         left_s = lease_left_s(self.bus.state.tasks[event.task_id], time.time())
-        if left_s <= 0:
+        if left_s <= self.heartbeat_interval_s:
             return
         lease = LeaseRef(event.task_id, event.attempt, event.fence)
         grant = (
