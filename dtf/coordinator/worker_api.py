@@ -12,7 +12,7 @@ from dtf import protocol as p
 from dtf.coordinator.bodies import decode_body, request_body
 from dtf.coordinator.responses import json_response
 from dtf.coordinator.runtime import Runtime
-from dtf.coordinator.worker_hub import lease_left_s
+from dtf.coordinator.worker_hub import lease_to_hand_out_s
 from dtf.core import commands as c
 from dtf.core.effective import effective_spec
 from dtf.errors import NotFound
@@ -97,15 +97,16 @@ def _polling_routes(router: APIRouter, rt: Runtime) -> None:
         worker = rt.state.workers.get(worker_id)
         if worker is None:
             raise NotFound(f"worker {worker_id!r} is not registered")
-        held = [rt.state.tasks[t] for t in worker.leases]
-        now = time.time()
-        return json_response(
-            [
-                p.Assign(t.id, t.lease.attempt, t.lease.fence, effective_spec(t), left_s)
-                for t in held
-                if t.lease and (left_s := lease_left_s(t, now)) > rt.settings.heartbeat_interval_s
-            ]
-        )
+        now, interval_s = time.time(), rt.settings.heartbeat_interval_s
+        handed_out = []
+        for task in (rt.state.tasks[t] for t in worker.leases):
+            left_s = lease_to_hand_out_s(task, now, interval_s)
+            if task.lease is not None and left_s is not None:
+                lease = task.lease
+                handed_out.append(
+                    p.Assign(task.id, lease.attempt, lease.fence, effective_spec(task), left_s)
+                )
+        return json_response(handed_out)
 
     @router.post(
         "/workers/{worker_id}/health-check",

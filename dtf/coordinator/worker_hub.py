@@ -54,12 +54,16 @@ class _Connection:
                 return
 
 
-def lease_left_s(task: TaskRecord, now: float) -> float:
-    """Seconds until the task's current lease expires at ``now`` (wall clock, as the
-    state's times are); what an assignment tells the worker, so that one sent late
-    cannot outlive the lease the coordinators hold."""
-    assert task.lease is not None
-    return task.lease.expires_at - now
+def lease_to_hand_out_s(task: TaskRecord, now: float, heartbeat_interval_s: float) -> float | None:
+    """What the task's lease has left at ``now`` (wall clock, as the state's times
+    are): what an assignment tells the worker, so that one sent late cannot outlive
+    the lease the coordinators hold. None when the lease is gone or has no more than
+    a heartbeat interval left: the worker could not renew it in time, and the
+    coordinators will expire it and run the task elsewhere."""
+    if task.lease is None:
+        return None
+    left_s = task.lease.expires_at - now
+    return left_s if left_s > heartbeat_interval_s else None
 
 
 class WorkerHub:
@@ -95,14 +99,13 @@ class WorkerHub:
 
     def _send_assign(self, event: AssignTask) -> None:
         """An assignment, with the checkpoint grant for its process when there are grants,
-        and what its lease has left; none when less than a heartbeat interval is left by
-        this node's clock (the worker could not renew it in time: the coordinators will
-        expire it and run the task elsewhere)."""
+        and what its lease has left (none when ``lease_to_hand_out_s`` says so)."""
         connection = self._connections.get(event.worker_id)
         if connection is None or not self._is_current(event, connection):
             return
-        left_s = lease_left_s(self.bus.state.tasks[event.task_id], time.time())
-        if left_s <= self.heartbeat_interval_s:
+        task = self.bus.state.tasks[event.task_id]
+        left_s = lease_to_hand_out_s(task, time.time(), self.heartbeat_interval_s)
+        if left_s is None:
             return
         lease = LeaseRef(event.task_id, event.attempt, event.fence)
         grant = (
