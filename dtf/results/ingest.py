@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import pyarrow as pa
 
@@ -170,17 +170,13 @@ class ResultsIngester:
         rows = PendingRows()
         state = self.state
         for event in events:
-            kind = type(event)
-            if kind is AttemptFinished:
-                self._collect_attempt(state, cast(AttemptFinished, event), rows)
-            elif kind is TaskStatusChanged:
-                changed = cast(TaskStatusChanged, event)
-                if changed.new.is_terminal:
-                    rows.tasks[changed.task_id] = task_row(state.tasks[changed.task_id])
-            elif kind is WorkerStatusChanged or kind is WorkerHealthChanged:
-                self._collect_worker(
-                    state, cast(WorkerStatusChanged | WorkerHealthChanged, event), rows
-                )
+            match event:
+                case AttemptFinished():
+                    self._collect_attempt(state, event, rows)
+                case TaskStatusChanged() if event.new.is_terminal:
+                    rows.tasks[event.task_id] = task_row(state.tasks[event.task_id])
+                case WorkerStatusChanged() | WorkerHealthChanged():
+                    self._collect_worker(state, event, rows)
         if rows.is_empty:
             return
         with self._lock:
