@@ -14,6 +14,7 @@ tuned for 1 s leases: heartbeat 50 ms, election timeout 500 ms.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import shutil
@@ -21,10 +22,11 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 from uuid import uuid4
 
 import httpx
@@ -297,3 +299,25 @@ def _is_healthy(http: httpx.Client, member: Member) -> bool:
     except httpx.HTTPError:
         return False
     return response.status_code == 200 and response.json().get("health") == "true"
+
+
+T = TypeVar("T")
+SCENARIO_TIMEOUT_S = 60.0
+
+
+def run_on_etcd(
+    settings: EtcdSettings,
+    scenario: Callable[[Etcd], Awaitable[T]],
+    *,
+    timeout_s: float = SCENARIO_TIMEOUT_S,
+) -> T:
+    """Connect an adapter, run ``scenario`` on it within ``timeout_s``, close it."""
+
+    async def main() -> T:
+        etcd = await Etcd.connect(settings)
+        try:
+            return await asyncio.wait_for(scenario(etcd), timeout_s)
+        finally:
+            await etcd.close()
+
+    return asyncio.run(main())

@@ -8,50 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import httpx
 import pytest
 
 from dtf.cluster.etcd import Etcd, EtcdSettings
-from dtf.testing.etcd import EtcdCluster, require_etcd
+from dtf.testing.etcd import EtcdCluster, require_etcd, run_on_etcd
 
 pytestmark = pytest.mark.integration
 
-T = TypeVar("T")
-SCENARIO_TIMEOUT_S = 60.0
 STARTED = re.compile(
     r'^grpc_server_started_total\{grpc_method="LeaseKeepAlive"[^}]*\} (\d+)', re.MULTILINE
 )
-
-
-@pytest.fixture(scope="module")
-def single(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
-    require_etcd()
-    with EtcdCluster(tmp_path_factory.mktemp("etcd")) as cluster:
-        cluster.wait_healthy(20.0)
-        yield cluster
-
-
-@pytest.fixture
-def trio(tmp_path: Path) -> Iterator[EtcdCluster]:
-    require_etcd()
-    with EtcdCluster(tmp_path / "etcd", size=3) as cluster:
-        cluster.wait_healthy(20.0)
-        yield cluster
-
-
-def run(settings: EtcdSettings, scenario: Callable[[Etcd], Awaitable[T]]) -> T:
-    async def main() -> T:
-        etcd = await Etcd.connect(settings)
-        try:
-            return await asyncio.wait_for(scenario(etcd), SCENARIO_TIMEOUT_S)
-        finally:
-            await etcd.close()
-
-    return asyncio.run(main())
 
 
 def keep_alive_streams(endpoint: str) -> int:
@@ -76,7 +45,7 @@ def test_refreshes_of_one_lease_share_one_stream_and_keep_it_alive(single: EtcdC
         await etcd.revoke_lease(lease)
         assert await etcd.refresh_lease(lease) == 0
 
-    run(single.settings(), scenario)
+    run_on_etcd(single.settings(), scenario)
 
 
 def test_a_refresh_cancelled_midway_leaves_no_stale_reply_behind(single: EtcdCluster) -> None:
@@ -99,7 +68,7 @@ def test_a_refresh_cancelled_midway_leaves_no_stale_reply_behind(single: EtcdClu
             await other.close()
         assert await etcd.refresh_lease(lease) == 0
 
-    run(single.settings(), scenario)
+    run_on_etcd(single.settings(), scenario)
 
 
 def test_a_refresh_moves_to_another_member_when_the_one_in_use_dies(trio: EtcdCluster) -> None:
@@ -116,7 +85,7 @@ def test_a_refresh_moves_to_another_member_when_the_one_in_use_dies(trio: EtcdCl
         assert etcd.endpoint != urls[first]
         assert await etcd.refresh_lease(lease) > 0
 
-    run(settings, scenario)
+    run_on_etcd(settings, scenario)
 
 
 def test_a_refresh_after_the_member_restarted_opens_a_new_stream(tmp_path: Path) -> None:
@@ -135,4 +104,4 @@ def test_a_refresh_after_the_member_restarted_opens_a_new_stream(tmp_path: Path)
             await asyncio.sleep(1.0)  # the restarted member has ended the old stream
             assert 0 < await etcd.refresh_lease(lease) <= 60
 
-        run(cluster.settings(), scenario)
+        run_on_etcd(cluster.settings(), scenario)

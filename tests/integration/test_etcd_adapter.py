@@ -13,7 +13,6 @@ import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
 from uuid import uuid4
 
 import grpc  # type: ignore[import-untyped]
@@ -35,44 +34,21 @@ from dtf.cluster.etcd import (
     value_equals,
     version_equals,
 )
-from dtf.testing.etcd import EtcdCluster, find_etcd, free_ports, require_etcd
+from dtf.testing.etcd import (
+    SCENARIO_TIMEOUT_S,
+    EtcdCluster,
+    find_etcd,
+    free_ports,
+    require_etcd,
+    run_on_etcd,
+)
 
 pytestmark = pytest.mark.integration
-
-T = TypeVar("T")
-SCENARIO_TIMEOUT_S = 60.0
-
-
-@pytest.fixture(scope="module")
-def single(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
-    require_etcd()
-    with EtcdCluster(tmp_path_factory.mktemp("etcd")) as cluster:
-        cluster.wait_healthy(20.0)
-        yield cluster
-
-
-@pytest.fixture
-def trio(tmp_path: Path) -> Iterator[EtcdCluster]:
-    require_etcd()
-    with EtcdCluster(tmp_path / "etcd", size=3) as cluster:
-        cluster.wait_healthy(20.0)
-        yield cluster
 
 
 @pytest.fixture
 def prefix() -> bytes:
     return f"/t{uuid4().hex[:8]}/".encode()
-
-
-def run(settings: EtcdSettings, scenario: Callable[[Etcd], Awaitable[T]]) -> T:
-    async def main() -> T:
-        etcd = await Etcd.connect(settings)
-        try:
-            return await asyncio.wait_for(scenario(etcd), SCENARIO_TIMEOUT_S)
-        finally:
-            await etcd.close()
-
-    return asyncio.run(main())
 
 
 async def until(predicate: Callable[[], Awaitable[bool]], what: str, timeout_s: float) -> None:
@@ -108,7 +84,7 @@ def test_put_get_and_prefix_reads_sorted_by_key(single: EtcdCluster, prefix: byt
         assert got is not None and got.mod_revision == revisions[-1] and got.version == 1
         assert await etcd.get(prefix + b"missing") is None
 
-    run(single.settings(), scenario)
+    run_on_etcd(single.settings(), scenario)
 
 
 def test_deletes_count_what_they_removed(single: EtcdCluster, prefix: bytes) -> None:
@@ -120,7 +96,7 @@ def test_deletes_count_what_they_removed(single: EtcdCluster, prefix: bytes) -> 
         assert await etcd.delete_prefix(prefix) == 0
         assert (await etcd.get_prefix(prefix))[0] == []
 
-    run(single.settings(), scenario)
+    run_on_etcd(single.settings(), scenario)
 
 
 def test_txn_takes_the_branch_its_value_compare_chooses(single: EtcdCluster, prefix: bytes) -> None:
@@ -139,7 +115,7 @@ def test_txn_takes_the_branch_its_value_compare_chooses(single: EtcdCluster, pre
         current, missing = stale.gets
         assert current is not None and current.value == b"8" and missing is None
 
-    run(single.settings(), scenario)
+    run_on_etcd(single.settings(), scenario)
 
 
 def test_txn_version_zero_means_the_key_is_absent(single: EtcdCluster, prefix: bytes) -> None:
@@ -153,7 +129,7 @@ def test_txn_version_zero_means_the_key_is_absent(single: EtcdCluster, prefix: b
         removed = await etcd.txn([version_equals(key, 1)], [delete_op(key)])
         assert removed.succeeded and await etcd.get(key) is None
 
-    run(single.settings(), scenario)
+    run_on_etcd(single.settings(), scenario)
 
 
 def test_txn_create_revision_fences_out_an_earlier_holder(
@@ -177,7 +153,7 @@ def test_txn_create_revision_fences_out_an_earlier_holder(
         )
         assert not fenced.succeeded and await etcd.get(prefix + b"log") is None
 
-    run(single.settings(), scenario)
+    run_on_etcd(single.settings(), scenario)
 
 
 def test_lease_keeps_its_keys_until_revoked(single: EtcdCluster, prefix: bytes) -> None:
@@ -194,7 +170,7 @@ def test_lease_keeps_its_keys_until_revoked(single: EtcdCluster, prefix: bytes) 
         assert await etcd.refresh_lease(lease) == 0
         await etcd.revoke_lease(lease)  # already gone: not an error
 
-    run(single.settings(), scenario)
+    run_on_etcd(single.settings(), scenario)
 
 
 def test_an_expired_lease_takes_its_keys_and_refuses_new_ones(
@@ -214,7 +190,7 @@ def test_an_expired_lease_takes_its_keys_and_refuses_new_ones(
         with pytest.raises(LeaseNotFound, match="lease not found"):
             await etcd.put(key, b"again", lease=lease)
 
-    run(single.settings(), scenario)
+    run_on_etcd(single.settings(), scenario)
 
 
 def test_watch_delivers_puts_and_deletes_in_order_from_a_start_revision(
@@ -242,7 +218,7 @@ def test_watch_delivers_puts_and_deletes_in_order_from_a_start_revision(
             event.kv.mod_revision for event in events
         )
 
-    run(single.settings(), scenario)
+    run_on_etcd(single.settings(), scenario)
 
 
 def test_watch_from_a_compacted_revision_says_where_history_starts(
@@ -260,7 +236,7 @@ def test_watch_from_a_compacted_revision_says_where_history_starts(
         events = await collect(etcd, prefix, latest, 1)
         assert events[0].kv.value == b"3"
 
-    run(single.settings(), scenario)
+    run_on_etcd(single.settings(), scenario)
 
 
 def follower_first(cluster: EtcdCluster) -> tuple[int, EtcdSettings]:
@@ -287,7 +263,7 @@ def test_reads_move_on_when_the_member_in_use_dies(trio: EtcdCluster) -> None:
         assert got is not None and got.value == b"before"
         assert etcd.endpoint != trio.client_urls[first]
 
-    run(settings, scenario)
+    run_on_etcd(settings, scenario)
 
 
 def test_writes_move_on_when_the_member_in_use_dies(trio: EtcdCluster) -> None:
@@ -305,7 +281,7 @@ def test_writes_move_on_when_the_member_in_use_dies(trio: EtcdCluster) -> None:
         assert got is not None and got.mod_revision == revision
         assert etcd.endpoint != trio.client_urls[first]
 
-    run(settings, scenario)
+    run_on_etcd(settings, scenario)
 
 
 def test_a_member_losing_its_quorum_ends_the_watch(trio: EtcdCluster) -> None:
@@ -325,7 +301,7 @@ def test_a_member_losing_its_quorum_ends_the_watch(trio: EtcdCluster) -> None:
             await etcd.put(b"/w", b"2")
         assert not refused.value.maybe_committed
 
-    run(only_m0, scenario)
+    run_on_etcd(only_m0, scenario)
 
 
 def test_members_name_one_leader_and_follow_a_new_one(trio: EtcdCluster) -> None:
@@ -341,7 +317,7 @@ def test_members_name_one_leader_and_follow_a_new_one(trio: EtcdCluster) -> None
         await asyncio.to_thread(trio.wait_healthy, 20.0)
         assert await trio.leader_index() != leader
 
-    run(trio.settings(), scenario)
+    run_on_etcd(trio.settings(), scenario)
 
 
 def test_user_and_password_are_sent_and_an_expired_token_renewed(tmp_path: Path) -> None:
@@ -359,14 +335,14 @@ def test_user_and_password_are_sent_and_an_expired_token_renewed(tmp_path: Path)
             got = await etcd.get(b"/auth")
             assert got is not None and got.value == b"ok"
 
-        run(settings, scenario)
+        run_on_etcd(settings, scenario)
         with pytest.raises(EtcdError, match="user, its password"):
-            run(
+            run_on_etcd(
                 EtcdSettings(endpoints=settings.endpoints, user="root", password="wrong"),
                 Etcd.close,
             )
         with pytest.raises(EtcdError, match="user, its password"):
-            run(EtcdSettings(endpoints=settings.endpoints), lambda etcd: etcd.get(b"/auth"))
+            run_on_etcd(EtcdSettings(endpoints=settings.endpoints), lambda etcd: etcd.get(b"/auth"))
 
 
 async def enable_auth(endpoint: str, user: str, password: str) -> None:
@@ -400,10 +376,10 @@ def test_tls_with_client_certificates(tmp_path: Path) -> None:
             assert got is not None and got.value == b"ok"
 
         asyncio.run(until_connected(settings))
-        run(settings, scenario)
+        run_on_etcd(settings, scenario)
         without_certificate = EtcdSettings(endpoints=(endpoint,), ca_file=files["ca"], timeout_s=1)
         with pytest.raises(EtcdUnavailable):
-            run(without_certificate, Etcd.close)
+            run_on_etcd(without_certificate, Etcd.close)
 
 
 async def until_connected(settings: EtcdSettings) -> None:
@@ -497,4 +473,4 @@ def test_a_write_forwarded_to_a_hung_leader_is_abandoned_once_a_new_term_starts(
         got = await etcd.get(b"/next")
         assert got is not None and got.mod_revision == revision
 
-    run(EtcdSettings(endpoints=followers, timeout_s=SCENARIO_TIMEOUT_S), scenario)
+    run_on_etcd(EtcdSettings(endpoints=followers, timeout_s=SCENARIO_TIMEOUT_S), scenario)

@@ -26,6 +26,11 @@ def store(tmp_path: Path) -> Iterator[ResultsStore]:
     opened.close()
 
 
+def in_file(store: ResultsStore) -> tuple[int, int, int]:
+    """Rows of tasks, attempts and metric samples in the file."""
+    return count(store, "tasks"), count(store, "attempts"), count(store, "metric_samples")
+
+
 def count(store: ResultsStore, table: str) -> int:
     with store.reader() as cursor:
         [(rows,)] = cursor.execute(f"SELECT count(*) FROM {table}").fetchall()
@@ -59,11 +64,7 @@ def test_events_published_again_after_a_flush_add_nothing(
     ingester.on_events(events)  # a catch-up that republishes what was written
     written = ingester.flush()
     assert (written["tasks"], written["attempts"], written["metric_samples"]) == (0, 0, 0)
-    assert (count(store, "tasks"), count(store, "attempts"), count(store, "metric_samples")) == (
-        2,
-        2,
-        4,
-    )
+    assert in_file(store) == (2, 2, 4)
 
 
 def test_a_batch_mixing_known_and_new_attempts_writes_the_new_ones_with_their_samples(
@@ -95,11 +96,7 @@ def test_a_known_task_row_alone_does_not_stop_new_attempts(
     ingester.on_events(events)
     written = ingester.flush()
     assert (written["tasks"], written["attempts"], written["metric_samples"]) == (1, 2, 4)
-    assert (count(store, "tasks"), count(store, "attempts"), count(store, "metric_samples")) == (
-        2,
-        2,
-        4,
-    )
+    assert in_file(store) == (2, 2, 4)
 
 
 def test_backfill_after_a_restart_writes_only_what_the_file_lacks(
