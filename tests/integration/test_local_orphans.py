@@ -24,7 +24,7 @@ from dtf.errors import DtfError
 from dtf.local import ClusterError, ClusterSettings, LocalCluster
 from dtf.local.orphan_guard import MARKER_ENV, OrphanGuard
 from dtf.local.processes import find_free_port
-from dtf.proc_markers import NO_GROUP, kill_if_marked, marked_pids
+from dtf.proc_markers import NO_GROUP, carries_marker, kill_if_marked, marked_pids
 from dtf.testing.etcd import EtcdCluster, require_etcd
 from dtf.testing.waiting import wait_for
 
@@ -203,6 +203,11 @@ def test_a_pid_found_marked_that_now_names_an_unmarked_process_is_spared(
         ["sleep", durations[1]], env={**os.environ, MARKER_ENV: "abc"}, start_new_session=True
     )
     cleanup.extend([unmarked, marked])
+    wait_for(
+        lambda: carries_marker(Path(f"/proc/{marked.pid}/environ").read_bytes(), MARKER_ENV, "abc"),
+        START_TIMEOUT_S,
+        "the marked sleep's environment (Popen returns before exec has laid it out)",
+    )
     for process in (unmarked, marked):
         (tmp_path / str(process.pid)).mkdir()
         (tmp_path / str(process.pid) / "environ").write_bytes(f"{MARKER_ENV}=abc\0".encode())
