@@ -232,7 +232,7 @@ def test_a_marked_process_takes_its_group_along_unless_the_group_is_spared(
     wait_for(lambda: len(sleeps(durations[0])) == 1, START_TIMEOUT_S, "the unmarked sleep")
     [unmarked_in_group] = sleeps(durations[0])
     # A command line shown means exec has laid out the environment too.
-    wait_for(lambda: len(sleeps(durations[2])) == 2, START_TIMEOUT_S, "the spared group's sleeps")
+    wait_for(lambda: len(sleeps(*durations[1:])) == 3, START_TIMEOUT_S, "the marked sleeps")
 
     for process in (leader, in_spared_group):
         assert kill_if_marked(process.pid, MARKER_ENV, "abc", spared_group=os.getpgrp())
