@@ -37,7 +37,6 @@ from dtf.coordinator.cluster_api import cluster_router
 from dtf.coordinator.consistency import AppliedPosition
 from dtf.coordinator.datadir import DataDirLock
 from dtf.coordinator.errors import install_error_handlers
-from dtf.coordinator.heap import settle_after_start
 from dtf.coordinator.limits import BodySizeLimit
 from dtf.coordinator.live import LiveChannel
 from dtf.coordinator.reports_api import reports_router
@@ -50,6 +49,7 @@ from dtf.core import commands as c
 from dtf.core.model import TaskSpec
 from dtf.core.state import StateConfig
 from dtf.errors import DtfError
+from dtf.heap import settle_after_start
 from dtf.journal.sqlite import SqliteJournal
 from dtf.results.ingest import ResultsIngester
 from dtf.results.store import ResultsStore

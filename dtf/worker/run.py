@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from dtf.core.model import Capabilities
+from dtf.heap import settle_after_start
 from dtf.worker.agent import WorkerAgent
 from dtf.worker.hardware import declare, detect
 from dtf.worker.reaper import Reaper
@@ -23,6 +24,7 @@ def run_worker(settings: WorkerSettings) -> int:
     capabilities = declare(
         detect(), settings.declared_hardware, settings.declared_gpus, settings.labels
     )
+    settle_after_start()
     with _work_directory(settings.work_dir) as workdir:
         return asyncio.run(_run_agent(settings, capabilities, workdir))
 
