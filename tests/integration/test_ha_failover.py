@@ -12,6 +12,7 @@ from a kill to the next accepted write and to the next leader are printed (run w
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,40 @@ def all_tasks(cluster: FailoverCluster, node_id: str) -> dict[str, Record]:
     return {task["id"]: task for task in tasks}
 
 
+def stall_report(cluster: FailoverCluster, task_ids: list[str]) -> str:
+    """What each node says of its log position, its workers and a few unfinished
+    tasks: the state to read when tasks stop finishing."""
+    lines = []
+    for node in cluster.nodes:
+        try:
+            status = cluster.get(node.node_id, "/api/cluster/status")
+            workers = cluster.get(node.node_id, "/api/workers")["workers"]
+            tasks = all_tasks(cluster, node.node_id)
+        except Exception as exc:  # a node down is part of the picture, not a failure
+            lines.append(f"{node.node_id}: unreachable ({exc})")
+            continue
+        leader = (status.get("leader") or {}).get("node_id")
+        lines.append(f"{node.node_id}: applied seq {status['applied_seq']}, leader {leader}")
+        overview = cluster.get(node.node_id, "/api/status")
+        lines.append(
+            f"  open breakers {overview['breakers']}, out of service {overview['out_of_service']}"
+        )
+        lines += [
+            f"  worker {w['id']} {w['status']} ({w['status_reason']}), slots {w['slots']}, "
+            f"leases {w['leases']}, takes work {w['takes_work']}, "
+            f"health {w['health']['score']}, breaker {w['breaker']['state']}"
+            for w in workers
+        ]
+        unfinished = [tasks[t] for t in task_ids if tasks.get(t, {}).get("finished_at") is None]
+        lines.append(f"  unfinished: {dict(Counter(t['status'] for t in unfinished))}")
+        lines += [
+            f"  task {t['id']} {t['status']}, lease {t.get('lease')}, attempts "
+            f"{[(a['number'], a['status'], a['worker_id']) for a in t['attempts']]}"
+            for t in unfinished[:3]
+        ]
+    return "\n".join(lines)
+
+
 def recording_problems(task: Record) -> list[str]:
     """What is wrong with a finished task's attempts as the coordinator recorded them."""
     numbers = [attempt["number"] for attempt in task["attempts"]]
@@ -150,7 +185,11 @@ def test_kill_9_of_the_leader_loses_and_repeats_nothing(
             f"{successor['node_id']} leads after {time.monotonic() - killed_at:.3f}s (at most)"
         )
         cluster.restart_coordinator(leader["node_id"])  # it catches up while work goes on
-        client.wait(["long", *accepted, "after-kill"], WAIT_S, poll_interval_s=0.2)
+        try:
+            client.wait(["long", *accepted, "after-kill"], WAIT_S, poll_interval_s=0.2)
+        except WaitTimeout as stalled:
+            report = stall_report(cluster, ["long", *accepted, "after-kill"])
+            raise AssertionError(f"{stalled}\n{report}") from None
 
     cluster.wait_formed()
     for node in cluster.nodes:
