@@ -30,6 +30,9 @@ MIN_SEQ_HEADER = "X-DTF-Min-Seq"
 
 
 class Register(Struct, frozen=True, tag="register", forbid_unknown_fields=True):
+    """``max_fence_seen``: the highest fence this worker process was ever sent
+    (None from workers that do not say)."""
+
     worker_id: str
     session: str
     capabilities: Capabilities
@@ -37,6 +40,7 @@ class Register(Struct, frozen=True, tag="register", forbid_unknown_fields=True):
     held: list[LeaseRef] = []
     incarnation: str = ""
     health_check: str | None = None
+    max_fence_seen: int | None = None
 
 
 class Started(Struct, frozen=True, tag="started", forbid_unknown_fields=True):

@@ -171,6 +171,7 @@ class WorkerHub:
             message.health_check,
             self.node_id,
             self.node_incarnation,
+            message.max_fence_seen,
         )
 
     async def _register(self, connection: _Connection, message: p.Register) -> bool:

@@ -40,7 +40,10 @@ class RegisterWorker(Struct, frozen=True, tag="register_worker"):
     the cluster node the worker is connected through, and ``node_incarnation``,
     that node's process (a node restarted under the same id is another
     incarnation), both filled in by the node that journals this ("" for a
-    standalone coordinator and in old journals)."""
+    standalone coordinator and in old journals). ``max_fence_seen``: the highest
+    fence the worker process was sent; when it registered before under the same
+    ``incarnation``, a lease with a higher fence never reached it (the
+    connection it was sent on ended first) and is queued again uncharged."""
 
     at: float
     worker_id: str
@@ -52,6 +55,7 @@ class RegisterWorker(Struct, frozen=True, tag="register_worker"):
     health_check: str | None = None
     node_id: str = ""
     node_incarnation: str = ""
+    max_fence_seen: int | None = None
 
 
 class WorkerDisconnected(Struct, frozen=True, tag="worker_disconnected"):

@@ -219,7 +219,8 @@ class FailureKind(enum.StrEnum):
     EXECUTOR_ERROR = "executor_error"
     WORKER_LOST = "worker_lost"
     COORDINATOR_LOST = "coordinator_lost"
-    """The cluster node the worker was connected through was lost (never reported by workers)."""
+    """The cluster node the worker was connected through was lost, or the connection an
+    assignment went out on ended before the worker got it (never reported by workers)."""
 
 
 INFRASTRUCTURE_FAILURES = frozenset(

@@ -95,6 +95,8 @@ class WorkerMixin(Lifecycle):
             worker.session, worker.last_seen_at = command.session, now
             self.set_worker_status(worker, WorkerStatus.ONLINE, "reconnected")
         self.ready.forget_worker(worker.id)
+        if command.incarnation and command.incarnation == worker.incarnation:
+            self.requeue_undelivered(worker, command, now)
         self.reconcile_leases(worker, command.held, max_fence_seen=None, now=now)
         worker.node_id, worker.node_incarnation = command.node_id, command.node_incarnation
         worker.lost_node = None
@@ -183,16 +185,48 @@ class WorkerMixin(Lifecycle):
             task, now, failure=FailureKind.WORKER_LOST, reason=reason, status=AttemptStatus.LOST
         )
 
+    def requeue_undelivered(
+        self, worker: WorkerRecord, command: c.RegisterWorker, now: float
+    ) -> None:
+        """The same worker process registering again was never sent the leases
+        with a fence above the highest it has seen: the connection they went out
+        on ended first (its coordinator node died between journaling the
+        assignments and sending them, say). Losing them is no crash of the
+        worker's, so each is ended and its task queued again uncharged (as by
+        ``lose_with_node``), while ``is_loss_forgiven``; past that, the
+        registration ends it as lost, charged, like any lease the worker lacks."""
+        if command.max_fence_seen is None:
+            return
+        held = {ref.fence for ref in command.held}
+        for task_id in list(worker.leases):
+            task = self.tasks[task_id]
+            lease = task.lease
+            assert lease is not None
+            if lease.fence in held or lease.fence <= command.max_fence_seen:
+                continue
+            if self.is_loss_forgiven(task):
+                reason = (
+                    f"worker {worker.id} registered again without having been sent attempt "
+                    f"{lease.attempt} (fence {lease.fence}): the connection it went out on "
+                    "ended first"
+                )
+                self.lose_with_node(task, worker.node_id, reason, now)
+
     def lose_with_coordinator(
         self, task: TaskRecord, node_id: str, reason: str, now: float
     ) -> None:
         """End the attempt as lost with the worker's coordinator node and queue the
+        task again at once (``lose_with_node``)."""
+        reason = f"{reason}; the coordinator node it was connected through ({node_id}) was lost"
+        self.lose_with_node(task, node_id, reason, now)
+
+    def lose_with_node(self, task: TaskRecord, node_id: str, reason: str, now: float) -> None:
+        """End the attempt as lost with coordinator node ``node_id`` and queue the
         task again at once. The task and the worker did nothing wrong, so neither
         is charged: no classification as a worker crash (no poison verdict), no
         breaker, health or failure count, no retry spent, no worker avoided. A task
         that takes its host down, coordinator node and all, would loop so forever:
         ``is_loss_forgiven`` allows only ``max_coordinator_losses`` per task."""
-        reason = f"{reason}; the coordinator node it was connected through ({node_id}) was lost"
         attempt = self.end_attempt(
             task, AttemptStatus.LOST, now, failure=FailureKind.COORDINATOR_LOST, reason=reason
         )

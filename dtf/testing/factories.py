@@ -61,11 +61,22 @@ class StateDriver:
         slots: int = 1,
         held: Sequence[LeaseRef] = (),
         session: str = "s1",
+        incarnation: str = "",
+        max_fence_seen: int | None = None,
+        node_id: str = "",
         at: float | None = None,
     ) -> list[Event]:
         return self.apply(
             c.RegisterWorker(
-                self.at(at), worker_id, session, caps or Capabilities(), slots, list(held)
+                self.at(at),
+                worker_id,
+                session,
+                caps or Capabilities(),
+                slots,
+                list(held),
+                incarnation,
+                node_id=node_id,
+                max_fence_seen=max_fence_seen,
             )
         )
 

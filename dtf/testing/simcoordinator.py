@@ -145,8 +145,10 @@ class SimCoordinator:
                 message.capabilities,
                 message.slots,
                 message.held,
+                message.incarnation,
                 node_id=self.node_of.get(message.worker_id, ""),
                 node_incarnation=self.incarnation,
+                max_fence_seen=message.max_fence_seen,
             )
         )
         if events is None:

@@ -93,6 +93,7 @@ class SimWorker:
         self.reconnect_at: float = 0.0
         self.next_heartbeat_at = 0.0
         self.max_fence_seen = 0
+        self.incarnation = 0  # the agent process: a crash or restart starts another
         self.running: dict[int, Running] = {}
         self.unacked: dict[int, tuple[LeaseRef, Outcome]] = {}
         self.produced: dict[int, Outcome] = {}
@@ -110,6 +111,7 @@ class SimWorker:
         self.unacked.clear()
         self.is_alive, self.session, self.is_registered = False, None, False
         self.max_fence_seen = 0
+        self.incarnation += 1
 
     def boot(self, now: float) -> None:
         self.is_alive, self.reconnect_at = True, now
@@ -120,6 +122,7 @@ class SimWorker:
             if self.rng.random() < 0.5:
                 self.log.end(running.execution, now, "killed by agent restart")
                 del self.running[fence]
+        self.incarnation += 1
         self.drop_connection(now, reconnect_after_s=self.rng.uniform(0.5, 3.0))
 
     def drop_connection(self, now: float, reconnect_after_s: float) -> None:
@@ -160,7 +163,15 @@ class SimWorker:
     def connect(self, now: float) -> None:
         self.session_count += 1
         self.session = f"{self.id}/{self.session_count}"
-        register = p.Register(self.id, self.session, self.capabilities, self.slots, self.held())
+        register = p.Register(
+            self.id,
+            self.session,
+            self.capabilities,
+            self.slots,
+            self.held(),
+            incarnation=f"{self.id}#{self.incarnation}",
+            max_fence_seen=self.max_fence_seen,
+        )
         self.network.send(now, Envelope(self.id, self.session, now, register))
 
     def held(self) -> list[LeaseRef]:

@@ -156,8 +156,9 @@ class WorkerAgent:
         return True
 
     def registration(self) -> Register:
-        """This worker as it registers: a new session, the attempts it holds."""
-        held, _ = self.leases.held()
+        """This worker as it registers: a new session, the attempts it holds and
+        the highest fence it was sent (what it was never sent is no crash of its)."""
+        held, max_fence_seen = self.leases.held()
         session = uuid.uuid4().hex
         worker_id, slots = self.settings.worker_id, self.settings.slots
         return Register(
@@ -168,6 +169,7 @@ class WorkerAgent:
             held,
             self.incarnation,
             self.settings.health_check,
+            max_fence_seen,
         )
 
     async def hold_session(self, channel: Channel) -> None:

@@ -104,6 +104,57 @@ def test_reregistering_without_a_lease_ends_it(leased: StateDriver) -> None:
     assert leased.lease("t").attempt == 2
 
 
+@pytest.fixture
+def undelivered(driver: StateDriver, make_spec: MakeSpec) -> StateDriver:
+    """Worker process p1 (3 slots, through node-1) ran t0-t2 (fences 1-3); their
+    outcomes made the state assign t3-t5 (fences 4-6), which it never received."""
+    driver.register("w1", slots=3, incarnation="p1", node_id="node-1", at=1.0)
+    driver.submit(*[(f"t{n}", make_spec()) for n in range(8)], at=2.0)
+    for task_id in ("t0", "t1", "t2"):
+        driver.succeed(task_id, at=3.0)
+    assert [driver.lease(f"t{n}").fence for n in (3, 4, 5)] == [4, 5, 6]
+    return driver
+
+
+def test_the_same_worker_process_reregistering_requeues_what_it_was_never_sent_uncharged(
+    undelivered: StateDriver,
+) -> None:
+    events = undelivered.register("w1", slots=3, incarnation="p1", max_fence_seen=3, at=3.5)
+    finished = events_of(events, AttemptFinished)
+    assert [(f.task_id, f.status, f.failure) for f in finished] == [
+        (f"t{n}", AttemptStatus.LOST, FailureKind.COORDINATOR_LOST) for n in (3, 4, 5)
+    ]
+    assert "without having been sent attempt 1 (fence 4)" in (finished[0].reason or "")
+    state = undelivered.state
+    assert state.breakers.workers.get("w1") is None
+    assert state.workers["w1"].tasks_failed == 0
+    assert state.tasks["t3"].attempts[0].lost_with_node == "node-1"
+    assert state.tasks["t3"].avoid_workers == []
+    assert sorted(state.workers["w1"].leases) == ["t3", "t4", "t5"]  # queued again at once
+
+
+def test_a_new_worker_process_reregistering_is_charged_for_what_it_lacks(
+    undelivered: StateDriver,
+) -> None:
+    events = undelivered.register("w1", slots=3, incarnation="p2", max_fence_seen=0, at=3.5)
+    finished = events_of(events, AttemptFinished)
+    assert {f.failure for f in finished} == {FailureKind.WORKER_LOST}
+    breaker = undelivered.state.breakers.workers["w1"]
+    assert breaker.consecutive_failures == 3
+
+
+def test_leases_the_worker_process_saw_and_lacks_are_charged_on_reregistering(
+    undelivered: StateDriver,
+) -> None:
+    events = undelivered.register("w1", slots=3, incarnation="p1", max_fence_seen=5, at=3.5)
+    failures = {f.task_id: f.failure for f in events_of(events, AttemptFinished)}
+    assert failures == {
+        "t3": FailureKind.WORKER_LOST,
+        "t4": FailureKind.WORKER_LOST,
+        "t5": FailureKind.COORDINATOR_LOST,
+    }
+
+
 def test_reregistering_with_the_lease_keeps_and_renews_it(leased: StateDriver) -> None:
     events = leased.register("w1", held=[LeaseRef("t", 1, 1)], session="s2", at=3.0)
     assert events == []
