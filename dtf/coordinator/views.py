@@ -9,7 +9,8 @@ import msgspec
 from dtf.core.breakers import BreakerState, CircuitBreaker
 from dtf.core.effective import effective_requirements
 from dtf.core.health import explain, score
-from dtf.core.matching import count_satisfying
+from dtf.core.matching import count_satisfying, explain_waiting, satisfies
+from dtf.core.model import RequirementSet
 from dtf.core.records import TaskRecord, TaskStatus, WorkerRecord
 from dtf.core.state import State
 
@@ -35,13 +36,26 @@ def waiting_view(state: State, task: TaskRecord, *, now: float) -> dict[str, Any
     requirements = effective_requirements(task)
     live = [(w.id, w.capabilities) for w in state.live_workers()]
     counts = count_satisfying(requirements, live)
-    summary = state.explain(requirements)
+    summary = explain_waiting(requirements, live, held_back(state, requirements, now=now))
     if task.spec.requirements.stage_count > 1:
         summary = f"requirement set {task.requirement_stage + 1} of {task.spec.requirements.stage_count}: {summary}"
     return {
         "summary": summary,
         "constraints": [msgspec.to_builtins(count) for count in counts],
     }
+
+
+def held_back(state: State, requirements: RequirementSet, *, now: float) -> str:
+    """Why the live workers that meet ``requirements`` take no more of such work now:
+    not taking work at all, an open circuit breaker, or full slots."""
+    matching = [w for w in state.live_workers() if satisfies(requirements, w.capabilities, w.id)]
+    out = [w.id for w in matching if not state.takes_work(w)]
+    tripped = [w.id for w in matching if w.id not in out and not state.breaker_allows(w.id, now)]
+    reasons = [f"not taking work: {', '.join(out)}"] if out else []
+    reasons += [f"circuit breaker open: {', '.join(tripped)}"] if tripped else []
+    if len(out) + len(tripped) == len(matching):
+        return "; ".join(reasons)
+    return "; ".join([*reasons, "the others' slots busy" if reasons else "all slots busy"])
 
 
 def result_views(

@@ -151,19 +151,24 @@ def count_satisfying(
     ]
 
 
-def explain_waiting(req: RequirementSet, workers: Sequence[tuple[str, Capabilities]]) -> str:
-    """``"cuda: 0 of 3 workers; memory_gb >= 32: 1 of 3"``, or a reason when nothing fails."""
+def explain_waiting(
+    req: RequirementSet,
+    workers: Sequence[tuple[str, Capabilities]],
+    held_back: str = "all slots busy",
+) -> str:
+    """``"cuda: 0 of 3 workers; memory_gb >= 32: 1 of 3"``, or a reason when nothing
+    fails; ``held_back`` says why the matching workers run nothing more of it now."""
     if not workers:
         return "no workers are online"
     counts = count_satisfying(req, workers)
     matching = sum(1 for wid, caps in workers if satisfies(req, caps, wid))
     if not counts:
-        return f"no requirements; {len(workers)} workers can run it, all slots are busy"
+        return f"no requirements; {len(workers)} workers can run it, {held_back}"
     parts = [
         f"{c.constraint}: {c.satisfied_by} of {c.of}" + (" workers" if i == 0 else "")
         for i, c in enumerate(counts)
     ]
     if matching:
         noun = "worker" if matching == 1 else "workers"
-        parts.append(f"{matching} matching {noun}, all slots busy")
+        parts.append(f"{matching} matching {noun}, {held_back}")
     return "; ".join(parts)

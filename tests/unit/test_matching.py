@@ -168,7 +168,7 @@ EXPLANATIONS = [
     # satisfiable: the slots are busy
     ({"hardware": ["cuda"]}, FLEET, "cuda: 1 of 3 workers; 1 matching worker, all slots busy"),
     # no requirements at all
-    ({}, FLEET, "no requirements; 3 workers can run it, all slots are busy"),
+    ({}, FLEET, "no requirements; 3 workers can run it, all slots busy"),
     # nobody online
     ({"hardware": ["cuda"]}, [], "no workers are online"),
 ]
