@@ -12,6 +12,7 @@ from dtf.core.health import explain, score
 from dtf.core.matching import count_satisfying, explain_waiting, satisfies
 from dtf.core.model import RequirementSet
 from dtf.core.records import TaskRecord, TaskStatus, WorkerRecord
+from dtf.core.recovery_plan import hardware_class_of
 from dtf.core.state import State
 
 
@@ -36,7 +37,7 @@ def waiting_view(state: State, task: TaskRecord, *, now: float) -> dict[str, Any
     requirements = effective_requirements(task)
     live = [(w.id, w.capabilities) for w in state.live_workers()]
     counts = count_satisfying(requirements, live)
-    summary = explain_waiting(requirements, live, held_back(state, requirements, now=now))
+    summary = explain_waiting(requirements, live, held_back(state, task, requirements, now=now))
     if task.spec.requirements.stage_count > 1:
         summary = f"requirement set {task.requirement_stage + 1} of {task.spec.requirements.stage_count}: {summary}"
     return {
@@ -45,12 +46,20 @@ def waiting_view(state: State, task: TaskRecord, *, now: float) -> dict[str, Any
     }
 
 
-def held_back(state: State, requirements: RequirementSet, *, now: float) -> str:
-    """Why the live workers that meet ``requirements`` take no more of such work now:
-    not taking work at all, an open circuit breaker, or full slots."""
+def held_back(state: State, task: TaskRecord, requirements: RequirementSet, *, now: float) -> str:
+    """Why the live workers that meet ``requirements`` run no more of ``task``'s kind
+    now: not taking work at all, an open circuit breaker (the worker's, or that of
+    the hardware class the task would run on there), or full slots."""
     matching = [w for w in state.live_workers() if satisfies(requirements, w.capabilities, w.id)]
     out = [w.id for w in matching if not state.takes_work(w)]
-    tripped = [w.id for w in matching if w.id not in out and not state.breaker_allows(w.id, now)]
+    tripped = [
+        w.id
+        for w in matching
+        if w.id not in out
+        and not state.breakers.allows(
+            now, worker_id=w.id, hardware_class=hardware_class_of(task, w.capabilities)
+        )
+    ]
     reasons = [f"not taking work: {', '.join(out)}"] if out else []
     reasons += [f"circuit breaker open: {', '.join(tripped)}"] if tripped else []
     if len(out) + len(tripped) == len(matching):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dtf.coordinator.views import task_view
 from dtf.core import commands as c
+from dtf.core.model import HardwareClass
 from dtf.testing.factories import StateDriver, task_spec
 
 
@@ -59,3 +60,16 @@ def test_a_task_behind_a_disabled_worker_says_it_takes_no_work() -> None:
     driver.apply(c.SetWorkerEnabled(driver.now, "w1", False, "maintenance"))
     driver.submit(("next", task_spec(requirements={"hardware": ["cpu"]})))
     assert waiting(driver, "next") == "cpu: 1 of 1 workers; 1 matching worker, not taking work: w1"
+
+
+def test_a_task_behind_its_hardware_class_breaker_names_the_workers() -> None:
+    driver = StateDriver()
+    driver.register("w1")
+    breaker = driver.state.breakers.for_hardware(HardwareClass.CPU)
+    for source in ("a", "b", "c"):
+        breaker.on_failure(driver.now, source)
+    driver.submit(("next", task_spec()))
+    assert driver.state.tasks["next"].lease is None
+    assert waiting(driver, "next") == (
+        "no requirements; 1 workers can run it, circuit breaker open: w1"
+    )
