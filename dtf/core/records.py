@@ -137,8 +137,9 @@ class AttemptRecord(Struct):
     checkpoints_saved: int = 0
     last_checkpoint: CheckpointRef | None = None
     lost_with_node: str | None = None
-    """The cluster node whose loss ended this attempt, set only by the state
-    machine (``lose_with_coordinator``); such an attempt is not charged to the task."""
+    """The cluster node whose loss ended this attempt, or the node whose connection
+    ended before the worker got the assignment ("" when not known), set only by the
+    state machine (``lose_with_node``); such an attempt is not charged to the task."""
 
     def finish(
         self,

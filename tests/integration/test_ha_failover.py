@@ -113,6 +113,7 @@ def stall_report(cluster: FailoverCluster, task_ids: list[str]) -> str:
     for node in cluster.nodes:
         try:
             status = cluster.get(node.node_id, "/api/cluster/status")
+            overview = cluster.get(node.node_id, "/api/status")
             workers = cluster.get(node.node_id, "/api/workers")["workers"]
             tasks = all_tasks(cluster, node.node_id)
         except Exception as exc:  # a node down is part of the picture, not a failure
@@ -120,7 +121,6 @@ def stall_report(cluster: FailoverCluster, task_ids: list[str]) -> str:
             continue
         leader = (status.get("leader") or {}).get("node_id")
         lines.append(f"{node.node_id}: applied seq {status['applied_seq']}, leader {leader}")
-        overview = cluster.get(node.node_id, "/api/status")
         lines.append(
             f"  open breakers {overview['breakers']}, out of service {overview['out_of_service']}"
         )
@@ -130,7 +130,12 @@ def stall_report(cluster: FailoverCluster, task_ids: list[str]) -> str:
             f"health {w['health']['score']}, breaker {w['breaker']['state']}"
             for w in workers
         ]
-        unfinished = [tasks[t] for t in task_ids if tasks.get(t, {}).get("finished_at") is None]
+        unknown: Record = {"status": "not known here", "attempts": []}
+        unfinished = [
+            {"id": t, **tasks.get(t, unknown)}
+            for t in task_ids
+            if tasks.get(t, {}).get("finished_at") is None
+        ]
         lines.append(f"  unfinished: {dict(Counter(t['status'] for t in unfinished))}")
         lines += [
             f"  task {t['id']} {t['status']}, lease {t.get('lease')}, attempts "

@@ -155,6 +155,28 @@ def test_leases_the_worker_process_saw_and_lacks_are_charged_on_reregistering(
     }
 
 
+def test_a_worker_that_does_not_say_what_it_was_sent_is_charged(
+    undelivered: StateDriver,
+) -> None:
+    events = undelivered.register("w1", slots=3, incarnation="p1", at=3.5)
+    assert {f.failure for f in events_of(events, AttemptFinished)} == {FailureKind.WORKER_LOST}
+
+
+def test_a_task_never_sent_again_and_again_is_charged_past_max_coordinator_losses(
+    driver: StateDriver, make_spec: MakeSpec
+) -> None:
+    driver.register("w1", incarnation="p1", at=1.0)
+    driver.submit(("t", make_spec(retry_policy={"retry_delay_seconds": 0.0})), at=2.0)
+    failures = []
+    for n in range(driver.state.config.max_coordinator_losses + 1):
+        seen = driver.lease("t").fence - 1
+        events = driver.register("w1", session=f"s{n + 2}", incarnation="p1", max_fence_seen=seen)
+        failures += [f.failure for f in events_of(events, AttemptFinished)]
+    assert failures == [
+        FailureKind.COORDINATOR_LOST
+    ] * driver.state.config.max_coordinator_losses + [FailureKind.WORKER_LOST]
+
+
 def test_reregistering_with_the_lease_keeps_and_renews_it(leased: StateDriver) -> None:
     events = leased.register("w1", held=[LeaseRef("t", 1, 1)], session="s2", at=3.0)
     assert events == []
