@@ -95,9 +95,9 @@ class WorkerMixin(Lifecycle):
             worker.session, worker.last_seen_at = command.session, now
             self.set_worker_status(worker, WorkerStatus.ONLINE, "reconnected")
         self.ready.forget_worker(worker.id)
-        if command.incarnation and command.incarnation == worker.incarnation:
-            self.requeue_undelivered(worker, command, now)
-        self.reconcile_leases(worker, command.held, max_fence_seen=None, now=now)
+        same_process = bool(command.incarnation) and command.incarnation == worker.incarnation
+        seen = command.max_fence_seen if same_process else None
+        self.reconcile_leases(worker, command.held, seen, now, registering=True)
         worker.node_id, worker.node_incarnation = command.node_id, command.node_incarnation
         worker.lost_node = None
         worker.status_when_stranded = None
@@ -135,23 +135,39 @@ class WorkerMixin(Lifecycle):
                 self.note_health(worker.id, connection_dropped(now), now)
 
     def reconcile_leases(
-        self, worker: WorkerRecord, held: list[LeaseRef], max_fence_seen: int | None, now: float
+        self,
+        worker: WorkerRecord,
+        held: list[LeaseRef],
+        max_fence_seen: int | None,
+        now: float,
+        *,
+        registering: bool = False,
     ) -> None:
         """Renew what the worker holds; end as lost what it dropped.
 
-        On a heartbeat, a lease newer than the worker has seen may still be in
-        flight to it, so only leases with ``fence <= max_fence_seen`` count as
-        dropped. On registration (``max_fence_seen`` None) nothing is in flight.
+        A lease with a fence above ``max_fence_seen`` (the highest the worker
+        process has seen) has not reached it. On a heartbeat it may still be in
+        flight, so it is left alone; on a registration the connection it went out
+        on has ended, so it is queued again uncharged (``requeue_undelivered``)
+        while ``is_loss_forgiven``. Without ``max_fence_seen`` (a registration by
+        another process, or one that does not say) every lease it lacks is dropped.
         """
         held_fences = {ref.fence for ref in held}
-        dropped = []
+        dropped, undelivered = [], []
         for task_id in list(worker.leases):
             task = self.tasks[task_id]
             assert task.lease is not None
+            unseen = max_fence_seen is not None and task.lease.fence > max_fence_seen
             if task.lease.fence in held_fences:
                 self.renew_lease(task, now)
-            elif max_fence_seen is None or task.lease.fence <= max_fence_seen:
+            elif not unseen:
                 dropped.append(task)
+            elif registering and self.is_loss_forgiven(task):
+                undelivered.append(task)
+            elif registering:
+                dropped.append(task)
+        for task in undelivered:
+            self.requeue_undelivered(worker, task, now)
         if dropped:
             worker.incident_tasks = [task.id for task in dropped]
         for task in dropped:
@@ -185,32 +201,18 @@ class WorkerMixin(Lifecycle):
             task, now, failure=FailureKind.WORKER_LOST, reason=reason, status=AttemptStatus.LOST
         )
 
-    def requeue_undelivered(
-        self, worker: WorkerRecord, command: c.RegisterWorker, now: float
-    ) -> None:
-        """The same worker process registering again was never sent the leases
-        with a fence above the highest it has seen: the connection they went out
-        on ended first (its coordinator node died between journaling the
-        assignments and sending them, say). Losing them is no crash of the
-        worker's, so each is ended and its task queued again uncharged (as by
-        ``lose_with_node``), while ``is_loss_forgiven``; past that, the
-        registration ends it as lost, charged, like any lease the worker lacks."""
-        if command.max_fence_seen is None:
-            return
-        held = {ref.fence for ref in command.held}
-        for task_id in list(worker.leases):
-            task = self.tasks[task_id]
-            lease = task.lease
-            assert lease is not None
-            if lease.fence in held or lease.fence <= command.max_fence_seen:
-                continue
-            if self.is_loss_forgiven(task):
-                reason = (
-                    f"worker {worker.id} registered again without having been sent attempt "
-                    f"{lease.attempt} (fence {lease.fence}): the connection it went out on "
-                    "ended first"
-                )
-                self.lose_with_node(task, worker.node_id, reason, now)
+    def requeue_undelivered(self, worker: WorkerRecord, task: TaskRecord, now: float) -> None:
+        """End an attempt the worker process was never sent (the connection it went
+        out on ended first: its coordinator node died between journaling and sending
+        it, say) as lost with that connection's node, and queue the task again at
+        once, uncharged (``lose_with_node``): losing it is no crash of the worker's."""
+        assert task.lease is not None
+        reason = (
+            f"worker {worker.id} registered again without having been sent attempt "
+            f"{task.lease.attempt} (fence {task.lease.fence}): the connection it went out on "
+            "ended first"
+        )
+        self.lose_with_node(task, worker.node_id, reason, now)
 
     def lose_with_coordinator(
         self, task: TaskRecord, node_id: str, reason: str, now: float
