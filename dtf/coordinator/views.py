@@ -10,7 +10,6 @@ from dtf.core.breakers import BreakerState, CircuitBreaker
 from dtf.core.effective import effective_requirements
 from dtf.core.health import explain, score
 from dtf.core.matching import count_satisfying, explain_waiting, satisfies
-from dtf.core.model import RequirementSet
 from dtf.core.records import TaskRecord, TaskStatus, WorkerRecord
 from dtf.core.recovery_plan import hardware_class_of
 from dtf.core.state import State
@@ -35,9 +34,11 @@ def waiting_view(state: State, task: TaskRecord, *, now: float) -> dict[str, Any
             "constraints": [],
         }
     requirements = effective_requirements(task)
-    live = [(w.id, w.capabilities) for w in state.live_workers()]
+    workers = state.live_workers()
+    live = [(w.id, w.capabilities) for w in workers]
     counts = count_satisfying(requirements, live)
-    summary = explain_waiting(requirements, live, held_back(state, task, requirements, now=now))
+    matching = [w for w in workers if satisfies(requirements, w.capabilities, w.id)]
+    summary = explain_waiting(requirements, live, held_back(state, task, matching, now=now))
     if task.spec.requirements.stage_count > 1:
         summary = f"requirement set {task.requirement_stage + 1} of {task.spec.requirements.stage_count}: {summary}"
     return {
@@ -46,11 +47,10 @@ def waiting_view(state: State, task: TaskRecord, *, now: float) -> dict[str, Any
     }
 
 
-def held_back(state: State, task: TaskRecord, requirements: RequirementSet, *, now: float) -> str:
-    """Why the live workers that meet ``requirements`` run no more of ``task``'s kind
-    now: not taking work at all, an open circuit breaker (the worker's, or that of
-    the hardware class the task would run on there), or full slots."""
-    matching = [w for w in state.live_workers() if satisfies(requirements, w.capabilities, w.id)]
+def held_back(state: State, task: TaskRecord, matching: list[WorkerRecord], *, now: float) -> str:
+    """Why the live workers that meet ``task``'s requirements run no more of it now:
+    not taking work at all, an open circuit breaker (the worker's, or that of the
+    hardware class the task would run on there), or full slots."""
     out = [w.id for w in matching if not state.takes_work(w)]
     tripped = [
         w.id
@@ -62,9 +62,9 @@ def held_back(state: State, task: TaskRecord, requirements: RequirementSet, *, n
     ]
     reasons = [f"not taking work: {', '.join(out)}"] if out else []
     reasons += [f"circuit breaker open: {', '.join(tripped)}"] if tripped else []
-    if len(out) + len(tripped) == len(matching):
-        return "; ".join(reasons)
-    return "; ".join([*reasons, "the others' slots busy" if reasons else "all slots busy"])
+    if len(out) + len(tripped) < len(matching):
+        reasons.append("the others' slots busy" if reasons else "all slots busy")
+    return "; ".join(reasons)
 
 
 def result_views(
