@@ -73,6 +73,15 @@ def exit_0_on_stop_signals() -> None:
     help="DuckDB file the results are written to [default: DATA_DIR/results.duckdb].",
 )
 @click.option(
+    "--results-flush-interval",
+    "results_flush_interval_s",
+    default=2.0,
+    show_default=True,
+    type=click.FloatRange(0.05, 60.0),
+    help="Seconds between writes of finished work to the results file. Longer costs "
+    "less CPU per task; results queries always write what is pending first.",
+)
+@click.option(
     "--admin-key",
     envvar="DTF_ADMIN_KEY",
     help="Admin API key [env: DTF_ADMIN_KEY]; without it one is created in DATA_DIR/admin.key.",
@@ -88,6 +97,7 @@ def coordinator(
     snapshot_every: int,
     recovery: RecoveryFlags,
     db_path: Path | None,
+    results_flush_interval_s: float,
     admin_key: str | None,
     cluster: ClusterFlags,
 ) -> None:
@@ -112,6 +122,7 @@ def coordinator(
         log_level=log_level,
         snapshot_every=snapshot_every,
         results_db_path=db_path.resolve() if db_path else None,
+        results_flush_interval_s=results_flush_interval_s,
         cluster=cluster.settings(host, port),
     )
     click.get_current_context().exit(run_coordinator(recovery.apply(settings)))

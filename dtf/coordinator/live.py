@@ -58,8 +58,8 @@ from dtf.core.events import (
 )
 from dtf.core.records import TaskStatus
 from dtf.errors import DtfError, Unauthorized
+from dtf.results.ingest import ResultsIngester
 from dtf.results.queries import Filters
-from dtf.results.store import ResultsStore
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class _Client:
 
 
 class LiveChannel:
-    def __init__(self, runtime: Runtime, results: ResultsStore, cluster: ClusterView) -> None:
+    def __init__(self, runtime: Runtime, results: ResultsIngester, cluster: ClusterView) -> None:
         self.runtime = runtime
         self.results = results
         self.cluster = cluster

@@ -1,7 +1,8 @@
 """``GET /api/reports/{run_id}?format=html|md|json|junit``: a run's report from the results file.
 
-The report is built in a worker thread on a reader cursor of its own (see
-``dtf.results.store``), like the other results routes.
+The report is built in a worker thread on a cursor of its own, after the
+pending results are written (``ResultsIngester.fresh_reader``), like the other
+results routes.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from fastapi import APIRouter, Header, Query, Response
 
 from dtf.coordinator.runtime import Runtime
 from dtf.reports.formats import make_report, report_format
-from dtf.results.store import ResultsStore
+from dtf.results.ingest import ResultsIngester
 
 Authorization = Annotated[str | None, Header()]
 
 
-def reports_router(rt: Runtime, store: ResultsStore) -> APIRouter:
+def reports_router(rt: Runtime, results: ResultsIngester) -> APIRouter:
     router = APIRouter(prefix="/api/reports", tags=["results"])
 
     @router.get("/{run_id}")
@@ -31,12 +32,12 @@ def reports_router(rt: Runtime, store: ResultsStore) -> APIRouter:
         summary, JSON, or JUnit XML."""
         rt.auth.require(authorization, "read")
         chosen = report_format(format)
-        text = await asyncio.to_thread(_report, store, run_id, format)
+        text = await asyncio.to_thread(_report, results, run_id, format)
         return Response(text, media_type=chosen.media_type)
 
     return router
 
 
-def _report(store: ResultsStore, run_id: str, format_name: str) -> str:
-    with store.reader() as cursor:
+def _report(results: ResultsIngester, run_id: str, format_name: str) -> str:
+    with results.fresh_reader() as cursor:
         return make_report(cursor, run_id, format_name)

@@ -3,7 +3,9 @@
 
 Queries run in a worker thread on a cursor of their own (see
 ``dtf.results.store``), so a slow aggregation never holds up the event loop
-or the ingester's writes. The listing of attempts, ``GET /api/results``,
+or the ingester's writes. Each first has the ingester write what is pending
+(``ResultsIngester.fresh_reader``), so it includes every attempt finished
+before the request. The listing of attempts, ``GET /api/results``,
 reads the live state and stays in ``api.py``.
 """
 
@@ -24,8 +26,8 @@ from dtf.coordinator.responses import json_response
 from dtf.coordinator.runtime import Runtime
 from dtf.results import insights
 from dtf.results.export import check_export, export_table
+from dtf.results.ingest import ResultsIngester
 from dtf.results.queries import Filters, aggregate
-from dtf.results.store import ResultsStore
 
 Authorization = Annotated[str | None, Header()]
 Reader = Callable[[str | None, Callable[[Any], Any]], Awaitable[Any]]
@@ -38,7 +40,7 @@ MEDIA_TYPES = {
 }
 
 
-def results_router(rt: Runtime, store: ResultsStore) -> APIRouter:
+def results_router(rt: Runtime, results: ResultsIngester) -> APIRouter:
     router = APIRouter(prefix="/api/results", tags=["results"])
 
     @router.get("/aggregate")
@@ -57,7 +59,7 @@ def results_router(rt: Runtime, store: ResultsStore) -> APIRouter:
         rt.auth.require(authorization, "read")
         dimensions = [name.strip() for name in by.split(",") if name.strip()]
         filters = Filters(metric=metric, run_id=run_id, since=since)
-        groups = await asyncio.to_thread(aggregate_groups, store, dimensions, filters)
+        groups = await asyncio.to_thread(aggregate_groups, results, dimensions, filters)
         return json_response({"by": dimensions, "metric": metric, "groups": groups})
 
     @router.get("/export")
@@ -70,7 +72,7 @@ def results_router(rt: Runtime, store: ResultsStore) -> APIRouter:
         worker_snapshots, runs) as Parquet, CSV or a JSON array."""
         rt.auth.require(authorization, "read")
         check_export(table, format)
-        path = await asyncio.to_thread(_export, store, table, format)
+        path = await asyncio.to_thread(_export, results, table, format)
         return FileResponse(
             path,
             media_type=MEDIA_TYPES[format],
@@ -78,21 +80,21 @@ def results_router(rt: Runtime, store: ResultsStore) -> APIRouter:
             background=BackgroundTask(path.unlink, missing_ok=True),
         )
 
-    add_insight_routes(router, rt, store)
+    add_insight_routes(router, rt, results)
     return router
 
 
-def add_insight_routes(router: APIRouter, rt: Runtime, store: ResultsStore) -> None:
+def add_insight_routes(router: APIRouter, rt: Runtime, results: ResultsIngester) -> None:
     """The analyses; errors name the unknown run or metric, or the environments that differ."""
-    read = _authorized_reader(rt, store)
+    read = _authorized_reader(rt, results)
     _change_routes(router, read)
     _outlier_routes(router, read)
 
 
-def _authorized_reader(rt: Runtime, store: ResultsStore) -> Reader:
+def _authorized_reader(rt: Runtime, results: ResultsIngester) -> Reader:
     async def read(authorization: str | None, query: Callable[[Any], Any]) -> Any:
         rt.auth.require(authorization, "read")
-        return await _read(store, query)
+        return await _read(results, query)
 
     return read
 
@@ -164,28 +166,30 @@ def _outlier_routes(router: APIRouter, read: Reader) -> None:
         return json_response(findings)
 
 
-async def _read(store: ResultsStore, query: Callable[[Any], Answer]) -> Answer:
-    """Run ``query`` on a cursor of its own in a worker thread."""
+async def _read(results: ResultsIngester, query: Callable[[Any], Answer]) -> Answer:
+    """Run ``query`` on a fresh cursor of its own in a worker thread."""
 
     def run() -> Answer:
-        with store.reader() as cursor:
+        with results.fresh_reader() as cursor:
             return query(cursor)
 
     return await asyncio.to_thread(run)
 
 
-def aggregate_groups(store: ResultsStore, by: list[str], filters: Filters) -> list[dict[str, Any]]:
-    """The aggregate on a reader cursor of its own (call it from a worker thread)."""
-    with store.reader() as cursor:
+def aggregate_groups(
+    results: ResultsIngester, by: list[str], filters: Filters
+) -> list[dict[str, Any]]:
+    """The aggregate on a fresh cursor of its own (call it from a worker thread)."""
+    with results.fresh_reader() as cursor:
         return aggregate(cursor, by, filters)
 
 
-def _export(store: ResultsStore, table: str, file_format: str) -> Path:
+def _export(results: ResultsIngester, table: str, file_format: str) -> Path:
     descriptor, name = tempfile.mkstemp(prefix=f"dtf-{table}-", suffix=f".{file_format}")
     os.close(descriptor)
     path = Path(name)
     try:
-        with store.reader() as cursor:
+        with results.fresh_reader() as cursor:
             export_table(cursor, table, file_format, path)
     except BaseException:
         path.unlink(missing_ok=True)

@@ -110,7 +110,9 @@ def _open(settings: CoordinatorSettings, node: ClusterNode | None) -> _Parts:
     journal = None if node else SqliteJournal(settings.data_dir)
     bus: Bus = node.bus if node else _recover(journal, settings)
     results = ResultsStore.open(settings.results_db)
-    ingester = ResultsIngester(results, lambda: bus.state)
+    ingester = ResultsIngester(
+        results, lambda: bus.state, flush_interval_s=settings.results_flush_interval_s
+    )
     bus.subscribe(ingester.on_events)
     grants = GrantIssuer(admin_key)
     hub = WorkerHub(
@@ -173,7 +175,7 @@ def _lifespan(parts: _Parts) -> Callable[[FastAPI], AbstractAsyncContextManager[
 
 def _mount(app: FastAPI, parts: _Parts) -> None:
     """The REST routers, the live channel and the unauthenticated liveness check."""
-    runtime, results, settings = parts.runtime, parts.results, parts.runtime.settings
+    runtime, settings = parts.runtime, parts.runtime.settings
     app.include_router(build_router(runtime))
     checkpoints = CheckpointStore(
         settings.data_dir / "checkpoints", max_bytes=settings.max_body_bytes
@@ -184,10 +186,10 @@ def _mount(app: FastAPI, parts: _Parts) -> None:
         node_id = parts.node.settings.node_id
         peers = BlobPeers.of_cluster(checkpoints, parts.cluster, node_id, admin_key)
     app.include_router(checkpoint_router(runtime, checkpoints, parts.grants, peers))
-    app.include_router(results_router(runtime, results))
-    app.include_router(reports_router(runtime, results))
+    app.include_router(results_router(runtime, parts.ingester))
+    app.include_router(reports_router(runtime, parts.ingester))
     app.include_router(cluster_router(runtime, parts.cluster))
-    live = LiveChannel(runtime, results, parts.cluster)
+    live = LiveChannel(runtime, parts.ingester, parts.cluster)
 
     @app.websocket("/ws")
     async def live_channel(websocket: WebSocket) -> None:

@@ -37,6 +37,7 @@ class CoordinatorSettings:
     recovery: RecoveryPolicy = field(default_factory=RecoveryPolicy)
     classification_rules: tuple[ClassificationRule, ...] = DEFAULT_RULES
     results_db_path: Path | None = None  # None: results.duckdb in the data dir
+    results_flush_interval_s: float = 2.0
     cluster: ClusterSettings | None = None  # None: standalone, journal in the data dir
 
     @property

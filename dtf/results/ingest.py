@@ -6,7 +6,10 @@ nothing changes under it) and turns finished attempts, tasks that became
 terminal and worker status or health changes into rows, keyed in a pending
 buffer. A background thread writes the buffer to the store as one Arrow
 batch every ``flush_interval_s`` or as soon as ``max_pending_rows`` rows
-wait, so the bus never waits for DuckDB.
+wait, so the bus never waits for DuckDB. Bigger, rarer batches cost less per
+row (DuckDB's cost per insert is mostly fixed), and a reader never sees the
+file behind: ``fresh_reader`` writes what is pending before it hands out a
+cursor, so a query includes every attempt applied before it began.
 
 A journal replay at start-up publishes no events, so ``backfill`` compares
 the restored state with the file and writes every terminal task and
@@ -21,6 +24,7 @@ waits for it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -28,6 +32,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 
 from dtf.core.events import (
@@ -125,7 +130,7 @@ class ResultsIngester:
         store: ResultsStore,
         state: Callable[[], State],
         *,
-        flush_interval_s: float = 0.5,
+        flush_interval_s: float = 2.0,
         max_pending_rows: int = 50_000,
         clock: Callable[[], float] = time.time,
         online: OnlineRegressions | None = None,
@@ -139,6 +144,7 @@ class ResultsIngester:
         self._pending = PendingRows()
         self._pending_count = 0
         self._lock = threading.Lock()
+        self._flushing = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -214,7 +220,14 @@ class ResultsIngester:
         rows.worker_snapshots[key] = row if earlier is None else merged(earlier, row)
 
     def flush(self) -> dict[str, int]:
-        """Write what is pending now; on failure the rows stay pending for the next try."""
+        """Write what is pending now; on failure the rows stay pending for the next try.
+
+        One flush at a time: a caller that finds another flush writing waits for it,
+        so when this returns every row pending at the call is in the file."""
+        with self._flushing:
+            return self._write_pending()
+
+    def _write_pending(self) -> dict[str, int]:
         with self._lock:
             pending, self._pending = self._pending, PendingRows()
             self._pending_count = 0
@@ -234,6 +247,18 @@ class ResultsIngester:
             except Exception:
                 log.exception("online regression check of %s failed", self.store.path)
         return counts
+
+    @contextlib.contextmanager
+    def fresh_reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A cursor of its own over the file with every pending row written first
+        (blocking: call it from a worker thread). A failed write is logged and the
+        cursor reads what the file has."""
+        try:
+            self.flush()
+        except Exception:
+            log.exception("writing pending results to %s before a read failed", self.store.path)
+        with self.store.reader() as cursor:
+            yield cursor
 
     def _run(self) -> None:
         while not self._stopping.is_set():

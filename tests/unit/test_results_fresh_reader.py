@@ -1,0 +1,89 @@
+"""Results reads never see the file behind the state: ``fresh_reader`` writes what
+is pending first, and waits for a write already under way."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dtf.core.events import Event
+from dtf.core.model import Outcome
+from dtf.results.ingest import ResultsIngester
+from dtf.results.store import ArrowBatch, ResultsStore
+from dtf.testing.factories import StateDriver, capabilities, task_spec
+
+WAIT_S = 10.0
+
+
+class GatedStore(ResultsStore):
+    """A real store whose inserts, once gated, wait until the test opens the gate."""
+
+    gate: threading.Event | None = None
+    inserting: threading.Event
+
+    def insert(self, batch: ArrowBatch) -> dict[str, int]:
+        if self.gate is not None:
+            self.inserting.set()
+            assert self.gate.wait(WAIT_S)
+        return super().insert(batch)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[GatedStore]:
+    gated = GatedStore.open(tmp_path / "results.duckdb")
+    assert isinstance(gated, GatedStore)
+    gated.inserting = threading.Event()
+    yield gated
+    gated.close()
+
+
+def finished_tasks(driver: StateDriver, count: int) -> list[Event]:
+    events = driver.register("w1", capabilities(), slots=count)
+    ids = [f"t{n}" for n in range(count)]
+    events += driver.submit(*[(task_id, task_spec()) for task_id in ids], at=1.0)
+    for task_id in ids:
+        events += driver.start(task_id, at=2.0)
+        events += driver.report(task_id, Outcome(exit_code=0), at=3.0)
+    return events
+
+
+def attempts_read(ingester: ResultsIngester) -> int:
+    with ingester.fresh_reader() as cursor:
+        [(rows,)] = cursor.execute("SELECT count(*) FROM attempts").fetchall()
+    return int(rows)
+
+
+def test_a_read_includes_rows_the_interval_has_not_written_yet(store: GatedStore) -> None:
+    driver = StateDriver()
+    ingester = ResultsIngester(store, lambda: driver.state, flush_interval_s=60.0)
+    ingester.start()
+    try:
+        ingester.on_events(finished_tasks(driver, 3))
+        with store.reader() as cursor:
+            [(on_file,)] = cursor.execute("SELECT count(*) FROM attempts").fetchall()
+        assert on_file == 0  # the writer thread waits for its interval
+        assert attempts_read(ingester) == 3
+    finally:
+        ingester.stop()
+
+
+def test_a_read_waits_for_a_write_already_under_way(store: GatedStore) -> None:
+    driver = StateDriver()
+    ingester = ResultsIngester(store, lambda: driver.state, flush_interval_s=60.0)
+    ingester.on_events(finished_tasks(driver, 2))
+    store.gate = threading.Event()
+    writer = threading.Thread(target=ingester.flush)
+    writer.start()
+    assert store.inserting.wait(WAIT_S)  # the writer took every pending row
+    seen: list[int] = []
+    reader = threading.Thread(target=lambda: seen.append(attempts_read(ingester)))
+    reader.start()
+    reader.join(0.2)
+    assert reader.is_alive() and not seen  # not answered from the file behind
+    store.gate.set()
+    writer.join(WAIT_S)
+    reader.join(WAIT_S)
+    assert seen == [2]
