@@ -14,6 +14,7 @@ from pathlib import Path
 from dtf.core.model import Capabilities
 from dtf.heap import settle_after_start
 from dtf.worker.agent import WorkerAgent
+from dtf.worker.executors.process import keep_descriptors_private
 from dtf.worker.hardware import declare, detect
 from dtf.worker.reaper import Reaper
 from dtf.worker.settings import WorkerSettings
@@ -25,6 +26,7 @@ def run_worker(settings: WorkerSettings) -> int:
         detect(), settings.declared_hardware, settings.declared_gpus, settings.labels
     )
     settle_after_start()
+    keep_descriptors_private()
     with _work_directory(settings.work_dir) as workdir:
         return asyncio.run(_run_agent(settings, capabilities, workdir))
 

@@ -17,6 +17,7 @@ import pytest
 from dtf.core.model import FailureKind, Outcome, TaskSpec, TestOutcome
 from dtf.protocol import Assign
 from dtf.worker.executors import execute
+from dtf.worker.executors.process import keep_descriptors_private
 
 pytestmark = pytest.mark.integration
 
@@ -108,6 +109,45 @@ def test_a_program_gone_from_where_it_was_found_is_searched_for_again(tmp_path: 
     (tmp_path / "early" / "dtf-test-tool").unlink()
     outcome = run(tmp_path, "command", config)
     assert (outcome.failure, outcome.stdout_tail) == (None, "late\n")
+
+
+# How a task starts: posix_spawn for a known file in the worker's directory, Popen
+# for a cwd or a name exec must search for. Both give the task the same process.
+START_PATHS = [
+    pytest.param({}, id="posix_spawn"),
+    pytest.param({"cwd": "."}, id="popen-cwd"),
+    pytest.param({"env": {"PATH": "relative-dir:" + os.defpath}}, id="popen-search"),
+]
+STARTED_AS = (
+    "import os, sys; "
+    "print(os.getsid(0) == os.getpid(), os.getpgid(0) == os.getpid(), sys.stdin.read() == '', "
+    "sorted(int(f) for f in os.listdir('/proc/self/fd')))"
+)
+
+
+@pytest.mark.parametrize("start", START_PATHS)
+def test_a_task_leads_its_own_session_with_default_signals_and_only_its_own_descriptors(
+    tmp_path: Path, start: dict[str, Any]
+) -> None:
+    inherited = os.open(os.devnull, os.O_RDONLY)
+    os.set_inheritable(inherited, True)
+    try:
+        keep_descriptors_private()
+        assert not os.get_inheritable(inherited)
+        config = {**start, "cwd": str(tmp_path)} if "cwd" in start else start
+        outcome = run(tmp_path, "command", {"command": ["python3", "-c", STARTED_AS], **config})
+        signals = run(
+            tmp_path, "command", {"command": ["grep", "SigIgn", "/proc/self/status"], **config}
+        )
+    finally:
+        os.close(inherited)
+    # listdir's own descriptor is the 3
+    assert (outcome.error, outcome.stdout_tail) == (None, "True True True [0, 1, 2, 3]\n")
+    # Python ignores SIGPIPE and SIGXFSZ; the task gets their defaults back. No standard
+    # signal (1-31) is ignored. (glibc's posix_spawn leaves its own two, 32 and 33,
+    # ignored; glibc programs install their handlers at start.)
+    ignored = int(signals.stdout_tail.split()[1], 16)
+    assert ignored & ((1 << 31) - 1) == 0
 
 
 def test_nonzero_exit(tmp_path: Path) -> None:

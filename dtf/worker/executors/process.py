@@ -5,6 +5,15 @@ holds everything it spawns; timeouts, cancellation and cleanup signal that
 whole group. Output is kept as the last few KiB of each stream, read as it
 arrives, so memory stays bounded however much a task prints. When the leader
 exits, whatever it left running in its group is killed.
+
+A program whose file is known (a remembered PATH search, or a path) and that
+runs in the worker's directory starts with ``os.posix_spawn``: it does what
+``subprocess.Popen`` does here (a new session, stdin from /dev/null, the
+signals Python ignores back to their defaults, no descriptor inherited but
+the pipes) for about a quarter less of the worker's CPU per spawn. Python opens
+every descriptor non-inheritable, and ``keep_descriptors_private`` marks the
+ones the worker itself inherited, so a task gets none but its own three.
+Anything else (a ``cwd``, a name exec must search for) starts with ``Popen``.
 """
 
 from __future__ import annotations
@@ -12,12 +21,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import logging
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -30,8 +40,11 @@ TAIL_BYTES = 4096
 KILL_GRACE_S = 2.0
 PIPE_DRAIN_S = 1.0
 
-Popen = subprocess.Popen[bytes]
 _PROGRAMS = ProgramLookup(time.monotonic)
+# Python ignores these; subprocess restores their defaults in a child, and so do we.
+_RESTORED_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(signal, name)
+)
 
 
 class ProcessObserver(Protocol):
@@ -86,19 +99,22 @@ class _TaskProcess:
     its pipes and, where the kernel has pidfds, its exit are plain readers,
     which costs a short task markedly less than asyncio's subprocess layer."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, popen: subprocess.Popen[bytes]) -> None:
-        self.loop, self.popen = loop, popen
-        assert popen.stdout is not None and popen.stderr is not None
-        self.streams = {"stdout": popen.stdout, "stderr": popen.stderr}
+    def __init__(self, loop: asyncio.AbstractEventLoop, child: _Child) -> None:
+        self.loop, self.child = loop, child
+        self.streams = {"stdout": child.stdout, "stderr": child.stderr}
         self.tails = {name: TailBuffer() for name in self.streams}
         self.open_streams = set(self.streams)
-        self.has_exited = False
+        self.returncode: int | None = None
         self.exit_waiters: list[asyncio.Future[None]] = []
         self.pipe_waiters: list[asyncio.Future[None]] = []
-        for name, stream in self.streams.items():
-            os.set_blocking(stream.fileno(), False)
-            loop.add_reader(stream.fileno(), self._read, name)
+        for name, fd in self.streams.items():
+            os.set_blocking(fd, False)
+            loop.add_reader(fd, self._read, name)
         self._watch_exit()
+
+    @property
+    def has_exited(self) -> bool:
+        return self.returncode is not None
 
     def when_exited(self) -> asyncio.Future[None]:
         return self._waiter(self.exit_waiters, self.has_exited)
@@ -113,7 +129,7 @@ class _TaskProcess:
 
     def _read(self, name: str) -> None:
         try:
-            data = os.read(self.streams[name].fileno(), 65536)
+            data = os.read(self.streams[name], 65536)
         except BlockingIOError:
             return
         except OSError:
@@ -124,30 +140,29 @@ class _TaskProcess:
             self._close_stream(name)
 
     def _close_stream(self, name: str) -> None:
-        self.loop.remove_reader(self.streams[name].fileno())
-        self.streams[name].close()
+        self.loop.remove_reader(self.streams[name])
+        os.close(self.streams[name])
         self.open_streams.discard(name)
         if not self.open_streams:
             _resolve(self.pipe_waiters)
 
     def _watch_exit(self) -> None:
         try:
-            pidfd = os.pidfd_open(self.popen.pid)
+            pidfd = os.pidfd_open(self.child.pid)
         except (AttributeError, OSError):
             # No pidfd (not Linux, or older than 5.3): wait in a worker thread.
-            waited = self.loop.run_in_executor(None, self.popen.wait)
-            waited.add_done_callback(lambda _: self._exited())
+            waited = self.loop.run_in_executor(None, self.child.wait)
+            waited.add_done_callback(lambda done: self._exited(done.result()))
             return
         self.loop.add_reader(pidfd, self._pidfd_ready, pidfd)
 
     def _pidfd_ready(self, pidfd: int) -> None:
         self.loop.remove_reader(pidfd)
         os.close(pidfd)
-        self.popen.wait()
-        self._exited()
+        self._exited(self.child.wait())
 
-    def _exited(self) -> None:
-        self.has_exited = True
+    def _exited(self, returncode: int) -> None:
+        self.returncode = returncode
         _resolve(self.exit_waiters)
 
     def _waiter(self, waiters: list[asyncio.Future[None]], is_done: bool) -> asyncio.Future[None]:
@@ -198,14 +213,14 @@ async def run_process(
     start (``spawn_error`` says why)."""
     started = time.monotonic()
     try:
-        popen = _spawn(argv, env, cwd)
+        child = _spawn(argv, env, cwd)
     except (OSError, ValueError) as exc:
         error = _spawn_error(argv, cwd, exc)
         return ProcessResult(None, time.monotonic() - started, spawn_error=error)
-    process = _TaskProcess(asyncio.get_running_loop(), popen)
+    process = _TaskProcess(asyncio.get_running_loop(), child)
     stopped = await _supervise(process, timeout_s, cancelled, observer)
     return ProcessResult(
-        returncode=popen.returncode,
+        returncode=process.returncode,
         duration_s=time.monotonic() - started,
         stdout_tail=process.tails["stdout"].text(),
         stderr_tail=process.tails["stderr"].text(),
@@ -213,32 +228,116 @@ async def run_process(
     )
 
 
-def _spawn(argv: Sequence[str], env: Mapping[str, str], cwd: Path | str | None) -> Popen:
+@dataclass(frozen=True)
+class _Child:
+    """A started task process: its pid, the read ends of its output pipes, and
+    ``wait()``, which reaps it and gives its return code (-N for signal N)."""
+
+    pid: int
+    stdout: int
+    stderr: int
+    wait: Callable[[], int]
+
+
+def _spawn(argv: Sequence[str], env: Mapping[str, str], cwd: Path | str | None) -> _Child:
     """Start ``argv`` in a session of its own, from the file its PATH search last
     found (searching again if that file no longer starts)."""
     executable = _PROGRAMS.executable(argv[0], env) if argv else None
     try:
-        return _popen(argv, env, cwd, executable)
+        return _start(argv, env, cwd, executable)
     except OSError:
         if executable is None:
             raise
         _PROGRAMS.forget(argv[0], env)
-        return _popen(argv, env, cwd, None)
+        return _start(argv, env, cwd, None)
+
+
+def _start(
+    argv: Sequence[str], env: Mapping[str, str], cwd: Path | str | None, executable: str | None
+) -> _Child:
+    stdout, stdout_end, stderr, stderr_end = _output_pipes()
+    try:
+        if cwd is None and argv and (executable or os.sep in argv[0]):
+            pid = _posix_spawn(executable or argv[0], argv, env, stdout_end, stderr_end)
+            wait: Callable[[], int] = functools.partial(_reap, pid)
+        else:
+            popen = _popen(argv, env, cwd, executable, stdout_end, stderr_end)
+            pid, wait = popen.pid, popen.wait
+    except BaseException:
+        for fd in (stdout, stderr):
+            os.close(fd)
+        raise
+    finally:
+        for fd in (stdout_end, stderr_end):
+            os.close(fd)
+    return _Child(pid, stdout, stderr, wait)
+
+
+def _output_pipes() -> tuple[int, int, int, int]:
+    """Two pipes (read end, write end), both closed again if the second fails."""
+    stdout, stdout_end = os.pipe()
+    try:
+        stderr, stderr_end = os.pipe()
+    except BaseException:
+        os.close(stdout)
+        os.close(stdout_end)
+        raise
+    return stdout, stdout_end, stderr, stderr_end
+
+
+def _posix_spawn(
+    path: str, argv: Sequence[str], env: Mapping[str, str], stdout: int, stderr: int
+) -> int:
+    return os.posix_spawn(
+        path,
+        list(argv),
+        env,
+        file_actions=[
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_DUP2, stdout, 1),
+            (os.POSIX_SPAWN_DUP2, stderr, 2),
+        ],
+        setsid=True,
+        setsigdef=_RESTORED_SIGNALS,
+    )
 
 
 def _popen(
-    argv: Sequence[str], env: Mapping[str, str], cwd: Path | str | None, executable: str | None
-) -> Popen:
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    cwd: Path | str | None,
+    executable: str | None,
+    stdout: int,
+    stderr: int,
+) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         argv,
         executable=executable,
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stdout=stdout,
+        stderr=stderr,
         env=env,
         cwd=cwd,
         start_new_session=True,
     )
+
+
+def keep_descriptors_private() -> None:
+    """Mark every descriptor above stderr close-on-exec: call once at start-up,
+    before any task starts. What started the worker may have left some open."""
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return  # no /proc: nothing to enumerate them by
+    for name in names:
+        fd = int(name)
+        if fd > 2:
+            with contextlib.suppress(OSError):  # the listing's own descriptor, now closed
+                os.set_inheritable(fd, False)
+
+
+def _reap(pid: int) -> int:
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
 async def _supervise(
@@ -249,7 +348,7 @@ async def _supervise(
 ) -> StopReason | None:
     """Wait for the group leader to exit, stopping it on timeout or
     cancellation; then kill what is left of its group. Why it was stopped."""
-    pgid = process.popen.pid
+    pgid = process.child.pid
     stopper = _Stopper(process.loop, pgid)
     timeout = process.loop.call_later(timeout_s, stopper.stop, StopReason.TIMEOUT)
     watcher = None if cancelled is None else asyncio.create_task(stopper.stop_when_set(cancelled))
