@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -148,6 +150,23 @@ def test_a_task_leads_its_own_session_with_default_signals_and_only_its_own_desc
     # ignored; glibc programs install their handlers at start.)
     ignored = int(signals.stdout_tail.split()[1], 16)
     assert ignored & ((1 << 31) - 1) == 0
+
+
+def test_a_task_reaped_by_the_kernel_still_ends(tmp_path: Path) -> None:
+    """With SIGCHLD ignored, exited children are reaped at once and waitpid finds
+    none: the task ends with what subprocess reports then (0), not a hang."""
+    outcomes: list[Outcome] = []
+    runner = threading.Thread(
+        target=lambda: outcomes.append(run(tmp_path, "command", {"command": ["true"]})),
+        daemon=True,  # a hang must fail this test, not the session
+    )
+    previous = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    try:
+        runner.start()
+        runner.join(30.0)
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+    assert [(o.failure, o.exit_code) for o in outcomes] == [(None, 0)]
 
 
 def test_nonzero_exit(tmp_path: Path) -> None:

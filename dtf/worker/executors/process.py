@@ -337,7 +337,11 @@ def keep_descriptors_private() -> None:
 
 
 def _reap(pid: int) -> int:
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    try:
+        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    except ChildProcessError:
+        # Reaped already (SIGCHLD ignored by whoever embeds us): what subprocess reports.
+        return 0
 
 
 async def _supervise(
