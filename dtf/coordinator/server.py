@@ -322,7 +322,7 @@ def run_coordinator(settings: CoordinatorSettings) -> int:
         return asyncio.run(_serve_cluster(settings))
     app = create_app(settings)
     settle_after_start()
-    uvicorn.Server(_server_config(app, settings)).run()
+    _server(app, settings).run()
     return 0
 
 
@@ -339,8 +339,16 @@ async def _serve_cluster(settings: CoordinatorSettings) -> int:
         await node.etcd.close()
         raise
     settle_after_start()
-    await uvicorn.Server(_server_config(app, settings)).serve()
+    await _server(app, settings).serve()
     return 0
+
+
+def _server(app: FastAPI, settings: CoordinatorSettings) -> uvicorn.Server:
+    """The uvicorn server for ``app``; its worker hub knows when it is shutting down."""
+    server = uvicorn.Server(_server_config(app, settings))
+    runtime: Runtime = app.state.runtime
+    runtime.hub.is_stopping = lambda: server.should_exit
+    return server
 
 
 def _server_config(app: FastAPI, settings: CoordinatorSettings) -> uvicorn.Config:

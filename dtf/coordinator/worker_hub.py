@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -84,6 +85,9 @@ class WorkerHub:
         self.lease_timeout_s = lease_timeout_s
         self.heartbeat_interval_s = heartbeat_interval_s
         self._connections: dict[str, _Connection] = {}
+        # Set by whoever runs the server: true once it is shutting down. A connection
+        # this process closes then is not the worker's failure, so it is not journaled.
+        self.is_stopping: Callable[[], bool] = lambda: False
         bus.subscribe(self.on_events)
 
     def on_events(self, events: list[Event]) -> None:
@@ -243,19 +247,31 @@ class WorkerHub:
         future.add_done_callback(lambda f: _report_failure(connection, None, f))
 
     async def _close(self, connection: _Connection, sender: asyncio.Task[None]) -> None:
+        """Forget the connection and journal the disconnect, unless this process is
+        stopping: a restart journals the lost connections itself (``CoordinatorStarted``),
+        and in a cluster the leader strands the workers of a node that left
+        (``CoordinatorNodeLost``), both without charging the workers' health."""
+        stopping = self.is_stopping()
         if self._connections.get(connection.worker_id) is connection:
             del self._connections[connection.worker_id]
-            try:
-                await self.bus.execute(
-                    c.WorkerDisconnected(time.time(), connection.worker_id, connection.session)
-                )
-            except DtfError as exc:
-                log.warning("could not record disconnect of %s: %s", connection.worker_id, exc)
+            if not stopping:
+                await self._journal_disconnect(connection)
         connection.outbox.put_nowait(None)
         sender.cancel()
         log.info(
-            "worker %s disconnected", connection.worker_id, extra={"event": "worker_disconnected"}
+            "worker %s disconnected%s",
+            connection.worker_id,
+            " (this coordinator is stopping)" if stopping else "",
+            extra={"event": "worker_disconnected"},
         )
+
+    async def _journal_disconnect(self, connection: _Connection) -> None:
+        try:
+            await self.bus.execute(
+                c.WorkerDisconnected(time.time(), connection.worker_id, connection.session)
+            )
+        except DtfError as exc:
+            log.warning("could not record disconnect of %s: %s", connection.worker_id, exc)
 
 
 def _report_failure(
