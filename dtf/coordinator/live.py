@@ -45,7 +45,6 @@ from dtf.coordinator.live_messages import (
     Unsubscribe,
     client_message_decoder,
 )
-from dtf.coordinator.results_api import aggregate_groups
 from dtf.coordinator.runtime import Runtime
 from dtf.core.events import (
     AttemptFinished,
@@ -58,8 +57,8 @@ from dtf.core.events import (
 )
 from dtf.core.records import TaskStatus
 from dtf.errors import DtfError, Unauthorized
-from dtf.results.ingest import ResultsIngester
-from dtf.results.queries import Filters
+from dtf.results.queries import Filters, aggregate
+from dtf.results.reads import ResultsReads
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +101,7 @@ class _Client:
 
 
 class LiveChannel:
-    def __init__(self, runtime: Runtime, results: ResultsIngester, cluster: ClusterView) -> None:
+    def __init__(self, runtime: Runtime, results: ResultsReads, cluster: ClusterView) -> None:
         self.runtime = runtime
         self.results = results
         self.cluster = cluster
@@ -205,8 +204,8 @@ class LiveChannel:
                 return {"type": "cluster_status", **status_json(self.cluster.status())}
             case GetAggregatedResults():
                 filters = Filters(metric=message.metric, run_id=message.run_id, since=message.since)
-                groups = await asyncio.to_thread(
-                    aggregate_groups, self.results, message.by, filters
+                groups = await self.results.run(
+                    lambda cursor: aggregate(cursor, message.by, filters)
                 )
                 by, metric = message.by, message.metric
                 return {"type": "aggregated_results", "by": by, "metric": metric, "groups": groups}

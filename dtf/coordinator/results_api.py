@@ -1,23 +1,22 @@
 """Routes over the results file: aggregation, export, and the analyses of
 ``dtf.results.insights`` (regressions, compare, flaky, anomalies, trends, alerts).
 
-Queries run in a worker thread on a cursor of their own (see
-``dtf.results.store``), so a slow aggregation never holds up the event loop
-or the ingester's writes. Each first has the ingester write what is pending
-(``ResultsIngester.fresh_reader``), so it includes every attempt finished
-before the request. The listing of attempts, ``GET /api/results``,
+Queries run in the results' own threads on a cursor of their own
+(``dtf.results.reads``), so a slow aggregation never holds up the event loop
+or the ingester's writes, and each includes every attempt finished before
+the request. The listing of attempts, ``GET /api/results``,
 reads the live state and stays in ``api.py``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
+import duckdb
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
@@ -26,13 +25,12 @@ from dtf.coordinator.responses import json_response
 from dtf.coordinator.runtime import Runtime
 from dtf.results import insights
 from dtf.results.export import check_export, export_table
-from dtf.results.ingest import ResultsIngester
 from dtf.results.queries import Filters, aggregate
+from dtf.results.reads import ResultsReads
 
 Authorization = Annotated[str | None, Header()]
 Reader = Callable[[str | None, Callable[[Any], Any]], Awaitable[Any]]
 Since = Annotated[float | None, Query(description="Epoch seconds")]
-Answer = TypeVar("Answer")
 MEDIA_TYPES = {
     "parquet": "application/vnd.apache.parquet",
     "csv": "text/csv",
@@ -40,7 +38,7 @@ MEDIA_TYPES = {
 }
 
 
-def results_router(rt: Runtime, results: ResultsIngester) -> APIRouter:
+def results_router(rt: Runtime, results: ResultsReads) -> APIRouter:
     router = APIRouter(prefix="/api/results", tags=["results"])
 
     @router.get("/aggregate")
@@ -59,7 +57,7 @@ def results_router(rt: Runtime, results: ResultsIngester) -> APIRouter:
         rt.auth.require(authorization, "read")
         dimensions = [name.strip() for name in by.split(",") if name.strip()]
         filters = Filters(metric=metric, run_id=run_id, since=since)
-        groups = await asyncio.to_thread(aggregate_groups, results, dimensions, filters)
+        groups = await results.run(lambda cursor: aggregate(cursor, dimensions, filters))
         return json_response({"by": dimensions, "metric": metric, "groups": groups})
 
     @router.get("/export")
@@ -72,7 +70,7 @@ def results_router(rt: Runtime, results: ResultsIngester) -> APIRouter:
         worker_snapshots, runs) as Parquet, CSV or a JSON array."""
         rt.auth.require(authorization, "read")
         check_export(table, format)
-        path = await asyncio.to_thread(_export, results, table, format)
+        path = await results.run(lambda cursor: _export(cursor, table, format))
         return FileResponse(
             path,
             media_type=MEDIA_TYPES[format],
@@ -84,17 +82,17 @@ def results_router(rt: Runtime, results: ResultsIngester) -> APIRouter:
     return router
 
 
-def add_insight_routes(router: APIRouter, rt: Runtime, results: ResultsIngester) -> None:
+def add_insight_routes(router: APIRouter, rt: Runtime, results: ResultsReads) -> None:
     """The analyses; errors name the unknown run or metric, or the environments that differ."""
     read = _authorized_reader(rt, results)
     _change_routes(router, read)
     _outlier_routes(router, read)
 
 
-def _authorized_reader(rt: Runtime, results: ResultsIngester) -> Reader:
+def _authorized_reader(rt: Runtime, results: ResultsReads) -> Reader:
     async def read(authorization: str | None, query: Callable[[Any], Any]) -> Any:
         rt.auth.require(authorization, "read")
-        return await _read(results, query)
+        return await results.run(query)
 
     return read
 
@@ -166,31 +164,12 @@ def _outlier_routes(router: APIRouter, read: Reader) -> None:
         return json_response(findings)
 
 
-async def _read(results: ResultsIngester, query: Callable[[Any], Answer]) -> Answer:
-    """Run ``query`` on a fresh cursor of its own in a worker thread."""
-
-    def run() -> Answer:
-        with results.fresh_reader() as cursor:
-            return query(cursor)
-
-    return await asyncio.to_thread(run)
-
-
-def aggregate_groups(
-    results: ResultsIngester, by: list[str], filters: Filters
-) -> list[dict[str, Any]]:
-    """The aggregate on a fresh cursor of its own (call it from a worker thread)."""
-    with results.fresh_reader() as cursor:
-        return aggregate(cursor, by, filters)
-
-
-def _export(results: ResultsIngester, table: str, file_format: str) -> Path:
+def _export(cursor: duckdb.DuckDBPyConnection, table: str, file_format: str) -> Path:
     descriptor, name = tempfile.mkstemp(prefix=f"dtf-{table}-", suffix=f".{file_format}")
     os.close(descriptor)
     path = Path(name)
     try:
-        with results.fresh_reader() as cursor:
-            export_table(cursor, table, file_format, path)
+        export_table(cursor, table, file_format, path)
     except BaseException:
         path.unlink(missing_ok=True)
         raise

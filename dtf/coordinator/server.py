@@ -52,6 +52,7 @@ from dtf.errors import DtfError
 from dtf.heap import settle_after_start
 from dtf.journal.sqlite import SqliteJournal
 from dtf.results.ingest import ResultsIngester
+from dtf.results.reads import ResultsReads
 from dtf.results.store import ResultsStore
 
 if TYPE_CHECKING:
@@ -77,6 +78,7 @@ class _Parts:
     journal: SqliteJournal | None  # None in a cluster: the log is in etcd
     results: ResultsStore
     ingester: ResultsIngester
+    reads: ResultsReads
     grants: GrantIssuer
     runtime: Runtime
     cluster: ClusterView
@@ -127,7 +129,8 @@ def _open(settings: CoordinatorSettings, node: ClusterNode | None) -> _Parts:
     where = _journal_description(journal, node)
     runtime = Runtime(settings, bus, hub, auth, where)
     cluster: ClusterView = node.view if node else _standalone(settings, runtime)
-    return _Parts(lock, journal, results, ingester, grants, runtime, cluster, node)
+    reads = ResultsReads(ingester)
+    return _Parts(lock, journal, results, ingester, reads, grants, runtime, cluster, node)
 
 
 def _recover(journal: SqliteJournal | None, settings: CoordinatorSettings) -> CommandBus:
@@ -164,6 +167,7 @@ def _lifespan(parts: _Parts) -> Callable[[FastAPI], AbstractAsyncContextManager[
                 await parts.runtime.bus.stop()
             else:
                 await parts.node.stop()
+            parts.reads.close()
             parts.ingester.stop()
             parts.results.close()
             if parts.journal is not None:
@@ -186,10 +190,10 @@ def _mount(app: FastAPI, parts: _Parts) -> None:
         node_id = parts.node.settings.node_id
         peers = BlobPeers.of_cluster(checkpoints, parts.cluster, node_id, admin_key)
     app.include_router(checkpoint_router(runtime, checkpoints, parts.grants, peers))
-    app.include_router(results_router(runtime, parts.ingester))
-    app.include_router(reports_router(runtime, parts.ingester))
+    app.include_router(results_router(runtime, parts.reads))
+    app.include_router(reports_router(runtime, parts.reads))
     app.include_router(cluster_router(runtime, parts.cluster))
-    live = LiveChannel(runtime, parts.ingester, parts.cluster)
+    live = LiveChannel(runtime, parts.reads, parts.cluster)
 
     @app.websocket("/ws")
     async def live_channel(websocket: WebSocket) -> None:

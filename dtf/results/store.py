@@ -16,8 +16,9 @@ attempts table per write, growing with the file.
 Threads: one connection belongs to the writer; ``insert`` holds a lock while
 it writes. Every reader takes its own cursor (a separate DuckDB connection to
 the same database, safe to use from its thread), made from a second root
-connection under a lock of its own, so API queries neither touch the
-writer's connection nor wait for a write, and see only committed batches.
+connection under a lock of its own, so queries never touch the writer's
+connection and see only committed batches. (The coordinator's queries first
+have the ingester write what is pending: ``dtf.results.reads``.)
 """
 
 from __future__ import annotations

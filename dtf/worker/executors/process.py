@@ -10,7 +10,9 @@ A program whose file is known (a remembered PATH search, or a path) and that
 runs in the worker's directory starts with ``os.posix_spawn``: it does what
 ``subprocess.Popen`` does here (a new session, stdin from /dev/null, the
 signals Python ignores back to their defaults, no descriptor inherited but
-the pipes) for about a quarter less of the worker's CPU per spawn. Python opens
+the pipes) for about a quarter less of the worker's CPU per spawn. (glibc's
+posix_spawn leaves its own two internal signals, 32 and 33, ignored in the
+child; glibc programs install their handlers for them at start.) Python opens
 every descriptor non-inheritable, and ``keep_descriptors_private`` marks the
 ones the worker itself inherited, so a task gets none but its own three.
 Anything else (a ``cwd``, a name exec must search for) starts with ``Popen``.
@@ -293,7 +295,7 @@ def _posix_spawn(
         list(argv),
         env,
         file_actions=[
-            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDWR, 0),
             (os.POSIX_SPAWN_DUP2, stdout, 1),
             (os.POSIX_SPAWN_DUP2, stderr, 2),
         ],
