@@ -252,11 +252,11 @@ class ResultsIngester:
     def fresh_reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """A cursor of its own over the file with every pending row written first
         (blocking: call it from a worker thread). A failed write is logged and the
-        cursor reads what the file has."""
+        cursor reads what the file has (the writer thread logs the failure in full)."""
         try:
             self.flush()
-        except Exception:
-            log.exception("writing pending results to %s before a read failed", self.store.path)
+        except Exception as exc:
+            log.warning("reading %s without the results still pending: %s", self.store.path, exc)
         with self.store.reader() as cursor:
             yield cursor
 

@@ -29,8 +29,11 @@ class GatedStore(ResultsStore):
 
     gate: threading.Event | None = None
     inserting: threading.Event
+    failing = False
 
     def insert(self, batch: ArrowBatch) -> dict[str, int]:
+        if self.failing:
+            raise OSError(28, "No space left on device")
         if self.gate is not None:
             self.inserting.set()
             assert self.gate.wait(WAIT_S)
@@ -127,3 +130,16 @@ def test_reads_waiting_for_a_write_leave_the_default_thread_pool_free(store: Gat
         reads.close()
     assert {rows for _, rows in answers} == {2}
     assert all(name.startswith("dtf-results-read") for name, _ in answers)
+
+
+def test_a_read_while_the_file_cannot_be_written_answers_and_keeps_the_rows(
+    store: GatedStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    driver = StateDriver()
+    ingester = ResultsIngester(store, lambda: driver.state, flush_interval_s=60.0)
+    ingester.on_events(finished_tasks(driver, 2))
+    store.failing = True
+    assert attempts_read(ingester) == 0
+    assert "No space left on device" in caplog.text
+    store.failing = False
+    assert attempts_read(ingester) == 2
