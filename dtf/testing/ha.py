@@ -2,7 +2,8 @@
 and what the tasks themselves saw.
 
 How this works: ``FailoverCluster`` is ``dtf cluster local``'s ``HaCluster`` with no
-supervisor restarting a node by itself, so a test decides when a killed node returns;
+supervisor restarting a node by itself, so a test decides when a killed node returns
+(``running_cluster`` starts one for a fixture and stops it however the test ends);
 extra coordinator flags (``--snapshot-every 200``) go in ``HaSettings.coordinator_flags``.
 ``recording_command`` is a shell command that appends ``start``, ``end`` (or
 ``stopped`` on SIGTERM) lines with its task id, attempt, pid and wall time to one
@@ -14,11 +15,12 @@ runs of one task overlapped. ``log_position`` reads the cluster's log from etcd.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import shlex
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,6 +30,7 @@ from dtf.cluster.etcd import Etcd, EtcdSettings
 from dtf.cluster.log import EtcdLog
 from dtf.local.ha_cluster import HaCluster, HaSettings
 from dtf.local.processes import ManagedProcess
+from dtf.testing.etcd import require_etcd
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +163,19 @@ class FailoverCluster(HaCluster):
 
 
 # -- what the tasks saw ----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def running_cluster(settings: HaSettings) -> Iterator[FailoverCluster]:
+    """A started ``FailoverCluster`` (the test is skipped where etcd is missing),
+    stopped however the block ends."""
+    require_etcd()
+    cluster = FailoverCluster(settings)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 def recording_command(log_file: Path, sleep_s: float) -> str:

@@ -14,8 +14,7 @@ import pytest
 from dtf.client import Client
 from dtf.local.cluster import ClusterSettings, LocalCluster
 from dtf.local.ha_layout import HaSettings
-from dtf.testing.etcd import require_etcd
-from dtf.testing.ha import FailoverCluster, poll
+from dtf.testing.ha import FailoverCluster, poll, running_cluster
 from dtf.testing.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -56,13 +55,9 @@ def test_restarts_of_the_coordinator_leave_a_busy_workers_health_alone(
 
 @pytest.fixture
 def ha_cluster(tmp_path: Path) -> Iterator[FailoverCluster]:
-    require_etcd()
-    cluster = FailoverCluster(HaSettings(tmp_path / "cluster", workers=1, slots=1, base_port=0))
-    try:
-        cluster.start()
+    settings = HaSettings(tmp_path / "cluster", workers=1, slots=1, base_port=0)
+    with running_cluster(settings) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.mark.timeout(300)

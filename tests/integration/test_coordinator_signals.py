@@ -18,8 +18,7 @@ from dtf.client import Client
 from dtf.errors import DtfError
 from dtf.local.ha_cluster import HaSettings
 from dtf.local.processes import find_free_port
-from dtf.testing.etcd import require_etcd
-from dtf.testing.ha import FailoverCluster, poll
+from dtf.testing.ha import FailoverCluster, poll, running_cluster
 from dtf.testing.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -63,14 +62,9 @@ def test_standalone_coordinator_exits_0_on_a_stop_signal(
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[FailoverCluster]:
-    require_etcd()
     settings = HaSettings(tmp_path / "cluster", nodes=2, workers=0, base_port=0)
-    cluster = FailoverCluster(settings)
-    try:
-        cluster.start()
+    with running_cluster(settings) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.mark.timeout(180)

@@ -20,8 +20,7 @@ from dtf.local.ha_cluster import HaSettings
 from dtf.local.ha_layout import worker_argv
 from dtf.local.ha_status import Record
 from dtf.local.processes import start_process
-from dtf.testing.etcd import require_etcd
-from dtf.testing.ha import FailoverCluster, poll
+from dtf.testing.ha import FailoverCluster, poll, running_cluster
 
 pytestmark = pytest.mark.integration
 
@@ -33,14 +32,9 @@ COMMAND = 'if [ "$DTF_ATTEMPT" = 1 ]; then sleep 300; fi; echo done'
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[FailoverCluster]:
-    require_etcd()
     settings = HaSettings(tmp_path / "cluster", nodes=2, workers=0, slots=1, base_port=0)
-    started = FailoverCluster(settings)
-    try:
-        started.start()
-        yield started
-    finally:
-        started.stop()
+    with running_cluster(settings) as cluster:
+        yield cluster
 
 
 def start_worker(cluster: FailoverCluster, worker_id: str, urls: list[str]) -> None:
