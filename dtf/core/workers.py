@@ -153,7 +153,8 @@ class WorkerMixin(Lifecycle):
         another process, or one that does not say) every lease it lacks is dropped.
         """
         held_fences = {ref.fence for ref in held}
-        dropped, undelivered = [], []
+        dropped: list[TaskRecord] = []
+        undelivered: list[TaskRecord] = []
         for task_id in list(worker.leases):
             task = self.tasks[task_id]
             assert task.lease is not None
@@ -162,10 +163,8 @@ class WorkerMixin(Lifecycle):
                 self.renew_lease(task, now)
             elif not unseen:
                 dropped.append(task)
-            elif registering and self.is_loss_forgiven(task):
-                undelivered.append(task)
             elif registering:
-                dropped.append(task)
+                (undelivered if self.is_loss_forgiven(task) else dropped).append(task)
         for task in undelivered:
             self.requeue_undelivered(worker, task, now)
         if dropped:

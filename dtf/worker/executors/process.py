@@ -44,9 +44,7 @@ PIPE_DRAIN_S = 1.0
 
 _PROGRAMS = ProgramLookup(time.monotonic)
 # Python ignores these; subprocess restores their defaults in a child, and so do we.
-_RESTORED_SIGNALS = tuple(
-    getattr(signal, name) for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(signal, name)
-)
+_RESTORED_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 
 
 class ProcessObserver(Protocol):
