@@ -31,7 +31,7 @@ from uuid import uuid4
 
 import httpx
 
-from dtf.cluster.etcd import Etcd, EtcdSettings, EtcdUnavailable
+from dtf.cluster.etcd import Etcd, EtcdMember, EtcdSettings, EtcdUnavailable
 from dtf.errors import DtfError
 
 HEARTBEAT_MS = 50
@@ -232,10 +232,15 @@ class EtcdCluster:
             members = await etcd.members()
         finally:
             await etcd.close()
-        names = [member["name"] for member in members if member["is_leader"]]
-        if not names:
+        index = self.leader_among(members)
+        if index is None:
             raise EtcdUnavailable(f"etcd at {etcd.endpoint} knows no leader")
-        return [member.name for member in self._members].index(names[0])
+        return index
+
+    def leader_among(self, members: list[EtcdMember]) -> int | None:
+        """The index of the member marked leader in an ``Etcd.members`` answer, if any."""
+        names = [member["name"] for member in members if member["is_leader"]]
+        return [member.name for member in self._members].index(names[0]) if names else None
 
     def _running(self) -> list[Member]:
         for member in self._members:
