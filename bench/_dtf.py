@@ -25,7 +25,7 @@ from _procs import BenchError, free_port, running, wait_until
 DTF = str(Path(sys.executable).parent / "dtf")
 TRUE_TASK = {"type": "command", "config": {"command": ["true"]}}
 SUBMIT_BATCH = 500
-POLL_INTERVAL_S = 0.05
+LONG_POLL_S = 5.0
 IDLE_POLL_INTERVAL_S = 0.01
 IDLE_SAMPLES = 200
 BIG_BATCH = 10_000
@@ -115,32 +115,26 @@ def submit(client: httpx.Client, count: int) -> list[str]:
     return [str(entry["task_id"]) for entry in reply["tasks"]]
 
 
-def task_counts(client: httpx.Client) -> dict[str, int]:
-    return dict(checked(client.get("/api/status"))["tasks"])
-
-
 def run_batch(client: httpx.Client, tasks: int, timeout_s: float) -> tuple[float, list[str]]:
-    """Submit ``tasks`` in batches and wait until all completed: (tasks/s, ids)."""
-    before = task_counts(client)
+    """Submit ``tasks`` in batches, then hold ``POST /api/tasks/wait`` requests until
+    all finished (the coordinator answers the moment they have): (tasks/s, ids)."""
     started = time.perf_counter()
     task_ids = []
     for offset in range(0, tasks, SUBMIT_BATCH):
         task_ids += submit(client, min(SUBMIT_BATCH, tasks - offset))
-    wait_until(
-        lambda: batch_done(client, before, tasks),
-        timeout_s=timeout_s,
-        interval_s=POLL_INTERVAL_S,
-        what=f"{tasks} tasks to complete",
-    )
-    return tasks / (time.perf_counter() - started), task_ids
+    deadline = time.monotonic() + timeout_s
+    while not (reply := wait_for_tasks(client, task_ids))["done"]:
+        if time.monotonic() > deadline:
+            raise BenchError(f"{tasks} tasks not finished after {timeout_s:g} s: {reply['counts']}")
+    elapsed = time.perf_counter() - started
+    if reply["counts"] != {"completed": tasks}:
+        raise BenchError(f"not every benchmark task completed: {reply['counts']}")
+    return tasks / elapsed, task_ids
 
 
-def batch_done(client: httpx.Client, before: dict[str, int], tasks: int) -> bool:
-    counts = task_counts(client)
-    if counts.get("failed", 0) > before.get("failed", 0):
-        failed = checked(client.get("/api/tasks", params={"status": "failed", "limit": 1}))
-        raise BenchError(f"a benchmark task failed: {failed['tasks'][0]}")
-    return counts.get("completed", 0) - before.get("completed", 0) >= tasks
+def wait_for_tasks(client: httpx.Client, task_ids: list[str]) -> Any:
+    body = {"task_ids": task_ids, "timeout_s": LONG_POLL_S}
+    return checked(client.post("/api/tasks/wait", json=body))
 
 
 def latencies(task: dict[str, Any]) -> tuple[float, float]:

@@ -10,7 +10,7 @@ advance over the same time is reported too: it also counts what the
 coordinators appended on their own.
 
 Tasks: bench/_dtf.py's ``run_batch`` (batches of 500 through
-``POST /api/tasks/batch``, clock stopped when ``/api/status`` counts all
+``POST /api/tasks/batch``, clock stopped when ``POST /api/tasks/wait`` says all
 completed) after a warm-up batch, against workers that are already online.
 """
 

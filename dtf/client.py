@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_COORDINATOR = "http://127.0.0.1:8080"
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
+LONG_POLL_S = 5.0
+"""The longest ``wait`` lets the coordinator hold one request (at most half the
+client's request timeout)."""
 
 Task = dict[str, Any]
 SpecLike = dict[str, Any] | TaskSpec
@@ -119,7 +122,6 @@ class Client:
         timeout_s: float = 10.0,
         transport: httpx.BaseTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.urls = parse_coordinators(coordinator)
         self._current = 0
@@ -127,7 +129,7 @@ class Client:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.Client(headers=headers, timeout=timeout_s, transport=transport)
         self._clock = clock
-        self._sleep = sleep
+        self._long_poll_s = min(LONG_POLL_S, timeout_s / 2)
 
     def __enter__(self) -> Client:
         return self
@@ -233,30 +235,28 @@ class Client:
         self,
         task_ids: Sequence[str],
         timeout_s: float = 600.0,
-        poll_interval_s: float = 0.5,
         *,
-        on_poll: Callable[[builtins.list[Task]], None] | None = None,
+        on_poll: Callable[[dict[str, int]], None] | None = None,
     ) -> builtins.list[Task]:
-        """Poll until every task is terminal; ``on_poll`` sees the tasks after each poll."""
+        """Wait until every task has finished; the tasks. The coordinator holds each
+        request until they have or a few seconds pass (``POST /api/tasks/wait``);
+        ``on_poll`` sees how many are in each status after each answer."""
         deadline = self._clock() + timeout_s
-        latest: dict[str, Task] = {}
+        body: dict[str, Any] = {"task_ids": list(task_ids)}
         while True:
-            for task_id in task_ids:
-                if latest.get(task_id, {}).get("status") not in TERMINAL_STATUSES:
-                    latest[task_id] = self.get(task_id)
-            tasks = [latest[task_id] for task_id in task_ids]
+            body["timeout_s"] = min(max(0.0, deadline - self._clock()), self._long_poll_s)
+            reply = self.request("POST", "/api/tasks/wait", idempotent=True, json=body)
             if on_poll is not None:
-                on_poll(tasks)
-            unfinished = [t["id"] for t in tasks if t.get("status") not in TERMINAL_STATUSES]
-            if not unfinished:
-                return tasks
+                on_poll(reply["counts"])
+            if reply["done"]:
+                return [self.get(task_id) for task_id in task_ids]
             if self._clock() >= deadline:
+                first = reply["unfinished"][0]
                 raise WaitTimeout(
-                    f"{len(unfinished)} of {len(tasks)} tasks not finished after "
-                    f"{timeout_s:g}s (e.g. {unfinished[0]}); check them with "
-                    f"`dtf task show {unfinished[0]}` or wait longer"
+                    f"{reply['unfinished_total']} of {len(task_ids)} tasks not finished after "
+                    f"{timeout_s:g}s (e.g. {first}); check them with "
+                    f"`dtf task show {first}` or wait longer"
                 )
-            self._sleep(poll_interval_s)
 
     def workers(self) -> builtins.list[dict[str, Any]]:
         reply = self.request("GET", "/api/workers", idempotent=True)

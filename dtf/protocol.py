@@ -91,6 +91,14 @@ class Registered(Struct, frozen=True, tag="registered"):
     heartbeat_interval_s: float
 
 
+class LeasesRenewed(Struct, frozen=True, tag="leases_renewed"):
+    """Sent once a registration holding attempts is applied: those it renewed, as a
+    heartbeat reply lists them (any other it held is no longer the worker's)."""
+
+    renewed: list[LeaseRef]
+    lease_timeout_s: float
+
+
 class CheckpointGrant(Struct, frozen=True):
     """What an attempt's process needs to save and load checkpoints: the
     coordinator URL the worker reached it at, a token good for this attempt's
@@ -145,7 +153,9 @@ class ErrorMessage(Struct, frozen=True, tag="error", omit_defaults=True):
 
 
 WorkerMessage = Register | Started | OutcomeReport | HealthCheckReport
-CoordinatorMessage = Registered | Assign | Cancel | OutcomeAck | RunHealthCheck | ErrorMessage
+CoordinatorMessage = (
+    Registered | LeasesRenewed | Assign | Cancel | OutcomeAck | RunHealthCheck | ErrorMessage
+)
 
 worker_message_decoder = msgspec.json.Decoder(WorkerMessage)
 coordinator_message_decoder = msgspec.json.Decoder(CoordinatorMessage)

@@ -157,11 +157,9 @@ def result_line(task: Record) -> str:
     return line
 
 
-def poll_summary(tasks: list[Record]) -> str:
-    counts: dict[str, int] = {}
-    for task in tasks:
-        counts[task["status"]] = counts.get(task["status"], 0) + 1
-    return f"waiting for {len(tasks)} tasks: {counts_text(counts)}"
+def poll_summary(counts: dict[str, int]) -> str:
+    """'waiting for 3 tasks: 1 pending, 2 running', from the count of each status."""
+    return f"waiting for {sum(counts.values())} tasks: {counts_text(counts)}"
 
 
 def any_problems(tasks: list[Record]) -> list[tuple[str, str]]:

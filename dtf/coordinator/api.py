@@ -13,11 +13,18 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request, Response
 
 from dtf.coordinator import auth
-from dtf.coordinator.bodies import KeyRequest, SubmitBatch, decode_body, new_tasks, request_body
+from dtf.coordinator.bodies import (
+    KeyRequest,
+    SubmitBatch,
+    WaitRequest,
+    decode_body,
+    new_tasks,
+    request_body,
+)
 from dtf.coordinator.patterns_api import pattern_routes
 from dtf.coordinator.responses import json_response
 from dtf.coordinator.runtime import Runtime
-from dtf.coordinator.views import result_views, task_view
+from dtf.coordinator.views import result_views, task_view, wait_view
 from dtf.coordinator.worker_api import worker_protocol_routes
 from dtf.coordinator.workers_api import worker_routes
 from dtf.core import commands as c
@@ -31,6 +38,7 @@ Authorization = Annotated[str | None, Header()]
 
 def build_router(runtime: Runtime) -> APIRouter:
     router = APIRouter(prefix="/api")
+    _submit_routes(router, runtime)
     _task_routes(router, runtime)
     worker_routes(router, runtime)
     worker_protocol_routes(router, runtime)
@@ -39,7 +47,7 @@ def build_router(runtime: Runtime) -> APIRouter:
     return router
 
 
-def _task_routes(router: APIRouter, rt: Runtime) -> None:
+def _submit_routes(router: APIRouter, rt: Runtime) -> None:
     @router.post("/tasks", status_code=201, openapi_extra=request_body(TaskSpec), tags=["tasks"])
     async def submit_task(
         request: Request, authorization: Authorization = None, reject_unsatisfiable: bool = False
@@ -60,6 +68,8 @@ def _task_routes(router: APIRouter, rt: Runtime) -> None:
         accepted = await _submit(rt, new_tasks(batch.tasks), batch.reject_unsatisfiable)
         return json_response({"tasks": accepted}, 201)
 
+
+def _task_routes(router: APIRouter, rt: Runtime) -> None:
     @router.get("/tasks", tags=["tasks"])
     async def list_tasks(
         authorization: Authorization = None,
@@ -82,6 +92,18 @@ def _task_routes(router: APIRouter, rt: Runtime) -> None:
         """One task with its full attempt history and, if it waits, why."""
         rt.auth.require(authorization, "read")
         return json_response(task_view(rt.state, _task(rt, task_id), now=time.time()))
+
+    @router.post("/tasks/wait", openapi_extra=request_body(WaitRequest), tags=["tasks"])
+    async def wait_for_tasks(request: Request, authorization: Authorization = None) -> Response:
+        """Answer once every listed task has finished, or after ``timeout_s``: how many
+        are in each status and which are unfinished. One long poll instead of a poll per
+        task; ask again with what is unfinished."""
+        rt.auth.require(authorization, "read")
+        wanted = decode_body(await request.body(), WaitRequest)
+        tasks = [_task(rt, task_id) for task_id in wanted.task_ids]
+        await rt.waiters.wait([t.id for t in tasks if not t.status.is_terminal], wanted.timeout_s)
+        # Looked up again: a node catching up from a snapshot replaces its task records.
+        return json_response(wait_view([_task(rt, task_id) for task_id in wanted.task_ids]))
 
     @router.post("/tasks/{task_id}/cancel", tags=["tasks"])
     async def cancel_task(task_id: str, authorization: Authorization = None) -> Response:

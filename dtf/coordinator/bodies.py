@@ -20,12 +20,18 @@ from dtf.core.records import Role
 from dtf.errors import InvalidRequest
 
 MAX_BATCH = 100_000
+MAX_WAIT_S = 300.0
 T = TypeVar("T")
 
 
 class SubmitBatch(Struct, forbid_unknown_fields=True):
     tasks: Annotated[list[TaskSpec], Meta(min_length=1, max_length=MAX_BATCH)]
     reject_unsatisfiable: bool = False
+
+
+class WaitRequest(Struct, forbid_unknown_fields=True):
+    task_ids: Annotated[list[str], Meta(min_length=1, max_length=MAX_BATCH)]
+    timeout_s: Annotated[float, Meta(ge=0, le=MAX_WAIT_S)] = 30.0
 
 
 class KeyRequest(Struct, forbid_unknown_fields=True):

@@ -10,6 +10,7 @@ from dtf import __version__
 from dtf.coordinator.auth import Authenticator
 from dtf.coordinator.bus import Bus
 from dtf.coordinator.settings import CoordinatorSettings
+from dtf.coordinator.task_waiters import TaskWaiters
 from dtf.coordinator.views import open_breakers, out_of_service
 from dtf.coordinator.worker_hub import WorkerHub
 from dtf.core.state import State
@@ -23,6 +24,7 @@ class Runtime:
     auth: Authenticator
     journal_path: str
     started_at: float = field(default_factory=time.time)
+    waiters: TaskWaiters = field(default_factory=TaskWaiters)
 
     @property
     def state(self) -> State:

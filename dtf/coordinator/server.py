@@ -128,6 +128,7 @@ def _open(settings: CoordinatorSettings, node: ClusterNode | None) -> _Parts:
     auth = Authenticator(admin_key, lambda: bus.state.api_keys)
     where = _journal_description(journal, node)
     runtime = Runtime(settings, bus, hub, auth, where)
+    bus.subscribe(runtime.waiters.on_events)
     cluster: ClusterView = node.view if node else _standalone(settings, runtime)
     reads = ResultsReads(ingester)
     return _Parts(lock, journal, results, ingester, reads, grants, runtime, cluster, node)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import msgspec
@@ -94,6 +95,18 @@ def result_views(
         if attempt.finished_at is not None
     ]
     return results[offset : offset + limit]
+
+
+def wait_view(tasks: list[TaskRecord], listed: int = 100) -> dict[str, Any]:
+    """How many of ``tasks`` are in each status, and (the first ``listed`` of) those
+    not finished yet."""
+    unfinished = [t.id for t in tasks if not t.status.is_terminal]
+    return {
+        "done": not unfinished,
+        "counts": dict(Counter(t.status.value for t in tasks)),
+        "unfinished": unfinished[:listed],
+        "unfinished_total": len(unfinished),
+    }
 
 
 def worker_view(state: State, worker: WorkerRecord, *, now: float) -> dict[str, Any]:

@@ -28,10 +28,6 @@ from dtf.errors import DtfError
 
 log = logging.getLogger(__name__)
 
-OutboundMessage = (
-    p.Assign | p.Cancel | p.OutcomeAck | p.Registered | p.RunHealthCheck | p.ErrorMessage
-)
-
 
 class _Connection:
     def __init__(self, websocket: WebSocket, worker_id: str, session: str) -> None:
@@ -40,9 +36,9 @@ class _Connection:
         self.session = session
         # The URL the worker reached us at, as http(s) ("ws" -> "http", "wss" -> "https").
         self.base_url = str(websocket.base_url).replace("ws", "http", 1).rstrip("/")
-        self.outbox: asyncio.Queue[OutboundMessage | None] = asyncio.Queue()
+        self.outbox: asyncio.Queue[p.CoordinatorMessage | None] = asyncio.Queue()
 
-    def send(self, message: OutboundMessage) -> None:
+    def send(self, message: p.CoordinatorMessage) -> None:
         self.outbox.put_nowait(message)
 
     async def drain(self) -> None:
@@ -133,7 +129,7 @@ class WorkerHub:
         lease = None if task is None else task.lease
         return lease is not None and (lease.attempt, lease.fence) == (event.attempt, event.fence)
 
-    def _send(self, worker_id: str, message: OutboundMessage) -> None:
+    def _send(self, worker_id: str, message: p.CoordinatorMessage) -> None:
         connection = self._connections.get(worker_id)
         if connection is not None:
             connection.send(message)
@@ -196,8 +192,16 @@ class WorkerHub:
             )
         )
         await self.bus.execute(command)
+        if message.held:
+            connection.send(p.LeasesRenewed(self.renewed(message), self.lease_timeout_s))
         log.info("worker %s connected", message.worker_id, extra={"event": "worker_connected"})
         return True
+
+    def renewed(self, message: p.Register) -> list[LeaseRef]:
+        """The attempts ``message`` held that are still the worker's, now that its
+        registration (which renewed them) is applied."""
+        state = self.bus.state
+        return [ref for ref in message.held if state.is_current_lease_ref(message.worker_id, ref)]
 
     async def _receive(self, connection: _Connection) -> None:
         while (raw := await _receive_payload(connection.websocket)) is not None:

@@ -35,6 +35,7 @@ from dtf.protocol import (
     CoordinatorMessage,
     ErrorMessage,
     HealthCheckReport,
+    LeasesRenewed,
     OutcomeAck,
     OutcomeReport,
     Register,
@@ -49,7 +50,7 @@ from dtf.worker.connection import Channel, Endpoints
 from dtf.worker.executors import execute
 from dtf.worker.fault_actions import FaultInjector
 from dtf.worker.health_check import run_health_check
-from dtf.worker.heartbeat import HeartbeatThread, Target, Watchdog
+from dtf.worker.heartbeat import HeartbeatThread, Target, Watchdog, kill_fenced
 from dtf.worker.leases import FencedLease, LeaseTable
 from dtf.worker.observer import AttemptObserver
 from dtf.worker.reaper import Reaper
@@ -98,6 +99,9 @@ class WorkerAgent:
             self.note_dropped(fenced.lease, f"self-fenced: {fenced.reason}")
             loop.call_soon_threadsafe(self.on_fenced, fenced)
 
+        self.fence = on_fenced
+        self.registration_sent: tuple[list[LeaseRef], float] = ([], 0.0)
+        """What this session's registration held, and when it was sent (monotonic)."""
         self.watchdog = Watchdog(self.leases, on_fenced)
         self.heartbeats = HeartbeatThread(
             settings.worker_id,
@@ -141,7 +145,9 @@ class WorkerAgent:
     async def serve(self, endpoints: Endpoints) -> bool:
         """One connection, from register to close; False when registration failed."""
         async with open_connection(endpoints, self.settings.api_key) as websocket:
-            registered = await register(websocket, self.registration())
+            registration, sent_at = self.registration(), time.monotonic()
+            registered = await register(websocket, registration)
+            self.registration_sent = (registration.held, sent_at)
             if registered is None or self.stopping.is_set():
                 return registered is not None
             self.heartbeats.point_at(
@@ -215,8 +221,19 @@ class WorkerAgent:
                 self.on_report_refused(lease, message.message)
             case RunHealthCheck():
                 self.on_run_health_check(message.reason)
+            case LeasesRenewed():
+                self.on_leases_renewed(message)
             case Registered():
                 logger.debug("ignoring a repeated registered message")
+
+    def on_leases_renewed(self, renewal: LeasesRenewed) -> None:
+        """The registration was applied, renewing what the coordinator kept of what it
+        held: dated by when it was sent, as a heartbeat's renewals are, so leases stay
+        fresh while a restarting coordinator is up too briefly for a heartbeat. A
+        running attempt it did not keep is fenced at once."""
+        held, sent_at = self.registration_sent
+        fenced = self.leases.renew(held, renewal.renewed, sent_at, renewal.lease_timeout_s)
+        kill_fenced(fenced, self.fence)
 
     def on_run_health_check(self, reason: str) -> None:
         command = self.settings.health_check

@@ -232,6 +232,70 @@ def test_websocket_garbage_and_foreign_reports_get_errors(client: TestClient) ->
     assert [a["status"] for a in task["attempts"]] == ["succeeded"]
 
 
+def test_a_registration_holding_attempts_says_which_it_renewed(client: TestClient) -> None:
+    """Sent after the registration is applied, so a worker whose heartbeats cannot get
+    through (a coordinator restarting again and again) still has its leases renewed."""
+    task_id = submit(client, COMMAND).json()["task_id"]
+    register = {"type": "register", "worker_id": "w1", "capabilities": {}, "slots": 1}
+    with client.websocket_connect("/api/workers/ws", headers=ADMIN) as ws:
+        ws.send_text(json.dumps({**register, "session": "s1"}))
+        assert ws.receive_json()["type"] == "registered"
+        assignment = ws.receive_json()
+    held = [task_id, 1, assignment["fence"]]
+    not_held = [task_id, 1, assignment["fence"] + 7]
+    before = client.get(f"/api/tasks/{task_id}", headers=ADMIN).json()["lease"]
+    with client.websocket_connect("/api/workers/ws", headers=ADMIN) as ws:
+        ws.send_text(json.dumps({**register, "session": "s2", "held": [held, not_held]}))
+        assert ws.receive_json()["type"] == "registered"
+        renewal = ws.receive_json()
+    assert renewal == {"type": "leases_renewed", "renewed": [held], "lease_timeout_s": 10.0}
+    after = client.get(f"/api/tasks/{task_id}", headers=ADMIN).json()["lease"]
+    assert after[-1] > before[-1], "the registration renewed the lease"
+
+
+def test_a_registration_holding_nothing_gets_no_renewal(client: TestClient) -> None:
+    register = {"type": "register", "worker_id": "w1", "session": "s1", "capabilities": {}}
+    with client.websocket_connect("/api/workers/ws", headers=ADMIN) as ws:
+        ws.send_text(json.dumps({**register, "slots": 1}))
+        assert ws.receive_json()["type"] == "registered"
+        task_id = submit(client, COMMAND).json()["task_id"]
+        assert ws.receive_json()["type"] == "assign", "the next message is the assignment"
+    assert client.get(f"/api/tasks/{task_id}", headers=ADMIN).json()["status"] == "assigned"
+
+
+def test_wait_answers_with_counts_and_what_is_unfinished(client: TestClient) -> None:
+    ids = [submit(client, COMMAND).json()["task_id"] for _ in range(2)]
+    client.post(f"/api/tasks/{ids[0]}/cancel", headers=ADMIN)
+    reply = client.post(
+        "/api/tasks/wait", json={"task_ids": ids, "timeout_s": 0.05}, headers=ADMIN
+    ).json()
+    assert reply == {
+        "done": False,
+        "counts": {"cancelled": 1, "pending": 1},
+        "unfinished": [ids[1]],
+        "unfinished_total": 1,
+    }
+    client.post(f"/api/tasks/{ids[1]}/cancel", headers=ADMIN)
+    reply = client.post("/api/tasks/wait", json={"task_ids": ids}, headers=ADMIN).json()
+    assert reply["done"] and reply["counts"] == {"cancelled": 2}
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        ({"task_ids": []}, 422, "task_ids"),
+        ({"task_ids": ["t"], "timeout_s": 301}, 422, "timeout_s"),
+        ({"task_ids": ["no-such-task"]}, 404, "'no-such-task' does not exist"),
+    ],
+)
+def test_wait_refuses_bad_bodies(
+    client: TestClient, body: dict[str, Any], status: int, message: str
+) -> None:
+    response = client.post("/api/tasks/wait", json=body, headers=ADMIN)
+    assert response.status_code == status
+    assert message in error_of(response)["message"]
+
+
 def test_state_survives_a_restart_on_the_same_data_dir(tmp_path: Path) -> None:
     settings = CoordinatorSettings(data_dir=tmp_path, admin_key="admin-secret")
     with TestClient(create_app(settings)) as first:

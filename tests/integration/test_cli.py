@@ -218,7 +218,7 @@ def test_client_talks_to_the_cluster_with_a_dead_url_first(cluster: LocalCluster
     dead = f"http://127.0.0.1:{find_free_port()}"
     with Client(f"{dead},{cluster.url}", cluster.admin_key) as client:
         task_id = client.submit({"type": "command", "config": {"command": "true"}})
-        [task] = client.wait([task_id], timeout_s=60, poll_interval_s=0.2)
+        [task] = client.wait([task_id], timeout_s=60)
         assert client.url == cluster.url
     assert task["status"] == "completed"
 

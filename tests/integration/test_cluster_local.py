@@ -246,7 +246,7 @@ def run_tasks(started: Record, command: str) -> list[Record]:
     specs = [{"type": "command", "config": {"command": command}} for _ in range(TASKS)]
     with Client(started["urls"], started["admin_key"], timeout_s=10) as client:
         task_ids = client.submit_many(specs)
-        tasks: list[Record] = client.wait(task_ids, timeout_s=TASKS_TIMEOUT_S, poll_interval_s=0.2)
+        tasks: list[Record] = client.wait(task_ids, timeout_s=TASKS_TIMEOUT_S)
     return tasks
 
 

@@ -20,6 +20,7 @@ from dtf.testing.waiting import wait_for
 pytestmark = pytest.mark.integration
 
 RESTARTS = 3
+QUICK_RESTARTS = 8
 WAIT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 
@@ -40,17 +41,38 @@ def test_restarts_of_the_coordinator_leave_a_busy_workers_health_alone(
         task_id = client.submit(SLEEPER)
         wait_for(lambda: client.get(task_id)["status"] == "running", WAIT_S, "the task to run")
         attempt = client.get(task_id)["attempts"][-1]["number"]
-    for _ in range(RESTARTS):
-        assert cluster.coordinator is not None
-        assert cluster.coordinator.stop(STOP_TIMEOUT_S) == 0
-        cluster.start_coordinator()
-        cluster.wait_for_workers(["local-1"])
+    restart(cluster, RESTARTS)
     with cluster.client() as client:
         worker = client.worker("local-1")
         task = client.get(task_id)
     assert worker["health"]["summary"] == "no recent results", worker["health"]
     assert worker["health"]["score"] == 100.0
     assert (task["status"], task["attempts"][-1]["number"]) == ("running", attempt)
+
+
+def test_a_running_task_outlives_a_coordinator_restarting_again_and_again(
+    cluster: LocalCluster,
+) -> None:
+    """Each restart is stopped again as soon as the worker has registered: too soon,
+    often, for a heartbeat to land, so the registrations themselves must renew the
+    worker's lease on the running task (or it fences the task itself)."""
+    with cluster.client() as client:
+        task_id = client.submit(SLEEPER)
+        wait_for(lambda: client.get(task_id)["status"] == "running", WAIT_S, "the task to run")
+    restart(cluster, QUICK_RESTARTS)
+    with cluster.client() as client:
+        task = client.get(task_id)
+    assert (task["status"], len(task["attempts"])) == ("running", 1), task["attempts"]
+
+
+def restart(cluster: LocalCluster, times: int) -> None:
+    """Stop the coordinator gracefully and start it again, each time as soon as the
+    worker has registered with it."""
+    for _ in range(times):
+        assert cluster.coordinator is not None
+        assert cluster.coordinator.stop(STOP_TIMEOUT_S) == 0
+        cluster.start_coordinator()
+        cluster.wait_for_workers(["local-1"])
 
 
 @pytest.fixture

@@ -191,7 +191,7 @@ def test_kill_9_of_the_leader_loses_and_repeats_nothing(
         )
         cluster.restart_coordinator(leader["node_id"])  # it catches up while work goes on
         try:
-            client.wait(["long", *accepted, "after-kill"], WAIT_S, poll_interval_s=0.2)
+            client.wait(["long", *accepted, "after-kill"], WAIT_S)
         except WaitTimeout as stalled:
             report = stall_report(cluster, ["long", *accepted, "after-kill"])
             raise AssertionError(f"{stalled}\n{report}") from None
@@ -227,7 +227,7 @@ def test_a_restarted_follower_catches_up_from_snapshot_and_log(whole: FailoverCl
             nonlocal rounds
             rounds += 1
             specs = [{"type": "command", "config": {"command": "true"}}] * ROUND_TASKS
-            client.wait(client.submit_many(specs), WAIT_S, poll_interval_s=0.2)
+            client.wait(client.submit_many(specs), WAIT_S)
             position = cluster.log_position()
             return position.snapshot_seq > left_at and position.first_seq > left_at + 1
 
@@ -261,7 +261,7 @@ def test_workers_of_a_follower_still_get_work_after_the_leader_changes(
     with client_for(cluster, "node-1") as client:
         task_id = client.submit(command_task("after-hand-over", "true"))
         try:
-            client.wait([task_id], STRANDED_WAIT_S, poll_interval_s=0.2)
+            client.wait([task_id], STRANDED_WAIT_S)
         except WaitTimeout:
             workers = {w["id"]: f"{w['status']}: {w['status_reason']}" for w in client.workers()}
             raise AssertionError(

@@ -75,7 +75,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
                 [task_id] = client.submit_many(
                     [step_benchmark(run_id, f"c{number:02d}", center_ms)]
                 )
-                [task] = client.wait([task_id], timeout_s=60, poll_interval_s=0.1)
+                [task] = client.wait([task_id], timeout_s=60)
                 assert task["status"] == "completed", task
                 submitted += 1
         expected = submitted * REPEATS

@@ -4,10 +4,8 @@ from real ``dtf coordinator`` and ``dtf worker`` processes on loopback."""
 from __future__ import annotations
 
 import os
-import secrets
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,8 +14,9 @@ import psutil
 import pytest
 
 from dtf.client import Client
-from dtf.errors import DtfError
-from dtf.local.processes import ManagedProcess, find_free_port, start_process
+from dtf.local.processes import ManagedProcess, start_process
+from dtf.testing.coordinator import running_coordinator
+from dtf.testing.fleet import dtf_argv
 from dtf.testing.waiting import wait_for
 from dtf.worker.audit import AuditEvent, AuditRecord, read_audit_log
 
@@ -27,31 +26,10 @@ WAIT_S = 60.0
 LEASE_TIMEOUT_S = 2.0
 
 
-def dtf(*args: str) -> list[str]:
-    return [sys.executable, "-m", "dtf.cli", *args]
-
-
 @pytest.fixture
 def coordinator(tmp_path: Path) -> Iterator[tuple[ManagedProcess, Client]]:
-    key, port = secrets.token_urlsafe(16), find_free_port()
-    argv = dtf("coordinator", "--port", str(port), "--data-dir", str(tmp_path / "data"))
-    argv += ["--lease-timeout", str(LEASE_TIMEOUT_S), "--log-level", "warning"]
-    env = {**os.environ, "DTF_ADMIN_KEY": key}
-    process = start_process("coordinator", argv, tmp_path / "coordinator.log", env)
-    try:
-        with Client(f"http://127.0.0.1:{port}", key, timeout_s=5.0) as client:
-            wait_for(lambda: is_healthy(client), WAIT_S, "the coordinator to answer /health")
-            yield process, client
-    finally:
-        os.kill(process.pid, signal.SIGCONT)
-        process.stop(10.0)
-
-
-def is_healthy(client: Client) -> bool:
-    try:
-        return client.health()
-    except DtfError:  # not up yet
-        return False
+    with running_coordinator(tmp_path, "--lease-timeout", str(LEASE_TIMEOUT_S)) as started:
+        yield started
 
 
 def long_task(pid_file: Path) -> dict[str, Any]:
@@ -84,13 +62,13 @@ def test_audit_log_records_each_start_and_how_each_process_ended(
 ) -> None:
     process, client = coordinator
     audit_log = tmp_path / "audit" / "worker.jsonl"
-    argv = dtf("worker", "--coordinator", client.url, "--worker-id", "audited")
+    argv = dtf_argv("worker", "--coordinator", client.url, "--worker-id", "audited")
     argv += ["--work-dir", str(tmp_path / "work"), "--audit-log", str(audit_log)]
     env = {**os.environ, "DTF_API_KEY": client_key(client)}
     worker = start_process("worker", argv, tmp_path / "worker.log", env)
     try:
         quick = client.submit({"type": "command", "config": {"command": "true"}})
-        client.wait([quick], timeout_s=WAIT_S, poll_interval_s=0.1)
+        client.wait([quick], timeout_s=WAIT_S)
 
         cancelled = client.submit(long_task(tmp_path / "cancelled.pid"))
         cancelled_pid = started_pid(client, cancelled, tmp_path / "cancelled.pid")
@@ -138,6 +116,8 @@ def ended(records: list[AuditRecord], pid: int) -> str:
 
 
 def test_help_describes_the_audit_log() -> None:
-    result = subprocess.run(dtf("worker", "--help"), capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        dtf_argv("worker", "--help"), capture_output=True, text=True, check=True
+    )
     assert "--audit-log" in result.stdout
     assert "what ran on this machine when" in " ".join(result.stdout.split())

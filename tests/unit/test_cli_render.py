@@ -119,8 +119,7 @@ def test_failed_and_cancelled_tasks_are_problems_with_their_reason() -> None:
 
 
 def test_poll_summary_counts_statuses() -> None:
-    tasks = [{"status": "running"}, {"status": "pending"}, {"status": "running"}]
-    assert poll_summary(tasks) == "waiting for 3 tasks: 1 pending, 2 running"
+    assert poll_summary({"running": 2, "pending": 1}) == "waiting for 3 tasks: 1 pending, 2 running"
 
 
 def test_spec_summary_per_type() -> None:

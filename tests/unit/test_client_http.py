@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
 
 from dtf import errors
-from dtf.client import Client, WaitTimeout, error_from_response, parse_coordinators
+from dtf.client import (
+    LONG_POLL_S,
+    Client,
+    WaitTimeout,
+    error_from_response,
+    parse_coordinators,
+)
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -172,52 +179,59 @@ def test_error_without_json_body_names_status_and_url() -> None:
 
 
 class FakeClock:
+    """Time passes only while the (fake) coordinator holds a long poll."""
+
     def __init__(self) -> None:
         self.now = 0.0
 
     def __call__(self) -> float:
         return self.now
 
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
+
+def wait_reply(unfinished: list[str], counts: dict[str, int]) -> httpx.Response:
+    body = {"done": not unfinished, "counts": counts, "unfinished": unfinished}
+    return httpx.Response(200, json={**body, "unfinished_total": len(unfinished)})
 
 
-def test_wait_polls_until_terminal_and_stops_polling_finished_tasks() -> None:
-    polls: dict[str, int] = {"a": 0, "b": 0}
+def test_wait_long_polls_until_done_then_fetches_each_task() -> None:
+    sent: list[dict[str, Any]] = []
+    clock = FakeClock()
 
     def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/api/tasks/wait":
+            body = json.loads(request.content)
+            sent.append(body)
+            clock.now += body["timeout_s"]
+            if len(sent) < 3:
+                return wait_reply(["b"], {"completed": 1, "running": 1})
+            return wait_reply([], {"completed": 2})
         task_id = request.url.path.rsplit("/", 1)[-1]
-        polls[task_id] += 1
-        done = task_id == "a" or polls[task_id] >= 3
-        return httpx.Response(
-            200, json={"id": task_id, "status": "completed" if done else "running"}
-        )
+        return httpx.Response(200, json={"id": task_id, "status": "completed"})
 
-    clock = FakeClock()
-    seen: list[list[str]] = []
-    client = make_client(handler, clock=clock, sleep=clock.sleep)
-    tasks = client.wait(
-        ["a", "b"],
-        timeout_s=10,
-        poll_interval_s=1,
-        on_poll=lambda ts: seen.append([t["status"] for t in ts]),
-    )
-    assert [t["status"] for t in tasks] == ["completed", "completed"]
-    assert polls == {"a": 1, "b": 3}
-    assert seen[0] == ["completed", "running"]
+    seen: list[dict[str, int]] = []
+    client = make_client(handler, clock=clock)
+    tasks = client.wait(["a", "b"], timeout_s=60, on_poll=seen.append)
+    assert [t["id"] for t in tasks] == ["a", "b"]
+    assert [b["task_ids"] for b in sent] == [["a", "b"]] * 3
+    assert [b["timeout_s"] for b in sent] == [LONG_POLL_S] * 3
+    assert seen == [{"completed": 1, "running": 1}] * 2 + [{"completed": 2}]
 
 
 def test_wait_times_out_with_a_clear_message() -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json={"id": "slow", "status": "pending"})
-
     clock = FakeClock()
-    client = make_client(handler, clock=clock, sleep=clock.sleep)
+    held: list[float] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        held.append(json.loads(request.content)["timeout_s"])
+        clock.now += held[-1]
+        return wait_reply(["slow"], {"pending": 1})
+
+    client = make_client(handler, clock=clock)
     with pytest.raises(
-        WaitTimeout, match=r"1 of 1 tasks not finished after 5s.*dtf task show slow"
+        WaitTimeout, match=r"1 of 1 tasks not finished after 7s.*dtf task show slow"
     ):
-        client.wait(["slow"], timeout_s=5, poll_interval_s=1)
-    assert clock.now == 5
+        client.wait(["slow"], timeout_s=7)
+    assert held == [LONG_POLL_S, 7 - LONG_POLL_S]
 
 
 def test_list_and_results_pass_query_parameters() -> None:
