@@ -48,10 +48,15 @@ class BatchLinger:
     writes a few milliseconds apart) the append goes at once. Above it the
     writer waits ``max_linger_s``, or less when ``full_batch`` commands are
     expected sooner; a queue already that long goes at once.
+
+    The 5 ms default was measured on a 2-core machine running 3 etcd members, 3
+    coordinators and 2 workers of 16 slots: against 2 ms, batches grew about 1.45
+    times, the CPU per task fell 6-11 % (coordinators' 14-17 %, etcd's 17-23 %), and
+    the tasks/s stayed the same.
     """
 
     def __init__(
-        self, *, max_linger_s: float = 0.002, full_batch: int = 64, window_s: float = 0.05
+        self, *, max_linger_s: float = 0.005, full_batch: int = 64, window_s: float = 0.05
     ) -> None:
         self.max_linger_s = max_linger_s
         self.full_batch = full_batch
