@@ -189,9 +189,12 @@ def role(argv: list[str]) -> str:
     return "other"
 
 
-def cluster_tasks(cluster: HaCluster, tasks: int, warm_up: int, timeout_s: float) -> dict[str, Any]:
-    """Start the cluster's workers, run the batches through the first node, stop the workers."""
-    cluster.start_workers()
+def cluster_tasks(
+    cluster: HaCluster, slots: int, tasks: int, warm_up: int, timeout_s: float
+) -> dict[str, Any]:
+    """Start the cluster's workers with ``slots`` each, run the batches through the first
+    node, stop the workers."""
+    cluster.start_workers(slots)
     try:
         with node_client(cluster.urls[0], cluster.admin_key) as client:
             try:
@@ -214,16 +217,21 @@ def worker_states(client: httpx.Client) -> str:
 
 def standalone(work_dir: Path, options: Any, prefix: str) -> dict[str, Any]:
     """A standalone coordinator (SQLite journal): commands/s without workers, then
-    tasks/s with ``options.workers`` workers of ``options.slots`` slots."""
-    figures: dict[str, Any] = {}
+    tasks/s with ``options.workers`` workers of each of ``options.slots`` slots, each
+    on a coordinator of its own."""
+    figures: dict[str, Any] = {"tasks": {}}
     with coordinator(work_dir, "standalone") as single:
         figures["commands"] = measure_commands(
             [single.url], single.admin_key, options.seconds, options.concurrency, prefix
         )
-    with (
-        coordinator(work_dir, "standalone-tasks") as single,
-        workers(single, options.workers, options.slots, work_dir),
-    ):
-        warm_up = options.workers * options.slots * 2
-        figures["tasks"] = measure_tasks(single.client, options.tasks, warm_up, options.timeout)
+    for slots in options.slots:
+        logs = work_dir / f"standalone-workers-{slots}"
+        logs.mkdir()
+        with (
+            coordinator(work_dir, f"standalone-tasks-{slots}") as single,
+            workers(single, options.workers, slots, logs),
+        ):
+            figures["tasks"][str(slots)] = measure_tasks(
+                single.client, options.tasks, options.workers * slots * 2, options.timeout
+            )
     return figures

@@ -9,7 +9,7 @@ run. Prints figures (rich tables, or JSON with ``--json``) next to the targets
 of issue 5; asserts nothing. See bench/README.md for what each figure means.
 
     .venv/bin/python bench/failover.py [--kills 20] [--quick] [--skip throughput]
-                                       [--workers 2] [--slots 16] [--tasks 10000] [--json]
+                                       [--workers 2] [--slots 16,32] [--tasks 10000] [--json]
 """
 
 from __future__ import annotations
@@ -73,7 +73,12 @@ def parse_options() -> argparse.Namespace:
         "--concurrency", type=int, default=32, help="requests in flight, commands/s"
     )
     parser.add_argument("--workers", type=int, default=2, help="worker processes, tasks/s")
-    parser.add_argument("--slots", type=int, default=16, help="concurrent tasks per worker")
+    parser.add_argument(
+        "--slots",
+        type=slot_counts,
+        default="16,32",
+        help="concurrent tasks per worker, comma-separated: tasks/s is measured at each",
+    )
     parser.add_argument(
         "--tasks",
         type=int,
@@ -92,9 +97,20 @@ def parse_options() -> argparse.Namespace:
     unknown = options.skip - set(SKIPPABLE)
     if unknown:
         parser.error(f"--skip {','.join(sorted(unknown))}: choose from {','.join(SKIPPABLE)}")
-    if min(options.kills, options.workers, options.slots, options.tasks, options.concurrency) < 1:
+    if (
+        not options.slots
+        or min(options.kills, options.workers, *options.slots, options.tasks, options.concurrency)
+        < 1
+    ):
         parser.error("--kills, --workers, --slots, --tasks and --concurrency must be at least 1")
     return options
+
+
+def slot_counts(text: str) -> list[int]:
+    try:
+        return sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give whole numbers, e.g. 16,32") from None
 
 
 def attempt(what: str, measure: Callable[[], Any]) -> Any:
@@ -128,7 +144,7 @@ def measure_all(options: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
     settings = HaSettings(
         data_dir=work_dir / "cluster",
         workers=options.workers,
-        slots=options.slots,
+        slots=options.slots[0],
         base_port=0,
         log_level=options.log_level,
         startup_timeout_s=options.timeout,
@@ -169,8 +185,12 @@ def start(cluster: HaCluster) -> None:
 
 
 def cluster_throughput(cluster: HaCluster, options: argparse.Namespace) -> dict[str, Any]:
-    warm_up = options.workers * options.slots * 2
-    figures = {"tasks": cluster_tasks(cluster, options.tasks, warm_up, options.timeout)}
+    figures: dict[str, Any] = {"tasks": {}}
+    for slots in options.slots:
+        warm_up = options.workers * slots * 2
+        figures["tasks"][str(slots)] = cluster_tasks(
+            cluster, slots, options.tasks, warm_up, options.timeout
+        )
     with cluster.http_client() as http:
         leader = cluster.current_leader(http)
     spread = measure_commands(
@@ -297,16 +317,20 @@ def render(figures: dict[str, Any]) -> None:
                 f"rounds; failed tries: {tries or 'none'}"
             )
     if "standalone" in figures or "cluster" in figures:
-        console.print(throughput_table(figures))
+        console.print(commands_table(figures))
+        console.print(tasks_table(figures))
         console.print(
             f"tasks/s limit on this machine, {figures['config']['workers']} processes each "
             f"running `true` back to back, no scheduler: {task_cell(figures.get('limit'))}"
         )
         for name in ("standalone", "cluster"):
-            spent = figures.get(name, {}).get("tasks", {}).get("cpu_ms_per_task")
-            if spent:
-                parts = ", ".join(f"{role} {ms:.2f}" for role, ms in spent.items() if ms >= 0.005)
-                console.print(f"CPU per task end to end, ms, {name}: {parts}")
+            for slots, tasks in tasks_by_slots(figures, name).items():
+                spent = tasks.get("cpu_ms_per_task")
+                if spent:
+                    parts = ", ".join(
+                        f"{role} {ms:.2f}" for role, ms in spent.items() if ms >= 0.005
+                    )
+                    console.print(f"CPU per task end to end, ms, {name}, {slots} slots: {parts}")
     before, after = figures["load_average_before"], figures["load_average_after"]
     console.print(
         f"{figures['cpus']} CPUs; load average (1, 5, 15 min) before "
@@ -375,33 +399,50 @@ def ratio_lines(found: dict[str, float]) -> list[str]:
     return lines
 
 
-def throughput_table(figures: dict[str, Any]) -> Table:
-    table = Table(title="Throughput, same run")
-    columns = ("system", "commands/s", "p50 ms", "p99 ms", "client CPU", "tasks/s end to end")
+def commands_table(figures: dict[str, Any]) -> Table:
+    table = Table(title="Committed commands, same run")
+    columns = ("system", "commands/s", "p50 ms", "p99 ms", "client CPU")
     for column in columns:
         table.add_column(column, justify="left" if column == "system" else "right")
     single, cluster = figures.get("standalone", {}), figures.get("cluster", {})
     rows = (
-        ("standalone (SQLite)", single.get("commands"), single.get("tasks")),
-        ("cluster, to all nodes", cluster.get("commands", {}).get("spread"), cluster.get("tasks")),
-        ("cluster, to the leader", cluster.get("commands", {}).get("leader"), None),
+        ("standalone (SQLite)", single.get("commands")),
+        ("cluster, to all nodes", cluster.get("commands", {}).get("spread")),
+        ("cluster, to the leader", cluster.get("commands", {}).get("leader")),
     )
-    for label, commands, tasks in rows:
-        table.add_row(label, *command_cells(commands), task_cell(tasks))
+    for label, commands in rows:
+        table.add_row(label, *command_cells(commands))
     for source in (single, cluster):
         if "error" in source:
-            table.add_row("[red]error[/red]", escape(source["error"][:300]), "", "", "", "")
-    single_tasks = single.get("tasks", {}).get("tasks_per_s")
-    cluster_tasks_per_s = cluster.get("tasks", {}).get("tasks_per_s")
+            table.add_row("[red]error[/red]", escape(source["error"][:300]), "", "", "")
     single_commands = single.get("commands", {}).get("commands_per_s")
     spread = cluster.get("commands", {}).get("spread", {}).get("commands_per_s")
-    ratio_commands = f"{spread / single_commands:.2f}" if spread and single_commands else "-"
-    ratio_tasks = (
-        f"{cluster_tasks_per_s / single_tasks:.2f}" if cluster_tasks_per_s and single_tasks else "-"
-    )
-    table.add_row("cluster / standalone", ratio_commands, "", "", "", ratio_tasks)
-    table.add_row("target (cluster)", "", "", "", "", f"≥ {TASKS_TARGET_PER_S:,.0f}")
+    ratio = f"{spread / single_commands:.2f}" if spread and single_commands else "-"
+    table.add_row("cluster / standalone", ratio, "", "", "")
     return table
+
+
+def tasks_table(figures: dict[str, Any]) -> Table:
+    workers = figures["config"]["workers"]
+    table = Table(title=f"Tasks/s end to end, {workers} workers, same run")
+    columns = ("slots per worker", "standalone (SQLite)", "cluster", "cluster / standalone", "met")
+    for column in columns:
+        table.add_column(column, justify="right")
+    single = tasks_by_slots(figures, "standalone")
+    cluster = tasks_by_slots(figures, "cluster")
+    for slots in figures["config"]["slots"]:
+        one, many = single.get(str(slots), {}), cluster.get(str(slots), {})
+        single_rate, cluster_rate = one.get("tasks_per_s"), many.get("tasks_per_s")
+        ratio = f"{cluster_rate / single_rate:.2f}" if cluster_rate and single_rate else "-"
+        met = "-" if cluster_rate is None else "yes" if cluster_rate >= TASKS_TARGET_PER_S else "no"
+        table.add_row(str(slots), task_cell(one), task_cell(many), ratio, met)
+    table.add_row("target (cluster)", "", f"≥ {TASKS_TARGET_PER_S:,.0f}", "", "")
+    return table
+
+
+def tasks_by_slots(figures: dict[str, Any], system: str) -> dict[str, dict[str, Any]]:
+    tasks = figures.get(system, {}).get("tasks", {})
+    return tasks if isinstance(tasks, dict) else {}
 
 
 def command_cells(commands: dict[str, Any] | None) -> list[str]:

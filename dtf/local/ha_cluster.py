@@ -165,12 +165,13 @@ class HaCluster:
             f"{', '.join(self.node_ids)} to form one cluster with one leader",
         )
 
-    def start_workers(self) -> None:
-        """Create a worker key, start the workers and wait (bounded) until all are online."""
+    def start_workers(self, slots: int | None = None) -> None:
+        """Create a worker key, start the workers (with ``slots`` each instead of the
+        settings' number, if given) and wait (bounded) until all are online."""
         with Client(self.urls, self.admin_key) as client:
             self.worker_key = str(client.create_key("worker", "dtf cluster local")["key"])
             for number in range(1, self.settings.workers + 1):
-                self.start_worker(f"local-{number}")
+                self.start_worker(f"local-{number}", slots)
 
             def offline() -> str | None:
                 online = {w["id"] for w in client.workers() if w.get("status") == "online"}
@@ -179,11 +180,10 @@ class HaCluster:
 
             self._wait_for(offline, "the workers to come online")
 
-    def start_worker(self, worker_id: str) -> ManagedProcess:
+    def start_worker(self, worker_id: str, slots: int | None = None) -> ManagedProcess:
         work_dir = self.data_dir / "workers" / worker_id
-        argv = worker_argv(
-            self.settings.python, worker_id, self.urls, self.settings.slots, work_dir
-        )
+        slots = self.settings.slots if slots is None else slots
+        argv = worker_argv(self.settings.python, worker_id, self.urls, slots, work_dir)
         log_path = self.logs_dir / f"worker-{worker_id}.log"
         process = start_process(
             f"worker {worker_id}", argv, log_path, self._child_env(DTF_API_KEY=self.worker_key)
