@@ -15,6 +15,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from dtf.coordinator import auth
 from dtf.coordinator.bodies import (
     KeyRequest,
+    LookupRequest,
     SubmitBatch,
     WaitRequest,
     decode_body,
@@ -40,6 +41,7 @@ def build_router(runtime: Runtime) -> APIRouter:
     router = APIRouter(prefix="/api")
     _submit_routes(router, runtime)
     _task_routes(router, runtime)
+    _task_list_routes(router, runtime)
     worker_routes(router, runtime)
     worker_protocol_routes(router, runtime)
     _info_routes(router, runtime)
@@ -93,18 +95,6 @@ def _task_routes(router: APIRouter, rt: Runtime) -> None:
         rt.auth.require(authorization, "read")
         return json_response(task_view(rt.state, _task(rt, task_id), now=time.time()))
 
-    @router.post("/tasks/wait", openapi_extra=request_body(WaitRequest), tags=["tasks"])
-    async def wait_for_tasks(request: Request, authorization: Authorization = None) -> Response:
-        """Answer once every listed task has finished, or after ``timeout_s``: how many
-        are in each status and which are unfinished. One long poll instead of a poll per
-        task; ask again with what is unfinished."""
-        rt.auth.require(authorization, "read")
-        wanted = decode_body(await request.body(), WaitRequest)
-        tasks = [_task(rt, task_id) for task_id in wanted.task_ids]
-        await rt.waiters.wait([t.id for t in tasks if not t.status.is_terminal], wanted.timeout_s)
-        # Looked up again: a node catching up from a snapshot replaces its task records.
-        return json_response(wait_view([_task(rt, task_id) for task_id in wanted.task_ids]))
-
     @router.post("/tasks/{task_id}/cancel", tags=["tasks"])
     async def cancel_task(task_id: str, authorization: Authorization = None) -> Response:
         """Cancel a task; a running attempt is killed on its worker."""
@@ -123,6 +113,41 @@ async def _submit(
         for e in events
         if isinstance(e, TaskAccepted)
     ]
+
+
+def _task_list_routes(router: APIRouter, rt: Runtime) -> None:
+    """Routes that take a list of task ids in their body."""
+
+    @router.post("/tasks/wait", openapi_extra=request_body(WaitRequest), tags=["tasks"])
+    async def wait_for_tasks(request: Request, authorization: Authorization = None) -> Response:
+        """Answer once every listed task has finished, or after ``timeout_s``: how many
+        are in each status and which are unfinished. One long poll instead of a poll per
+        task; ask again with what is unfinished."""
+        rt.auth.require(authorization, "read")
+        wanted = decode_body(await request.body(), WaitRequest)
+        tasks = [_task(rt, task_id) for task_id in wanted.task_ids]
+        await rt.waiters.wait([t.id for t in tasks if not t.status.is_terminal], wanted.timeout_s)
+        # Looked up again: a node catching up from a snapshot replaces its task records.
+        return json_response(wait_view([_task(rt, task_id) for task_id in wanted.task_ids]))
+
+    @router.post("/tasks/lookup", openapi_extra=request_body(LookupRequest), tags=["tasks"])
+    async def look_up_tasks(request: Request, authorization: Authorization = None) -> Response:
+        """The listed tasks, in the order given, as ``GET /api/tasks/{id}`` shows each:
+        one request for a whole batch."""
+        rt.auth.require(authorization, "read")
+        wanted = decode_body(await request.body(), LookupRequest)
+        missing = [task_id for task_id in wanted.task_ids if task_id not in rt.state.tasks]
+        if missing:
+            shown = ", ".join(repr(task_id) for task_id in missing[:5])
+            raise NotFound(
+                f"{len(missing)} of the listed tasks do not exist ({shown}); "
+                "list tasks with `dtf tasks`"
+            )
+        now = time.time()
+        tasks = [
+            task_view(rt.state, rt.state.tasks[task_id], now=now) for task_id in wanted.task_ids
+        ]
+        return json_response({"tasks": tasks})
 
 
 def _task(rt: Runtime, task_id: str) -> Any:

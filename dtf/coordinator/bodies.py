@@ -34,6 +34,10 @@ class WaitRequest(Struct, forbid_unknown_fields=True):
     timeout_s: Annotated[float, Meta(ge=0, le=MAX_WAIT_S)] = 30.0
 
 
+class LookupRequest(Struct, forbid_unknown_fields=True):
+    task_ids: Annotated[list[str], Meta(min_length=1, max_length=MAX_BATCH)]
+
+
 class KeyRequest(Struct, forbid_unknown_fields=True):
     role: Role
     name: Annotated[str, Meta(max_length=128)] = ""

@@ -28,7 +28,13 @@ from dtf.cluster.view import ClusterView, StandaloneCluster
 from dtf.coordinator.api import build_router
 from dtf.coordinator.auth import Authenticator, load_or_create_admin_key
 from dtf.coordinator.blob_peers import BlobPeers
-from dtf.coordinator.bodies import KeyRequest, SubmitBatch, schema_components
+from dtf.coordinator.bodies import (
+    KeyRequest,
+    LookupRequest,
+    SubmitBatch,
+    WaitRequest,
+    schema_components,
+)
 from dtf.coordinator.bus import Bus, CommandBus
 from dtf.coordinator.checkpoint_grants import GrantIssuer
 from dtf.coordinator.checkpoint_store import CheckpointStore
@@ -288,6 +294,8 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         bodies = [
             TaskSpec,
             SubmitBatch,
+            WaitRequest,
+            LookupRequest,
             KeyRequest,
             p.Register,
             p.HeartbeatRequest,

@@ -15,6 +15,7 @@ from dtf.coordinator.runtime import Runtime
 from dtf.coordinator.worker_hub import lease_to_hand_out_s
 from dtf.core import commands as c
 from dtf.core.effective import effective_spec
+from dtf.core.model import LeaseRef
 from dtf.errors import NotFound
 
 Authorization = Annotated[str | None, Header()]
@@ -91,21 +92,26 @@ def _session_routes(router: APIRouter, rt: Runtime) -> None:
 
 def _polling_routes(router: APIRouter, rt: Runtime) -> None:
     @router.get("/workers/{worker_id}/assignments", tags=["worker protocol"])
-    async def assignments(worker_id: str, authorization: Authorization = None) -> Response:
-        """The attempts this worker currently holds, for HTTP-polling workers."""
+    async def assignments(
+        worker_id: str, request: Request, authorization: Authorization = None
+    ) -> Response:
+        """The attempts this worker currently holds, for HTTP-polling workers, each with
+        its checkpoint grant as over the WebSocket."""
         rt.auth.require(authorization, "work")
         worker = rt.state.workers.get(worker_id)
         if worker is None:
             raise NotFound(f"worker {worker_id!r} is not registered")
         now, interval_s = time.time(), rt.settings.heartbeat_interval_s
+        base_url, grants = str(request.base_url), rt.hub.grants
         handed_out = []
         for task in (rt.state.tasks[t] for t in worker.leases):
             left_s = lease_to_hand_out_s(task, now, interval_s)
-            if task.lease is not None and left_s is not None:
-                lease = task.lease
-                handed_out.append(
-                    p.Assign(task.id, lease.attempt, lease.fence, effective_spec(task), left_s)
-                )
+            if task.lease is None or left_s is None:
+                continue
+            lease = LeaseRef(task.id, task.lease.attempt, task.lease.fence)
+            grant = grants.grant(rt.state, lease, base_url) if grants else None
+            spec = effective_spec(task)
+            handed_out.append(p.Assign(task.id, lease.attempt, lease.fence, spec, left_s, grant))
         return json_response(handed_out)
 
     @router.post(

@@ -83,10 +83,13 @@ class DemoInterrupted(Exception):
 def poll(client: Client, run: DemoRun, task_ids: list[str]) -> dict[str, Task]:
     """Fresh views of the unfinished tasks; finished ones are kept as they were."""
     latest = dict(run.tasks)
-    for task_id in task_ids:
-        known = latest.get(task_id)
-        if known is None or known["status"] not in TERMINAL_STATUSES:
-            latest[task_id] = client.get(task_id)
+    unfinished = [
+        task_id
+        for task_id in task_ids
+        if task_id not in latest or latest[task_id]["status"] not in TERMINAL_STATUSES
+    ]
+    if unfinished:
+        latest.update((task["id"], task) for task in client.lookup(unfinished))
     return latest
 
 

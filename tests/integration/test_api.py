@@ -7,6 +7,7 @@ keeps serving with nothing accepted lost.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -192,6 +193,13 @@ def test_openapi_document_lists_the_task_schema(client: TestClient) -> None:
     assert "TaskSpec" in document["components"]["schemas"]
 
 
+def test_every_schema_the_openapi_document_points_at_is_in_it(client: TestClient) -> None:
+    document = client.get("/openapi.json").json()
+    pointers = set(re.findall(r'"\$ref": "#/components/schemas/([^"]+)"', json.dumps(document)))
+    assert {"WaitRequest", "LookupRequest", "SubmitBatch"} <= pointers
+    assert pointers <= set(document["components"]["schemas"])
+
+
 def test_websocket_garbage_and_foreign_reports_get_errors(client: TestClient) -> None:
     task_id = submit(client, COMMAND).json()["task_id"]
     with client.websocket_connect("/api/workers/ws", headers=ADMIN) as ws:
@@ -280,20 +288,37 @@ def test_wait_answers_with_counts_and_what_is_unfinished(client: TestClient) -> 
     assert reply["done"] and reply["counts"] == {"cancelled": 2}
 
 
+def test_lookup_answers_the_listed_tasks_in_their_order(client: TestClient) -> None:
+    ids = [submit(client, {**COMMAND, "priority": i}).json()["task_id"] for i in range(3)]
+    client.post(f"/api/tasks/{ids[1]}/cancel", headers=ADMIN)
+    wanted = [ids[2], ids[0], ids[1], ids[2]]
+    reply = client.post("/api/tasks/lookup", json={"task_ids": wanted}, headers=ADMIN).json()
+    assert [task["id"] for task in reply["tasks"]] == wanted
+    statuses = [task["status"] for task in reply["tasks"]]
+    assert statuses == ["pending", "pending", "cancelled", "pending"]
+    one = client.get(f"/api/tasks/{ids[0]}", headers=ADMIN).json()
+    assert reply["tasks"][1].keys() == one.keys()
+
+
 @pytest.mark.parametrize(
-    ("body", "status", "message"),
+    ("route", "body", "status", "message"),
     [
-        ({"task_ids": []}, 422, "task_ids"),
-        ({"task_ids": ["t"], "timeout_s": 301}, 422, "timeout_s"),
-        ({"task_ids": ["no-such-task"]}, 404, "'no-such-task' does not exist"),
+        ("wait", {"task_ids": []}, 422, "task_ids"),
+        ("wait", {"task_ids": ["t"], "timeout_s": 301}, 422, "timeout_s"),
+        ("wait", {"task_ids": ["no-such-task"]}, 404, "'no-such-task' does not exist"),
+        ("lookup", {"task_ids": []}, 422, "task_ids"),
+        ("lookup", {"task_ids": "t"}, 422, "task_ids"),
+        ("lookup", {"task_ids": ["t"], "timeout_s": 1}, 422, "unknown field `timeout_s`"),
+        ("lookup", {"task_ids": ["ghost-1", "ghost-2"]}, 404, "2 of the listed tasks do not"),
     ],
 )
-def test_wait_refuses_bad_bodies(
-    client: TestClient, body: dict[str, Any], status: int, message: str
+def test_routes_taking_task_lists_refuse_bad_bodies(
+    client: TestClient, route: str, body: dict[str, Any], status: int, message: str
 ) -> None:
-    response = client.post("/api/tasks/wait", json=body, headers=ADMIN)
+    response = client.post(f"/api/tasks/{route}", json=body, headers=ADMIN)
     assert response.status_code == status
     assert message in error_of(response)["message"]
+    assert client.get("/health").status_code == 200
 
 
 def test_state_survives_a_restart_on_the_same_data_dir(tmp_path: Path) -> None:

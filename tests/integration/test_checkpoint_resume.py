@@ -176,6 +176,19 @@ def test_an_assignment_carries_the_grant_for_its_process(api: TestClient) -> Non
     assert grant["resumed_from"] is None
 
 
+def test_an_assignment_polled_over_http_carries_the_grant_too(api: TestClient) -> None:
+    register = {"worker_id": "poller", "session": "s1", "capabilities": {}, "slots": 1}
+    assert api.post("/api/workers/register", json=register, headers=ADMIN).is_success
+    spec = {"type": "command", "config": {"command": "true"}, "id": "polled"}
+    api.post("/api/tasks", json=spec, headers=ADMIN)
+    [assign] = api.get("/api/workers/poller/assignments", headers=ADMIN).json()
+    lease = LeaseRef("polled", assign["attempt"], assign["fence"])
+    grant = assign["checkpoint"]
+    assert grant["url"] == "http://testserver"
+    assert grant["token"] == GrantIssuer(ADMIN_KEY).token(lease)
+    assert grant["resumed_from"] is None
+
+
 # -- a real task, really killed ------------------------------------------------
 
 

@@ -12,6 +12,7 @@ import pytest
 from dtf import errors
 from dtf.client import (
     LONG_POLL_S,
+    LOOKUP_CHUNK,
     Client,
     WaitTimeout,
     error_from_response,
@@ -193,20 +194,24 @@ def wait_reply(unfinished: list[str], counts: dict[str, int]) -> httpx.Response:
     return httpx.Response(200, json={**body, "unfinished_total": len(unfinished)})
 
 
-def test_wait_long_polls_until_done_then_fetches_each_task() -> None:
+def lookup_reply(request: httpx.Request) -> httpx.Response:
+    ids = json.loads(request.content)["task_ids"]
+    return httpx.Response(200, json={"tasks": [{"id": i, "status": "completed"} for i in ids]})
+
+
+def test_wait_long_polls_until_done_then_looks_the_tasks_up() -> None:
     sent: list[dict[str, Any]] = []
     clock = FakeClock()
 
     def handler(request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/api/tasks/wait":
-            body = json.loads(request.content)
-            sent.append(body)
-            clock.now += body["timeout_s"]
-            if len(sent) < 3:
-                return wait_reply(["b"], {"completed": 1, "running": 1})
-            return wait_reply([], {"completed": 2})
-        task_id = request.url.path.rsplit("/", 1)[-1]
-        return httpx.Response(200, json={"id": task_id, "status": "completed"})
+        if request.url.path == "/api/tasks/lookup":
+            return lookup_reply(request)
+        body = json.loads(request.content)
+        sent.append(body)
+        clock.now += body["timeout_s"]
+        if len(sent) < 3:
+            return wait_reply(["b"], {"completed": 1, "running": 1})
+        return wait_reply([], {"completed": 2})
 
     seen: list[dict[str, int]] = []
     client = make_client(handler, clock=clock)
@@ -215,6 +220,20 @@ def test_wait_long_polls_until_done_then_fetches_each_task() -> None:
     assert [b["task_ids"] for b in sent] == [["a", "b"]] * 3
     assert [b["timeout_s"] for b in sent] == [LONG_POLL_S] * 3
     assert seen == [{"completed": 1, "running": 1}] * 2 + [{"completed": 2}]
+
+
+def test_lookup_asks_in_chunks_and_keeps_the_order() -> None:
+    asked: list[list[str]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert (request.method, request.url.path) == ("POST", "/api/tasks/lookup")
+        asked.append(json.loads(request.content)["task_ids"])
+        return lookup_reply(request)
+
+    ids = [f"t{n}" for n in range(2 * LOOKUP_CHUNK + 1)]
+    tasks = make_client(handler).lookup(ids)
+    assert [t["id"] for t in tasks] == ids
+    assert [len(chunk) for chunk in asked] == [LOOKUP_CHUNK, LOOKUP_CHUNK, 1]
 
 
 def test_wait_times_out_with_a_clear_message() -> None:
