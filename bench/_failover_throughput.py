@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,6 +31,7 @@ import psutil
 from _dtf import TRUE_TASK, coordinator, run_batch, workers
 from _procs import BenchError
 
+from dtf.local.cluster import ClusterError
 from dtf.local.ha_cluster import HaCluster
 
 REQUEST_TIMEOUT_S = 10.0
@@ -219,19 +220,36 @@ def standalone(work_dir: Path, options: Any, prefix: str) -> dict[str, Any]:
     """A standalone coordinator (SQLite journal): commands/s without workers, then
     tasks/s with ``options.workers`` workers of each of ``options.slots`` slots, each
     on a coordinator of its own."""
-    figures: dict[str, Any] = {"tasks": {}}
+    figures: dict[str, Any] = {}
     with coordinator(work_dir, "standalone") as single:
         figures["commands"] = measure_commands(
             [single.url], single.admin_key, options.seconds, options.concurrency, prefix
         )
-    for slots in options.slots:
+
+    def tasks(slots: int) -> dict[str, Any]:
         logs = work_dir / f"standalone-workers-{slots}"
         logs.mkdir()
         with (
             coordinator(work_dir, f"standalone-tasks-{slots}") as single,
             workers(single, options.workers, slots, logs),
         ):
-            figures["tasks"][str(slots)] = measure_tasks(
+            return measure_tasks(
                 single.client, options.tasks, options.workers * slots * 2, options.timeout
             )
+
+    figures["tasks"] = each_slot_count(options.slots, tasks)
+    return figures
+
+
+def each_slot_count(
+    slot_counts: list[int], measure: Callable[[int], dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """``measure(slots)`` for each count, by count; one that fails is recorded as its
+    error and the others still run."""
+    figures: dict[str, dict[str, Any]] = {}
+    for slots in slot_counts:
+        try:
+            figures[str(slots)] = measure(slots)
+        except (BenchError, ClusterError) as error:
+            figures[str(slots)] = {"error": str(error)}
     return figures

@@ -27,13 +27,13 @@ import numpy
 from _baseline import measure_limit
 from _failover_kills import KINDS, KillRounds, Kind, Round, RoundFailed
 from _failover_load import AnyCoordinator, LeaderOnly, Writer
-from _failover_throughput import cluster_tasks, measure_commands, standalone
+from _failover_throughput import cluster_tasks, each_slot_count, measure_commands, standalone
 from _procs import BenchError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from dtf.local.cluster import ClusterError
+from dtf.errors import DtfError
 from dtf.local.ha_cluster import HaCluster, HaSettings
 
 SKIPPABLE = (*KINDS, "throughput")
@@ -63,7 +63,11 @@ stderr = Console(stderr=True)
 def parse_options() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--kills", type=int, default=20, help="kills per kind")
-    parser.add_argument("--quick", action="store_true", help="3 kills per kind, shorter loads")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="3 kills per kind, shorter loads, the smallest --slots only",
+    )
     parser.add_argument("--skip", default="", help=f"comma-separated, from {','.join(SKIPPABLE)}")
     parser.add_argument(
         "--write-interval", type=float, default=0.01, help="pause after each acknowledged write, s"
@@ -93,6 +97,7 @@ def parse_options() -> argparse.Namespace:
     options = parser.parse_args()
     if options.quick:
         options.kills, options.seconds, options.tasks = 3, 2.0, 1000
+        options.slots = options.slots[:1]
     options.skip = {name.strip() for name in options.skip.split(",") if name.strip()}
     unknown = options.skip - set(SKIPPABLE)
     if unknown:
@@ -118,7 +123,7 @@ def attempt(what: str, measure: Callable[[], Any]) -> Any:
     stderr.print(f"[dim]{what} ...[/dim]")
     try:
         return measure()
-    except (BenchError, ClusterError, RoundFailed) as error:
+    except (BenchError, DtfError, RoundFailed) as error:
         stderr.print(f"[red]{what} failed:[/red] {escape(str(error))}")
         return {"error": str(error)}
 
@@ -185,12 +190,14 @@ def start(cluster: HaCluster) -> None:
 
 
 def cluster_throughput(cluster: HaCluster, options: argparse.Namespace) -> dict[str, Any]:
-    figures: dict[str, Any] = {"tasks": {}}
-    for slots in options.slots:
-        warm_up = options.workers * slots * 2
-        figures["tasks"][str(slots)] = cluster_tasks(
-            cluster, slots, options.tasks, warm_up, options.timeout
+    figures: dict[str, Any] = {
+        "tasks": each_slot_count(
+            options.slots,
+            lambda slots: cluster_tasks(
+                cluster, slots, options.tasks, options.workers * slots * 2, options.timeout
+            ),
         )
+    }
     with cluster.http_client() as http:
         leader = cluster.current_leader(http)
     spread = measure_commands(
@@ -437,6 +444,12 @@ def tasks_table(figures: dict[str, Any]) -> Table:
         met = "-" if cluster_rate is None else "yes" if cluster_rate >= TASKS_TARGET_PER_S else "no"
         table.add_row(str(slots), task_cell(one), task_cell(many), ratio, met)
     table.add_row("target (cluster)", "", f"≥ {TASKS_TARGET_PER_S:,.0f}", "", "")
+    for name, by_slots in (("standalone", single), ("cluster", cluster)):
+        for slots, tasks in by_slots.items():
+            if "error" in tasks:
+                table.add_row(
+                    f"[red]{slots}: {name}[/red]", escape(tasks["error"][:300]), "", "", ""
+                )
     return table
 
 

@@ -35,10 +35,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_COORDINATOR = "http://127.0.0.1:8080"
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 LONG_POLL_S = 5.0
-# Tasks per lookup request: about a megabyte of JSON.
-LOOKUP_CHUNK = 1000
 """The longest ``wait`` lets the coordinator hold one request (at most half the
 client's request timeout)."""
+LOOKUP_CHUNK = 1000
+"""Tasks per ``lookup`` request: about a megabyte of JSON."""
 
 Task = dict[str, Any]
 SpecLike = dict[str, Any] | TaskSpec

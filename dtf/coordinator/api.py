@@ -136,7 +136,7 @@ def _task_list_routes(router: APIRouter, rt: Runtime) -> None:
         one request for a whole batch."""
         rt.auth.require(authorization, "read")
         wanted = decode_body(await request.body(), LookupRequest)
-        missing = [task_id for task_id in wanted.task_ids if task_id not in rt.state.tasks]
+        missing = [t for t in dict.fromkeys(wanted.task_ids) if t not in rt.state.tasks]
         if missing:
             shown = ", ".join(repr(task_id) for task_id in missing[:5])
             raise NotFound(

@@ -20,6 +20,9 @@ from dtf.core.records import Role
 from dtf.errors import InvalidRequest
 
 MAX_BATCH = 100_000
+# A lookup builds every view at once on the event loop, which in a cluster keeps the
+# node's leader lease alive: a tenth of a batch at most.
+MAX_LOOKUP = 10_000
 MAX_WAIT_S = 300.0
 T = TypeVar("T")
 
@@ -35,7 +38,7 @@ class WaitRequest(Struct, forbid_unknown_fields=True):
 
 
 class LookupRequest(Struct, forbid_unknown_fields=True):
-    task_ids: Annotated[list[str], Meta(min_length=1, max_length=MAX_BATCH)]
+    task_ids: Annotated[list[str], Meta(min_length=1, max_length=MAX_LOOKUP)]
 
 
 class KeyRequest(Struct, forbid_unknown_fields=True):

@@ -76,6 +76,7 @@ class HaCluster:
         self.emit = on_event
         self.admin_key = new_key()[1]
         self.worker_key = ""
+        self.worker_slots = settings.slots
         self.etcd: EtcdCluster | None = None
         self.guard: OrphanGuard | None = None
         self.nodes: list[Node] = []
@@ -166,24 +167,32 @@ class HaCluster:
         )
 
     def start_workers(self, slots: int | None = None) -> None:
-        """Create a worker key, start the workers (with ``slots`` each instead of the
-        settings' number, if given) and wait (bounded) until all are online."""
+        """Create a worker key, start the workers (with ``slots`` each from now on,
+        restarts too, if given) and wait (bounded) until each is online in a new
+        session: a worker stopped earlier under the same id stays listed online
+        until its timeout."""
+        if slots is not None:
+            self.worker_slots = slots
         with Client(self.urls, self.admin_key) as client:
+            earlier = {w["id"]: w.get("session") for w in client.workers()}
             self.worker_key = str(client.create_key("worker", "dtf cluster local")["key"])
             for number in range(1, self.settings.workers + 1):
-                self.start_worker(f"local-{number}", slots)
+                self.start_worker(f"local-{number}")
 
             def offline() -> str | None:
-                online = {w["id"] for w in client.workers() if w.get("status") == "online"}
+                online = {
+                    w["id"]
+                    for w in client.workers()
+                    if w.get("status") == "online" and w.get("session") != earlier.get(w["id"])
+                }
                 missing = sorted(set(self.worker_processes()) - online)
                 return f"{', '.join(missing)} not online" if missing else None
 
             self._wait_for(offline, "the workers to come online")
 
-    def start_worker(self, worker_id: str, slots: int | None = None) -> ManagedProcess:
+    def start_worker(self, worker_id: str) -> ManagedProcess:
         work_dir = self.data_dir / "workers" / worker_id
-        slots = self.settings.slots if slots is None else slots
-        argv = worker_argv(self.settings.python, worker_id, self.urls, slots, work_dir)
+        argv = worker_argv(self.settings.python, worker_id, self.urls, self.worker_slots, work_dir)
         log_path = self.logs_dir / f"worker-{worker_id}.log"
         process = start_process(
             f"worker {worker_id}", argv, log_path, self._child_env(DTF_API_KEY=self.worker_key)

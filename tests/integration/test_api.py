@@ -296,8 +296,8 @@ def test_lookup_answers_the_listed_tasks_in_their_order(client: TestClient) -> N
     assert [task["id"] for task in reply["tasks"]] == wanted
     statuses = [task["status"] for task in reply["tasks"]]
     assert statuses == ["pending", "pending", "cancelled", "pending"]
-    one = client.get(f"/api/tasks/{ids[0]}", headers=ADMIN).json()
-    assert reply["tasks"][1].keys() == one.keys()
+    cancelled = client.get(f"/api/tasks/{ids[1]}", headers=ADMIN).json()
+    assert reply["tasks"][2] == cancelled
 
 
 @pytest.mark.parametrize(
@@ -309,7 +309,8 @@ def test_lookup_answers_the_listed_tasks_in_their_order(client: TestClient) -> N
         ("lookup", {"task_ids": []}, 422, "task_ids"),
         ("lookup", {"task_ids": "t"}, 422, "task_ids"),
         ("lookup", {"task_ids": ["t"], "timeout_s": 1}, 422, "unknown field `timeout_s`"),
-        ("lookup", {"task_ids": ["ghost-1", "ghost-2"]}, 404, "2 of the listed tasks do not"),
+        ("lookup", {"task_ids": ["ghost-1", "ghost-2", "ghost-1"]}, 404, "2 of the listed tasks"),
+        ("lookup", {"task_ids": ["t"] * 10_001}, 422, "task_ids"),
     ],
 )
 def test_routes_taking_task_lists_refuse_bad_bodies(
@@ -318,7 +319,6 @@ def test_routes_taking_task_lists_refuse_bad_bodies(
     response = client.post(f"/api/tasks/{route}", json=body, headers=ADMIN)
     assert response.status_code == status
     assert message in error_of(response)["message"]
-    assert client.get("/health").status_code == 200
 
 
 def test_state_survives_a_restart_on_the_same_data_dir(tmp_path: Path) -> None:
