@@ -82,6 +82,15 @@ def exit_0_on_stop_signals() -> None:
     "less CPU per task; results queries always write what is pending first.",
 )
 @click.option(
+    "--checkpoint-grace",
+    "checkpoint_grace_s",
+    default=600.0,
+    show_default=True,
+    type=click.FloatRange(0.0),
+    help="Seconds a checkpoint stays on disk once a later save of its task superseded it; "
+    "a sweep every 10 minutes deletes older ones (each task's latest is kept).",
+)
+@click.option(
     "--admin-key",
     envvar="DTF_ADMIN_KEY",
     help="Admin API key [env: DTF_ADMIN_KEY]; without it one is created in DATA_DIR/admin.key.",
@@ -98,6 +107,7 @@ def coordinator(
     recovery: RecoveryFlags,
     db_path: Path | None,
     results_flush_interval_s: float,
+    checkpoint_grace_s: float,
     admin_key: str | None,
     cluster: ClusterFlags,
 ) -> None:
@@ -123,6 +133,7 @@ def coordinator(
         snapshot_every=snapshot_every,
         results_db_path=db_path.resolve() if db_path else None,
         results_flush_interval_s=results_flush_interval_s,
+        checkpoint_grace_s=checkpoint_grace_s,
         cluster=cluster.settings(host, port),
     )
     click.get_current_context().exit(run_coordinator(recovery.apply(settings)))

@@ -4,7 +4,11 @@ A blob lives at ``<root>/sha256/<first 2 hex>/<other 62 hex>``. It is written
 to a temporary file in the same directory, fsync'd, then renamed into place
 (and the directory fsync'd), so a reader sees a whole blob or none, and the
 blob is durable before the journal refers to it. Storing the same bytes
-twice is one file.
+twice is one file, whose modification time the second store renews.
+
+``sweep`` deletes the blobs no task resumes from any more (see
+``checkpoint_sweeper.py``); a blob younger than its grace period is kept,
+since its save may not be journaled yet.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import hashlib
 import logging
 import os
 import tempfile
+from collections.abc import Collection
+from dataclasses import dataclass
 from pathlib import Path
 
 from dtf.core.checkpoints import is_digest
@@ -24,6 +30,16 @@ log = logging.getLogger(__name__)
 
 class CheckpointTooLarge(InvalidRequest):
     status_code = 413
+
+
+INCOMING_PREFIX = ".incoming-"
+
+
+@dataclass(frozen=True)
+class Swept:
+    removed: int
+    freed_bytes: int
+    kept: int
 
 
 class CheckpointStore:
@@ -52,10 +68,11 @@ class CheckpointStore:
         self.check_size(len(data))
         digest = hashlib.sha256(data).hexdigest()
         target = self.path(digest)
-        if target.exists():
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(target)  # a sweep must not take it before this save is journaled
             return digest
         target.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(prefix=".incoming-", dir=target.parent)
+        descriptor, temporary = tempfile.mkstemp(prefix=INCOMING_PREFIX, dir=target.parent)
         try:
             with os.fdopen(descriptor, "wb") as handle:
                 handle.write(data)
@@ -69,6 +86,33 @@ class CheckpointStore:
         _fsync_directory(target.parent)
         log.debug("stored checkpoint %s (%d bytes)", digest, len(data))
         return digest
+
+    def sweep(self, keep: Collection[str], cutoff: float) -> Swept:
+        """Delete every blob not in ``keep`` last stored before ``cutoff`` (a
+        ``time.time()``), and temporary files a crash left that old."""
+        removed = freed = kept = 0
+        for entry in self._entries():
+            digest = entry.parent.name + entry.name
+            if digest in keep:
+                kept += 1
+                continue
+            try:
+                status = entry.stat()
+                if status.st_mtime >= cutoff:
+                    kept += 1
+                    continue
+                entry.unlink()
+            except FileNotFoundError:
+                continue
+            removed += 1
+            freed += status.st_size
+        return Swept(removed, freed, kept)
+
+    def _entries(self) -> list[Path]:
+        shards = self.root / "sha256"
+        if not shards.is_dir():
+            return []
+        return [entry for shard in shards.iterdir() if shard.is_dir() for entry in shard.iterdir()]
 
     def get(self, digest: str) -> bytes:
         try:

@@ -6,7 +6,8 @@ for bytes), stores the blob, then journals ``RecordCheckpoint``; a lease that
 is no longer current gets 409 and nothing is recorded. ``GET
 /api/tasks/{id}/checkpoints/latest`` returns the latest checkpoint's bytes
 with its digest, step and attempt in headers; ``GET /api/checkpoints/{digest}``
-returns any stored blob. A task's process authenticates with the attempt's
+returns any stored blob (superseded ones are deleted after a while:
+``checkpoint_sweeper.py``). A task's process authenticates with the attempt's
 checkpoint token (see ``checkpoint_grants.py``); a worker or admin key may
 save, and any key may read.
 
@@ -30,6 +31,7 @@ from fastapi import APIRouter, FastAPI, Header, Query, Request, Response
 from dtf.coordinator.blob_peers import BlobPeers, is_blob_of
 from dtf.coordinator.checkpoint_grants import TOKEN_PREFIX, GrantIssuer
 from dtf.coordinator.checkpoint_store import CheckpointStore
+from dtf.coordinator.checkpoint_sweeper import sweep_checkpoints
 from dtf.coordinator.responses import json_response
 from dtf.coordinator.runtime import Runtime
 from dtf.core import commands as c
@@ -51,8 +53,7 @@ def checkpoint_router(
     rt: Runtime, store: CheckpointStore, grants: GrantIssuer, peers: BlobPeers | None = None
 ) -> APIRouter:
     """The checkpoint routes; with ``peers`` (a cluster node) also the internal blob routes."""
-    lifespan = None if peers is None else _closing(peers)
-    router = APIRouter(prefix="/api", tags=["checkpoints"], lifespan=lifespan)
+    router = APIRouter(prefix="/api", tags=["checkpoints"], lifespan=_lifespan(rt, store, peers))
 
     @router.post("/tasks/{task_id}/checkpoints", status_code=201)
     async def save_checkpoint(
@@ -130,13 +131,30 @@ def _add_internal_routes(router: APIRouter, rt: Runtime, store: CheckpointStore)
         return Response(data, media_type=MEDIA_TYPES[CheckpointKind.BYTES])
 
 
-def _closing(peers: BlobPeers) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
+def _lifespan(
+    rt: Runtime, store: CheckpointStore, peers: BlobPeers | None
+) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
+    """Sweep superseded blobs while serving; close the peers' connections after."""
+
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        sweeping = asyncio.create_task(
+            sweep_checkpoints(
+                store,
+                lambda: rt.state.tasks.values(),
+                interval_s=rt.settings.checkpoint_sweep_interval_s,
+                grace_s=rt.settings.checkpoint_grace_s,
+            ),
+            name="dtf-checkpoint-sweep",
+        )
         try:
             yield
         finally:
-            await peers.close()
+            sweeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeping
+            if peers is not None:
+                await peers.close()
 
     return lifespan
 

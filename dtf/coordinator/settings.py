@@ -38,6 +38,8 @@ class CoordinatorSettings:
     classification_rules: tuple[ClassificationRule, ...] = DEFAULT_RULES
     results_db_path: Path | None = None  # None: results.duckdb in the data dir
     results_flush_interval_s: float = 2.0
+    checkpoint_sweep_interval_s: float = 600.0
+    checkpoint_grace_s: float = 600.0
     cluster: ClusterSettings | None = None  # None: standalone, journal in the data dir
 
     @property

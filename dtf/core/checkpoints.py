@@ -14,13 +14,20 @@ says which attempt resumed from which attempt's checkpoint.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 from dtf.core import commands as c
-from dtf.core.records import AttemptRecord, CheckpointRef
+from dtf.core.records import AttemptRecord, CheckpointRef, TaskRecord
 from dtf.core.workers import WorkerMixin
 from dtf.errors import Conflict, InvalidRequest
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+def resumable_digests(tasks: Iterable[TaskRecord]) -> set[str]:
+    """The blobs a task could still resume from: each task's latest checkpoint. The
+    ones it saved before are history (attempts name them), not needed again."""
+    return {task.checkpoint.digest for task in tasks if task.checkpoint is not None}
 
 
 def is_digest(text: str) -> bool:

@@ -11,6 +11,7 @@ from dtf.cli.task_view import checkpoint_lines
 from dtf.coordinator.checkpoint_grants import GrantIssuer
 from dtf.coordinator.views import task_view
 from dtf.core import commands as c
+from dtf.core.checkpoints import resumable_digests
 from dtf.core.model import FailureKind, LeaseRef
 from dtf.core.records import AttemptRecord, CheckpointKind, TaskRecord
 from dtf.core.state import State
@@ -209,3 +210,10 @@ def test_checkpoints_are_bytes_or_json() -> None:
     assert encode({"step": 3}) == (b'{"step":3}', "application/json")
     with pytest.raises(InvalidRequest, match="bytes or a JSON value; object is neither"):
         encode(object())
+
+
+def test_only_each_tasks_latest_checkpoint_is_resumable(running: StateDriver) -> None:
+    running.submit(("never-saved", task_spec()), at=2.5)
+    save(running, "train", "step-1", step=1, at=3.0)
+    save(running, "train", "step-2", step=2, at=4.0)
+    assert resumable_digests(running.state.tasks.values()) == {digest_of("step-2")}
