@@ -86,9 +86,10 @@ def exit_0_on_stop_signals() -> None:
     "checkpoint_grace_s",
     default=600.0,
     show_default=True,
-    type=click.FloatRange(0.0),
-    help="Seconds a checkpoint stays on disk once a later save of its task superseded it; "
-    "a sweep every 10 minutes deletes older ones (each task's latest is kept).",
+    type=click.FloatRange(60.0),
+    help="A standalone coordinator sweeps every 10 minutes and deletes the checkpoints "
+    "no task has as its latest once they were stored at least this many seconds ago "
+    "(a cluster node keeps them all).",
 )
 @click.option(
     "--admin-key",

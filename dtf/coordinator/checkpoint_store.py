@@ -18,6 +18,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,8 @@ class CheckpointStore:
     def __init__(self, root: Path, *, max_bytes: int) -> None:
         self.root = root
         self.max_bytes = max_bytes
+        # held while a store renews a blob and while a sweep checks and deletes one
+        self._lock = threading.Lock()
 
     def path(self, digest: str) -> Path:
         if not is_digest(digest):
@@ -68,7 +71,7 @@ class CheckpointStore:
         self.check_size(len(data))
         digest = hashlib.sha256(data).hexdigest()
         target = self.path(digest)
-        with contextlib.suppress(FileNotFoundError):
+        with self._lock, contextlib.suppress(FileNotFoundError):
             os.utime(target)  # a sweep must not take it before this save is journaled
             return digest
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -92,21 +95,33 @@ class CheckpointStore:
         ``time.time()``), and temporary files a crash left that old."""
         removed = freed = kept = 0
         for entry in self._entries():
-            digest = entry.parent.name + entry.name
-            if digest in keep:
+            if entry.parent.name + entry.name in keep:
                 kept += 1
                 continue
             try:
+                size = self._delete_if_older(entry, cutoff)
+            except OSError as exc:
+                log.warning("checkpoint sweep: cannot delete %s (left alone): %s", entry, exc)
+                kept += 1
+                continue
+            if size is None:
+                kept += 1
+            else:
+                removed += 1
+                freed += size
+        return Swept(removed, freed, kept)
+
+    def _delete_if_older(self, entry: Path, cutoff: float) -> int | None:
+        """Delete ``entry`` if last stored before ``cutoff``: its size, else None."""
+        with self._lock:
+            try:
                 status = entry.stat()
                 if status.st_mtime >= cutoff:
-                    kept += 1
-                    continue
+                    return None
                 entry.unlink()
             except FileNotFoundError:
-                continue
-            removed += 1
-            freed += status.st_size
-        return Swept(removed, freed, kept)
+                return None
+        return status.st_size
 
     def _entries(self) -> list[Path]:
         shards = self.root / "sha256"

@@ -6,8 +6,8 @@ for bytes), stores the blob, then journals ``RecordCheckpoint``; a lease that
 is no longer current gets 409 and nothing is recorded. ``GET
 /api/tasks/{id}/checkpoints/latest`` returns the latest checkpoint's bytes
 with its digest, step and attempt in headers; ``GET /api/checkpoints/{digest}``
-returns any stored blob (superseded ones are deleted after a while:
-``checkpoint_sweeper.py``). A task's process authenticates with the attempt's
+returns any stored blob (a standalone coordinator deletes superseded ones
+after a while: ``checkpoint_sweeper.py``). A task's process authenticates with the attempt's
 checkpoint token (see ``checkpoint_grants.py``); a worker or admin key may
 save, and any key may read.
 
@@ -134,10 +134,18 @@ def _add_internal_routes(router: APIRouter, rt: Runtime, store: CheckpointStore)
 def _lifespan(
     rt: Runtime, store: CheckpointStore, peers: BlobPeers | None
 ) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
-    """Sweep superseded blobs while serving; close the peers' connections after."""
+    """A standalone coordinator sweeps superseded blobs while serving (see
+    ``checkpoint_sweeper.py`` for why a cluster node does not); a cluster node
+    closes its peers' connections after."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if peers is not None:
+            try:
+                yield
+            finally:
+                await peers.close()
+            return
         sweeping = asyncio.create_task(
             sweep_checkpoints(
                 store,
@@ -151,10 +159,7 @@ def _lifespan(
             yield
         finally:
             sweeping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeping
-            if peers is not None:
-                await peers.close()
+            await asyncio.gather(sweeping, return_exceptions=True)
 
     return lifespan
 

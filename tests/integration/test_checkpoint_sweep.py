@@ -3,6 +3,7 @@ coordinator sweeping the saves a task made before its latest."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import time
@@ -14,9 +15,11 @@ from fastapi.testclient import TestClient
 
 from dtf.coordinator.checkpoint_grants import GrantIssuer
 from dtf.coordinator.checkpoint_store import INCOMING_PREFIX, CheckpointStore, Swept
+from dtf.coordinator.checkpoint_sweeper import sweep_checkpoints
 from dtf.coordinator.server import create_app
 from dtf.coordinator.settings import CoordinatorSettings
 from dtf.core.model import LeaseRef
+from dtf.core.records import TaskRecord
 from dtf.testing.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -62,13 +65,57 @@ def test_a_sweep_of_an_empty_store_finds_nothing(tmp_path: Path) -> None:
     )
 
 
+def test_an_entry_that_cannot_be_deleted_is_left_and_the_sweep_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = CheckpointStore(tmp_path, max_bytes=1000)
+    old = store.put(b"superseded")
+    odd = store.path("ab" * 32)
+    odd.mkdir(parents=True)  # a directory where a blob should be: unlink fails
+    for path in (store.path(old), odd):
+        age(path, HOUR_S)
+    swept = store.sweep(set(), cutoff=time.time() - 60)
+    assert (swept.removed, swept.kept) == (1, 1)
+    assert not store.path(old).exists() and odd.is_dir()
+    assert "cannot delete" in caplog.text
+
+
+def test_the_sweeper_outlives_a_failed_sweep(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path, max_bytes=1000)
+    old = store.put(b"superseded")
+    age(store.path(old), HOUR_S)
+    calls: list[int] = []
+
+    def tasks() -> list[TaskRecord]:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("the first look at the state fails")
+        return []
+
+    async def run() -> None:
+        sweeper = asyncio.create_task(
+            sweep_checkpoints(store, tasks, interval_s=0.01, grace_s=60.0)
+        )
+        try:
+            for _ in range(500):
+                if not store.path(old).exists():
+                    return
+                await asyncio.sleep(0.01)
+        finally:
+            sweeper.cancel()
+            await asyncio.gather(sweeper, return_exceptions=True)
+
+    asyncio.run(run())
+    assert len(calls) >= 2 and not store.path(old).exists()
+
+
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[TestClient]:
     settings = CoordinatorSettings(
         data_dir=tmp_path,
         admin_key=ADMIN_KEY,
         checkpoint_sweep_interval_s=0.05,
-        checkpoint_grace_s=0.0,
+        checkpoint_grace_s=HOUR_S / 2,
     )
     with TestClient(create_app(settings)) as client:
         yield client
@@ -95,6 +142,8 @@ def test_a_coordinator_deletes_the_saves_before_a_tasks_latest(
         )
         assert saved.status_code == 201, saved.text
     digests = [hashlib.sha256(f'{{"step": {step}}}'.encode()).hexdigest() for step in (1, 2, 3)]
+    for digest in digests:  # as if saved an hour ago: past the grace
+        age(store.path(digest), HOUR_S)
 
     wait_for(
         lambda: not any(store.path(d).exists() for d in digests[:2]),
