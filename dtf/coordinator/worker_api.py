@@ -86,7 +86,7 @@ def _session_routes(router: APIRouter, rt: Runtime) -> None:
                 rt.hub.node_incarnation,
             )
         )
-        renewed = [ref for ref in body.held if rt.state.is_current_lease_ref(worker_id, ref)]
+        renewed = rt.state.current_lease_refs(worker_id, body.held)
         return json_response(p.HeartbeatReply(rt.settings.lease_timeout_s, renewed))
 
 
@@ -102,14 +102,14 @@ def _polling_routes(router: APIRouter, rt: Runtime) -> None:
         if worker is None:
             raise NotFound(f"worker {worker_id!r} is not registered")
         now, interval_s = time.time(), rt.settings.heartbeat_interval_s
-        base_url, grants = str(request.base_url), rt.hub.grants
+        base_url = str(request.base_url)
         handed_out = []
         for task in (rt.state.tasks[t] for t in worker.leases):
             left_s = lease_to_hand_out_s(task, now, interval_s)
             if task.lease is None or left_s is None:
                 continue
             lease = LeaseRef(task.id, task.lease.attempt, task.lease.fence)
-            grant = grants.grant(rt.state, lease, base_url) if grants else None
+            grant = rt.hub.grant(lease, base_url)
             spec = effective_spec(task)
             handed_out.append(p.Assign(task.id, lease.attempt, lease.fence, spec, left_s, grant))
         return json_response(handed_out)

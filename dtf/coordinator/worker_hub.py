@@ -108,12 +108,15 @@ class WorkerHub:
         if left_s is None:
             return
         lease = LeaseRef(event.task_id, event.attempt, event.fence)
-        grant = (
-            self.grants.grant(self.bus.state, lease, connection.base_url) if self.grants else None
-        )
+        grant = self.grant(lease, connection.base_url)
         connection.send(
             p.Assign(lease.task_id, lease.attempt, lease.fence, event.spec, left_s, grant)
         )
+
+    def grant(self, lease: LeaseRef, base_url: str) -> p.CheckpointGrant | None:
+        """The checkpoint grant for ``lease``'s process, reached at ``base_url``; None
+        when this coordinator issues no grants."""
+        return self.grants.grant(self.bus.state, lease, base_url) if self.grants else None
 
     def _is_current(self, event: AssignTask, connection: _Connection) -> bool:
         """Whether the assignment still stands once its whole batch is applied, and
@@ -193,15 +196,10 @@ class WorkerHub:
         )
         await self.bus.execute(command)
         if message.held:
-            connection.send(p.LeasesRenewed(self.renewed(message), self.lease_timeout_s))
+            renewed = self.bus.state.current_lease_refs(message.worker_id, message.held)
+            connection.send(p.LeasesRenewed(renewed, self.lease_timeout_s))
         log.info("worker %s connected", message.worker_id, extra={"event": "worker_connected"})
         return True
-
-    def renewed(self, message: p.Register) -> list[LeaseRef]:
-        """The attempts ``message`` held that are still the worker's, now that its
-        registration (which renewed them) is applied."""
-        state = self.bus.state
-        return [ref for ref in message.held if state.is_current_lease_ref(message.worker_id, ref)]
 
     async def _receive(self, connection: _Connection) -> None:
         while (raw := await _receive_payload(connection.websocket)) is not None:

@@ -309,3 +309,8 @@ class WorkerMixin(Lifecycle):
     def is_current_lease_ref(self, worker_id: str, ref: LeaseRef) -> bool:
         task = self.tasks.get(ref.task_id)
         return task is not None and self.is_current_lease(task, worker_id, ref.fence)
+
+    def current_lease_refs(self, worker_id: str, held: list[LeaseRef]) -> list[LeaseRef]:
+        """The attempts of ``held`` that are still the worker's: what a heartbeat, or
+        a registration once applied, renewed."""
+        return [ref for ref in held if self.is_current_lease_ref(worker_id, ref)]

@@ -178,7 +178,7 @@ class SimCoordinator:
         reply: ToWorker = p.ErrorMessage("session replaced; register again")
         if events is not None:
             self.route(events)
-            renewed = [r for r in message.held if self.state.is_current_lease_ref(worker_id, r)]
+            renewed = self.state.current_lease_refs(worker_id, message.held)
             reply = p.HeartbeatReply(self.config.lease_timeout_s, renewed)
         self.network.send(
             now, Envelope(worker_id, message.session, now, reply, request_sent_at=envelope.sent_at)
